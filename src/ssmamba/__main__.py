@@ -1,0 +1,3 @@
+from ssmamba.cli import main
+
+main()
