@@ -1,0 +1,174 @@
+"""Directional Multi-scale (DMS) token mixer: selective scans over a 2D token grid in several directions and at
+several scales, fused into one output.
+
+How we read the paper (see ``docs/architecture.md``): a single raster scan gives each token a one-sided, 1D view
+of the image. DMS scans the grid along several *directions* (rows and columns, forward and backward, optionally
+diagonals), so that every token sees every other token through some scan (a global receptive field), and at several
+*scales*: a multi-kernel depthwise convolution before the scan mixes local context of different sizes, and extra
+scans over average-pooled grids carry coarse, long-range context cheaply (a scan over a 2x pooled grid costs 1/4).
+The outputs of all directions and scales are summed (scales with learned weights), normalised and gated.
+
+All directions of one scale go through ONE selective-scan call: their channels are stacked, and their input-dependent
+B and C use the scan's grouped layout ``(batch, directions, N, L)``.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssmamba.ops import selective_scan
+
+__all__ = ["ScanDirection", "scan_order", "DirectionalMultiScaleMixer", "MultiKernelDepthwiseConv"]
+
+
+class ScanDirection(str, Enum):
+    """The order in which a 2D grid of tokens is read as a sequence."""
+
+    ROW = "row"  # left to right, then top to bottom (raster)
+    ROW_REVERSE = "row_reverse"
+    COLUMN = "column"  # top to bottom, then left to right
+    COLUMN_REVERSE = "column_reverse"
+    DIAGONAL = "diagonal"  # along anti-diagonals i + j = const, from the top-left corner
+    DIAGONAL_REVERSE = "diagonal_reverse"
+
+
+@lru_cache(maxsize=256)
+def _scan_order_cpu(direction: ScanDirection, height: int, width: int) -> torch.Tensor:
+    index = torch.arange(height * width).view(height, width)
+    if direction in (ScanDirection.ROW, ScanDirection.ROW_REVERSE):
+        order = index.flatten()
+    elif direction in (ScanDirection.COLUMN, ScanDirection.COLUMN_REVERSE):
+        order = index.t().flatten()
+    else:  # diagonals: sort by (i + j, i); stable, so ties keep raster order
+        i, j = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+        order = index.flatten()[torch.argsort((i + j).flatten() * height + i.flatten())]
+    if direction.value.endswith("_reverse"):
+        order = order.flip(0)
+    return order
+
+
+def scan_order(direction: ScanDirection | str, height: int, width: int, device: torch.device | None = None):
+    """Sequence order of an ``height x width`` grid: position ``t`` of the scan reads row-major token ``order[t]``.
+
+    Returns a LongTensor of shape ``(height * width,)``.
+    """
+    order = _scan_order_cpu(ScanDirection(direction), height, width)
+    return order if device is None else order.to(device)
+
+
+class MultiKernelDepthwiseConv(nn.Module):
+    """Depthwise convolutions of several kernel sizes on equal channel groups (MixConv-style), concatenated.
+
+    ``(B, C, H, W) -> (B, C, H, W)``. The local half of the multi-scale design: each group of channels gets a
+    different receptive field before the scan.
+    """
+
+    def __init__(self, channels: int, kernel_sizes: tuple[int, ...] = (3, 5, 7)):
+        super().__init__()
+        if any(k % 2 == 0 for k in kernel_sizes):
+            raise ValueError(f"kernel sizes must be odd, got {kernel_sizes}")
+        base, extra = divmod(channels, len(kernel_sizes))
+        self.splits = [base + (1 if i < extra else 0) for i in range(len(kernel_sizes))]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.splits, kernel_sizes) if c > 0
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.convs) == 1:
+            return self.convs[0](x)
+        chunks = torch.split(x, [c for c in self.splits if c > 0], dim=1)
+        return torch.cat([conv(chunk) for conv, chunk in zip(self.convs, chunks)], dim=1)
+
+
+class _DirectionalScan(nn.Module):
+    """Selective-scan parameters for K directions at one scale, run as one grouped scan.
+
+    ``(B, E, H, W) -> (B, E, H, W)``: the sum over directions of each direction's scan output, mapped back to the
+    row-major grid.
+    """
+
+    def __init__(self, channels: int, directions: tuple[ScanDirection, ...], d_state: int, dt_rank: int,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1):
+        super().__init__()
+        k, e, n, r = len(directions), channels, d_state, dt_rank
+        self.directions = directions
+        self.d_state, self.dt_rank = n, r
+        # per-direction input-dependent projections: x -> (Δ low-rank, B, C)
+        self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, e))
+        nn.init.uniform_(self.x_proj_weight, -(e ** -0.5), e ** -0.5)
+        self.dt_proj_weight = nn.Parameter(torch.empty(k, e, r))
+        nn.init.uniform_(self.dt_proj_weight, -(r ** -0.5), r ** -0.5)
+        # Mamba's Δ init: softplus(dt_bias) spread log-uniformly over [dt_min, dt_max]
+        dt = torch.exp(torch.rand(k * e) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        # S4D-real init A = -(1..N), stored as log for positivity
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(k * e, 1))
+        self.D = nn.Parameter(torch.ones(k * e))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, e, h, w = x.shape
+        k, n, length = len(self.directions), self.d_state, h * w
+        orders = torch.stack([scan_order(d, h, w, x.device) for d in self.directions])  # (K, L)
+        xs = x.flatten(2)[:, :, orders].transpose(1, 2)  # (B, K, E, L)
+        x_dbl = torch.einsum("bkel,kce->bkcl", xs, self.x_proj_weight)  # (B, K, R + 2N, L)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, n, n], dim=2)
+        dt = torch.einsum("bkrl,ker->bkel", dt, self.dt_proj_weight)  # (B, K, E, L)
+        y = selective_scan(
+            xs.reshape(b, k * e, length), dt.reshape(b, k * e, length), -torch.exp(self.A_log.float()),
+            B.contiguous(), C.contiguous(), self.D.float(), delta_bias=self.dt_bias.float(), delta_softplus=True,
+        ).view(b, k, e, length)
+        # back to row-major: position p of direction k's output sits at inverse_order[k][p]
+        inverse = torch.argsort(orders, dim=1).view(1, k, 1, length).expand(b, k, e, length)
+        return y.gather(-1, inverse).sum(1).view(b, e, h, w)
+
+
+class DirectionalMultiScaleMixer(nn.Module):
+    """The DMS token mixer (Mamba-style gated block body).
+
+    Args:
+        dim: input/output channels C.
+        directions: scan directions, e.g. ``("row", "row_reverse", "column", "column_reverse")``; one direction
+            turns DMS into a plain single-direction Mamba mixer (ablation).
+        scales: grid strides to scan at; ``(1, 2)`` adds a scan over the 2x average-pooled grid.
+        conv_kernels: kernel sizes of the multi-kernel depthwise conv before the scan; ``(3,)`` is Mamba's conv.
+        d_state: SSM state size N. expand: inner width E = expand * C. dt_rank: rank of Δ's projection.
+
+    Shapes: ``(B, H, W, C) -> (B, H, W, C)`` (channels-last, like the LayerNorm around it).
+    """
+
+    def __init__(self, dim: int, directions=("row", "row_reverse", "column", "column_reverse"), scales=(1, 2),
+                 conv_kernels=(3, 5, 7), d_state: int = 16, expand: float = 1.0, dt_rank: int | None = None):
+        super().__init__()
+        directions = tuple(ScanDirection(d) for d in directions)
+        if not directions or not scales:
+            raise ValueError("DMS needs at least one direction and one scale")
+        inner = int(expand * dim)
+        self.scales = tuple(int(s) for s in scales)
+        self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
+        self.local_conv = MultiKernelDepthwiseConv(inner, tuple(conv_kernels))
+        dt_rank = dt_rank or math.ceil(dim / 16)
+        self.scans = nn.ModuleList(_DirectionalScan(inner, directions, d_state, dt_rank) for _ in self.scales)
+        self.scale_logits = nn.Parameter(torch.zeros(len(self.scales)))
+        self.out_norm = nn.LayerNorm(inner)
+        self.out_proj = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[1:3]
+        x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, H, W, E) each
+        x = F.silu(self.local_conv(x.permute(0, 3, 1, 2).contiguous()))  # (B, E, H, W)
+        weights = torch.softmax(self.scale_logits, 0) * len(self.scales)
+        y = 0
+        for weight, stride, scan in zip(weights, self.scales, self.scans):
+            if stride == 1:
+                y = y + weight * scan(x)
+            else:
+                coarse = scan(F.avg_pool2d(x, stride, ceil_mode=True))  # (B, E, ceil(H/s), ceil(W/s))
+                y = y + weight * F.interpolate(coarse, size=(h, w), mode="nearest")
+        y = self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z)
+        return self.out_proj(y)

@@ -1,0 +1,168 @@
+"""Build, save and load SSMamba models; register them with timm when timm is importable.
+
+A checkpoint is a directory with ``model.safetensors`` (weights) and ``config.json``::
+
+    {"architecture": "ssmamba_tiny", "model_args": {...SSMambaConfig...}, "num_classes": 4, "in_chans": 3,
+     "pretrained_cfg": {"mean": [...], "std": [...], "input_size": [3, 224, 224], "mpp": 0.5,
+                        "class_names": [...], ...},
+     "ssmamba_version": "0.1.0"}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ssmamba.models.ssmamba import FeatureExtractor, SSMamba, SSMambaConfig, variant_configs
+
+__all__ = ["create_model", "list_models", "save_pretrained", "load_config", "CheckpointMismatchError",
+           "DEFAULT_PRETRAINED_CFG"]
+
+WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
+
+# H&E-agnostic defaults (ImageNet statistics), as most pathology encoders use; replaced by what a run trained with.
+DEFAULT_PRETRAINED_CFG = {
+    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "input_size": [3, 224, 224],
+    "interpolation": "bicubic", "mpp": None, "class_names": None,
+}
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The weights in a checkpoint do not fit the architecture they are being loaded into."""
+
+
+def list_models() -> list[str]:
+    return sorted(variant_configs())
+
+
+def load_config(checkpoint: str | Path) -> dict:
+    """Read ``config.json`` of a checkpoint directory (or the directory of a ``model.safetensors`` file)."""
+    path = Path(checkpoint)
+    config_path = (path if path.is_dir() else path.parent) / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} next to checkpoint {checkpoint}: expected {config_path}")
+    return json.loads(config_path.read_text())
+
+
+def _load_weights(model: nn.Module, checkpoint: Path, expected: str, allow_head_mismatch: bool) -> None:
+    weights_path = checkpoint / WEIGHTS_NAME if checkpoint.is_dir() else checkpoint
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"no weights file at {weights_path}")
+    state = load_file(str(weights_path))
+    if allow_head_mismatch:  # fine-tuning a pretrained encoder with a new number of classes
+        own = model.state_dict()
+        state = {k: v for k, v in state.items() if not (k.startswith("head.") and own.get(k, v).shape != v.shape)}
+        state.update({k: v for k, v in own.items() if k.startswith("head.") and k not in state})
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"checkpoint {checkpoint} does not fit {expected}: missing keys {missing[:8]}"
+            f"{'...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+            f"{'...' if len(unexpected) > 8 else ''}. The checkpoint's config.json describes the architecture it "
+            "expects; load it with create_model(checkpoint=PATH) without overriding architecture arguments.")
+
+
+def create_model(name: str | Path | None = None, *, checkpoint: str | Path | None = None, num_classes: int | None = None,
+                 features_only: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3),
+                 pretrained_cfg: dict | None = None, **kwargs) -> nn.Module:
+    """Create a registered variant, or load a checkpoint directory.
+
+    Examples::
+
+        create_model("ssmamba_tiny", num_classes=4)            # random init
+        create_model(checkpoint="runs/pretrain/checkpoint")      # the architecture saved with the weights
+        create_model("ssmamba_tiny", checkpoint=..., num_classes=2)   # pretrained encoder, new head
+
+    ``kwargs`` are ``SSMambaConfig`` fields (ablation switches, e.g. ``lpr=False``) or ``SSMamba`` arguments
+    (``drop_path_rate``, ``drop_rate``, ``in_chans``, ``global_pool``). ``num_classes=0`` gives pooled embeddings.
+    """
+    if name is not None and Path(name).exists() and checkpoint is None:
+        name, checkpoint = None, name
+    saved = load_config(checkpoint) if checkpoint is not None else None
+    arch = name or (saved or {}).get("architecture")
+    if arch is None:
+        raise ValueError("give a model name or a checkpoint")
+    variants = variant_configs()
+    if arch not in variants:
+        raise ValueError(f"unknown model {arch!r}; available: {', '.join(sorted(variants))}")
+    cfg_fields = set(SSMambaConfig.__dataclass_fields__)
+    arch_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in cfg_fields}
+    if saved is not None:
+        if name is not None and name != saved["architecture"]:
+            raise CheckpointMismatchError(
+                f"checkpoint {checkpoint} holds a {saved['architecture']!r} model, not {name!r}")
+        base = saved["model_args"]
+        kwargs.setdefault("in_chans", saved.get("in_chans", 3))
+        saved_classes = saved.get("num_classes", 0)
+    else:
+        base, saved_classes = variants[arch].to_dict(), 1000
+    config = SSMambaConfig(**{**base, **arch_kwargs})
+    classes = saved_classes if num_classes is None else num_classes
+    merged_cfg = {**(saved or {}).get("pretrained_cfg", {}), **(pretrained_cfg or {})}
+    model = SSMamba(config, num_classes=classes, **kwargs)
+    model._architecture = arch
+    model.pretrained_cfg = {**DEFAULT_PRETRAINED_CFG, **merged_cfg, "architecture": arch}
+    if checkpoint is not None:
+        changed = sorted(k for k in arch_kwargs if config.to_dict()[k] != base.get(k))
+        if changed:
+            raise CheckpointMismatchError(f"architecture arguments {changed} differ from those saved in "
+                                          f"{checkpoint}/config.json; drop them to load the checkpoint")
+        _load_weights(model, Path(checkpoint), f"{arch} {config.to_dict()}", allow_head_mismatch=classes != saved_classes)
+    return FeatureExtractor(model, out_indices) if features_only else model
+
+
+def save_pretrained(model: SSMamba, directory: str | Path, pretrained_cfg: dict | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``directory`` (created). Returns the directory."""
+    if isinstance(model, FeatureExtractor):
+        model = model.model
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    from ssmamba import __version__
+
+    config = {
+        "architecture": getattr(model, "_architecture", None) or model.pretrained_cfg.get("architecture"),
+        "model_args": model.cfg.to_dict(),
+        "num_classes": model.num_classes,
+        "in_chans": model.in_chans,
+        "pretrained_cfg": {**model.pretrained_cfg, **(pretrained_cfg or {})},
+        "ssmamba_version": __version__,
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
+    return directory
+
+
+# ---- timm registration (optional) ---------------------------------------------------------------------------
+def _timm_entrypoint(arch: str):
+    def entrypoint(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None,
+                   **kwargs):
+        if pretrained:
+            raise ValueError(f"{arch} has no published weights to download; load a local checkpoint with "
+                             f"ssmamba.create_model(checkpoint=PATH) or timm's checkpoint_path=")
+        overlay = {**(pretrained_cfg if isinstance(pretrained_cfg, dict) else {}), **(pretrained_cfg_overlay or {})}
+        return create_model(arch, pretrained_cfg=overlay or None, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = arch
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"SSMamba variant {arch} (see ssmamba.models.ssmamba.variant_configs)."
+    return entrypoint
+
+
+def register_with_timm() -> bool:
+    """Make ``timm.create_model("ssmamba_tiny")`` etc. work. Returns False when timm cannot be imported."""
+    try:
+        from timm.models import register_model
+    except ImportError:  # timm (or the torchvision it needs) is not installed: ssmamba works without it
+        return False
+    import timm
+
+    registered = set(timm.list_models("ssmamba*"))
+    for arch in variant_configs():
+        if arch not in registered:
+            globals()[arch] = register_model(_timm_entrypoint(arch))
+    return True

@@ -1,0 +1,78 @@
+"""Model factory: registry, timm integration, save/load round trips and loud failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import ssmamba
+from ssmamba.models import CheckpointMismatchError, create_model, list_models, save_pretrained
+
+
+def test_registered_variants():
+    assert {"ssmamba_test", "ssmamba_tiny", "ssmamba_small", "ssmamba_base"} <= set(list_models())
+    with pytest.raises(ValueError, match="unknown model 'ssmamba_huge'.*ssmamba_tiny"):
+        create_model("ssmamba_huge")
+
+
+def test_tiny_parameter_budget():
+    model = create_model("ssmamba_tiny", num_classes=0)
+    params = sum(p.numel() for p in model.parameters())
+    assert 5e6 <= params <= 10e6, params
+
+
+def test_timm_create_model_after_import():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("ssmamba_test", num_classes=3)
+    assert isinstance(model, ssmamba.models.SSMamba)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    features = timm.create_model("ssmamba_test", features_only=True, out_indices=(2, 3))
+    assert features.feature_info.channels() == [32, 64]
+    with pytest.raises(ValueError, match="no published weights"):
+        timm.create_model("ssmamba_test", pretrained=True)
+
+
+def test_save_load_round_trip_is_bit_identical(tmp_path):
+    model = create_model("ssmamba_test", num_classes=3, lpr=False).eval()
+    save_pretrained(model, tmp_path / "ckpt", pretrained_cfg={"mpp": 0.5, "class_names": ["a", "b", "c"]})
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["architecture"] == "ssmamba_test" and config["model_args"]["lpr"] is False
+    assert config["pretrained_cfg"]["mpp"] == 0.5
+    loaded = create_model(checkpoint=tmp_path / "ckpt").eval()
+    assert loaded.pretrained_cfg["class_names"] == ["a", "b", "c"]
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    # a path works as the name, too
+    assert isinstance(create_model(str(tmp_path / "ckpt")), ssmamba.models.SSMamba)
+
+
+def test_new_head_on_pretrained_encoder(tmp_path):
+    encoder = create_model("ssmamba_test", num_classes=0)
+    save_pretrained(encoder, tmp_path / "enc")
+    model = create_model(checkpoint=tmp_path / "enc", num_classes=5)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    torch.testing.assert_close(model.stem[0].weight, encoder.stem[0].weight)
+
+
+def test_loading_into_a_different_architecture_fails_loudly(tmp_path):
+    save_pretrained(create_model("ssmamba_test"), tmp_path / "ckpt")
+    with pytest.raises(CheckpointMismatchError, match="differ from those saved"):
+        create_model(checkpoint=tmp_path / "ckpt", lpr=False)
+    with pytest.raises(CheckpointMismatchError, match="holds a 'ssmamba_test' model"):
+        create_model("ssmamba_tiny", checkpoint=tmp_path / "ckpt")
+    # weights that do not fit the config: keys are named and the config is pointed to
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    config["model_args"]["lpr"] = False
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointMismatchError, match="unexpected keys.*lpr"):
+        create_model(checkpoint=tmp_path / "ckpt")
+
+
+def test_missing_checkpoint_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        create_model(checkpoint=tmp_path)
