@@ -12,6 +12,8 @@ from ssmamba import __version__
 # and a broken optional dependency of one command cannot take the others down.
 _COMMANDS = {
     "info": ("ssmamba.cli.info", "info"),
+    "wsi": ("ssmamba.cli.wsi", "wsi"),
+    "mil": ("ssmamba.cli.mil", "mil"),
 }
 
 

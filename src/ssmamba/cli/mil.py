@@ -1,0 +1,144 @@
+"""``ssmamba mil``: train and evaluate multiple-instance heads on bags of tile features.
+
+    ssmamba mil train --csv bags.csv --features OUT/features_0.50mpp_224px/<encoder> --head abmil --folds 5 --out runs/mil
+    ssmamba mil evaluate --model runs/mil --csv test.csv --features ... --out runs/mil-test
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import yaml
+
+
+def _head_kwargs(pairs: tuple[str, ...]) -> dict:
+    """``--head-arg dim=256 --head-arg order=given`` -> {"dim": 256, "order": "given"} (values parsed as YAML)."""
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--head-arg")
+        kwargs[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return kwargs
+
+
+def _bag_options(function):
+    for option in reversed([
+        click.option("--csv", "csv_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Bags CSV: slide_id,label[,split|fold][,patient_id]."),
+        click.option("--features", "features_dir", required=True,
+                     type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="Folder of <slide>.h5 feature files (from `wsi extract`)."),
+        click.option("--id-column", default="slide_id", show_default=True),
+        click.option("--label-column", default="label", show_default=True),
+        click.option("--patient-column", help="Group slides by this column [default: patient_id/case_id if present]."),
+        click.option("--allow-missing", is_flag=True, help="Leave out bags without a feature file."),
+        click.option("--bootstrap", "n_bootstrap", default=1000, show_default=True,
+                     help="Bootstrap resamples for confidence intervals."),
+        click.option("--device", default="auto", show_default=True),
+    ]):
+        function = option(function)
+    return function
+
+
+def _device(name: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+@click.group()
+def mil() -> None:
+    """Multiple-instance learning on slide (or image) bags of tile features."""
+
+
+@mil.command()
+@_bag_options
+@click.option("--head", "head_name", type=click.Choice(["abmil", "transmil", "mamba_mil"]), default="abmil",
+              show_default=True)
+@click.option("--head-arg", "head_args", multiple=True, help="Constructor argument KEY=VALUE (repeatable).")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--folds", type=int, help="K-fold CV over all bags (stratified, by patient if known). Without it: "
+              "the CSV's fold column, else its split column (train/val/test).")
+@click.option("--epochs", default=40, show_default=True)
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--weight-decay", default=1e-4, show_default=True)
+@click.option("--max-instances", default=8192, show_default=True, help="Subsample bigger training bags (0: never).")
+@click.option("--val-fraction", default=0.0, show_default=True,
+              help="In CV, hold out this share of each fold's training bags to pick the best epoch.")
+@click.option("--balance/--no-balance", default=True, show_default=True, help="Inverse-frequency class weights.")
+@click.option("--chunk-size", default=4096, show_default=True, help="Tiles per chunk at inference.")
+@click.option("--seed", default=0, show_default=True)
+def train(csv_path, features_dir, id_column, label_column, patient_column, allow_missing, n_bootstrap, device,
+          head_name, head_args, out_dir, folds, epochs, lr, weight_decay, max_instances, val_fraction, balance,
+          chunk_size, seed) -> None:
+    """Train a MIL head with k-fold cross-validation (or on a fixed split) and report slide-level metrics."""
+    from ssmamba.mil.bags import read_bag_table
+    from ssmamba.mil.cv import ExperimentSettings, run_cross_validation, run_fixed_split
+    from ssmamba.mil.engine import MILTrainConfig
+
+    try:
+        table = read_bag_table(csv_path, features_dir, id_column=id_column, label_column=label_column,
+                               patient_column=patient_column, allow_missing=allow_missing)
+    except (ValueError, FileNotFoundError) as error:
+        raise click.UsageError(str(error)) from error
+    click.echo(table.describe())
+    settings = ExperimentSettings(
+        head_name=head_name, head_kwargs=_head_kwargs(head_args),
+        train=MILTrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, max_instances=max_instances or None,
+                             balance_classes=balance, chunk_size=chunk_size, seed=seed, device=_device(device)),
+        val_fraction=val_fraction, n_bootstrap=n_bootstrap)
+    extra = {"features_dir": str(features_dir.resolve()), "csv": str(csv_path.resolve())}
+    use_folds = folds is not None or all(r.fold is not None for r in table.records)
+    try:
+        if use_folds:
+            summary = run_cross_validation(table, settings, out_dir, n_folds=folds, seed=seed, extra=extra)
+            click.echo((out_dir / "summary.md").read_text())
+        else:
+            metrics = run_fixed_split(table, settings, out_dir, seed=seed, extra=extra)
+            click.echo(f"test metrics written to {out_dir}; " + ", ".join(
+                f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+
+
+@mil.command()
+@_bag_options
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A trained head folder, or a CV run folder (its fold_* heads are averaged).")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--chunk-size", default=4096, show_default=True, help="Tiles per chunk at inference.")
+def evaluate(csv_path, features_dir, id_column, label_column, patient_column, allow_missing, n_bootstrap, device,
+             model_dir, out_dir, chunk_size) -> None:
+    """Score bags with trained head(s) and write predictions.csv, metrics and a report."""
+    import numpy as np
+
+    from ssmamba.eval.metrics import compute_metrics
+    from ssmamba.eval.report import write_report
+    from ssmamba.mil.bags import BagDataset, read_bag_table
+    from ssmamba.mil.engine import CONFIG_NAME, BagPredictions, load_mil_model, predict
+
+    model_dirs = [model_dir] if (model_dir / CONFIG_NAME).is_file() else sorted(
+        p.parent for p in model_dir.glob(f"fold_*/{CONFIG_NAME}"))
+    if not model_dirs:
+        raise click.UsageError(f"{model_dir}: neither a trained head ({CONFIG_NAME}) nor a CV run with fold_*/")
+    heads = [load_mil_model(d, device=_device(device)) for d in model_dirs]
+    class_names = heads[0][1]["class_names"]
+    if any(config["class_names"] != class_names for _, config in heads):
+        raise click.UsageError(f"the heads in {model_dir} were trained with different class lists")
+    try:
+        table = read_bag_table(csv_path, features_dir, id_column=id_column, label_column=label_column,
+                               patient_column=patient_column, class_names=class_names, allow_missing=allow_missing)
+    except (ValueError, FileNotFoundError) as error:
+        raise click.UsageError(str(error)) from error
+    dataset = BagDataset(table.records)
+    runs = [predict(head, dataset, chunk_size=chunk_size, device=_device(device)) for head, _ in heads]
+    predictions = BagPredictions(runs[0].slide_ids, runs[0].y_true, np.mean([r.probs for r in runs], axis=0),
+                                 [np.mean(a, axis=0) for a in zip(*(r.attention for r in runs))])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictions.write_csv(out_dir / "predictions.csv", class_names)
+    metrics = compute_metrics(predictions.y_true, predictions.probs, class_names, n_bootstrap=n_bootstrap)
+    write_report(metrics, out_dir, probs=predictions.probs, y_true=predictions.y_true,
+                 title=f"MIL evaluation of {model_dir} ({len(heads)} head(s)) on {csv_path.name}")
+    click.echo(f"{len(dataset)} bags, {len(heads)} head(s); predictions and report in {out_dir}")

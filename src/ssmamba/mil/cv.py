@@ -1,0 +1,182 @@
+"""Slide-level experiments: k-fold cross-validation or a fixed train/val/test split, with saved models and reports.
+
+Folds are stratified by label and, when the CSV has a patient column, grouped by patient (scikit-learn's
+``StratifiedGroupKFold``), so no patient is in both the training and the test part of a fold. A CSV ``fold``
+column gives predefined folds instead. Each fold's test bags are scored with the same evaluator as ROI tasks
+(``ssmamba.eval.metrics.compute_metrics``) and the folds are summarised as mean ± std; the out-of-fold predictions
+of all folds are also scored together.
+
+Output folder::
+
+    OUT/fold_0/{mil_model.safetensors, mil_config.json, predictions.csv, history.json, metrics.json, report.md, ...}
+    OUT/cv_summary.json   per-fold metrics, mean ± std, pooled out-of-fold metrics, settings
+    OUT/summary.md        the same as a table
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from ssmamba.mil import create_mil_head
+from ssmamba.mil.bags import BagDataset, BagTable
+from ssmamba.mil.engine import BagPredictions, MILTrainConfig, predict, save_mil_model, train_config_dict, train_head
+
+# Scalar metrics shown in summary tables, in this order, when the evaluator provides them.
+SUMMARY_METRICS = ("auroc", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "kappa")
+
+
+def make_folds(table: BagTable, n_folds: int | None, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train indices, test indices) per fold.
+
+    ``n_folds=None`` uses the CSV's ``fold`` column (fold k tests the bags marked k). Otherwise stratified k-fold,
+    grouped by patient when the table has a patient column.
+    """
+    labels = np.asarray(table.labels)
+    indices = np.arange(len(table.records))
+    if n_folds is None:
+        folds = [r.fold for r in table.records]
+        if any(f is None for f in folds):
+            raise ValueError(f"{table.source}: some rows have no 'fold'; give --folds K for automatic folds")
+        return [(indices[np.asarray(folds) != k], indices[np.asarray(folds) == k]) for k in sorted(set(folds))]
+    if n_folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {n_folds}")
+    smallest = int(np.bincount(labels).min())
+    if smallest < n_folds:
+        raise ValueError(f"{table.source}: the rarest class has {smallest} bags, fewer than {n_folds} folds")
+    if table.patient_column:
+        groups = [r.group for r in table.records]
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        return list(splitter.split(indices, labels, groups))
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return list(splitter.split(indices, labels))
+
+
+def validation_split(table: BagTable, train_indices: np.ndarray, fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out about ``fraction`` of a fold's training bags (stratified, patient-grouped) for model selection."""
+    if fraction <= 0:
+        return train_indices, np.asarray([], dtype=np.int64)
+    n_splits = max(2, round(1 / fraction))
+    labels = np.asarray(table.labels)[train_indices]
+    groups = [table.records[i].group for i in train_indices]
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    inner_train, inner_val = next(splitter.split(train_indices, labels, groups))
+    return train_indices[inner_train], train_indices[inner_val]
+
+
+@dataclass
+class ExperimentSettings:
+    """What to train: the head, its constructor arguments, optimisation, and how to evaluate."""
+
+    head_name: str
+    head_kwargs: dict
+    train: MILTrainConfig
+    val_fraction: float = 0.0
+    n_bootstrap: int = 1000
+    progress: bool = True
+
+
+def _fit_and_score(table: BagTable, train_idx, val_idx, test_idx, settings: ExperimentSettings, out_dir: Path,
+                   fold_seed: int, extra: dict) -> tuple[dict, BagPredictions]:
+    from ssmamba.eval.metrics import compute_metrics
+    from ssmamba.eval.report import write_report
+
+    records = table.records
+    train_set = BagDataset([records[i] for i in train_idx])
+    val_set = BagDataset([records[i] for i in val_idx]) if len(val_idx) else None
+    test_set = BagDataset([records[i] for i in test_idx])
+    torch.manual_seed(fold_seed)
+    head = create_mil_head(settings.head_name, train_set.feature_dim, len(table.class_names), **settings.head_kwargs)
+    config = MILTrainConfig(**{**train_config_dict(settings.train), "seed": fold_seed})
+    history = train_head(head, train_set, config, val_set, progress=settings.progress)
+    predictions = predict(head, test_set, chunk_size=config.chunk_size, device=config.device)
+    metrics = compute_metrics(predictions.y_true, predictions.probs, table.class_names,
+                              n_bootstrap=settings.n_bootstrap, seed=fold_seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_mil_model(head, out_dir, head_name=settings.head_name, head_kwargs=settings.head_kwargs,
+                   class_names=table.class_names, extra=extra)
+    predictions.write_csv(out_dir / "predictions.csv", table.class_names)
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    (out_dir / "split.json").write_text(json.dumps({
+        "train": [records[i].slide_id for i in train_idx], "val": [records[i].slide_id for i in val_idx],
+        "test": [records[i].slide_id for i in test_idx]}, indent=1))
+    write_report(metrics, out_dir, probs=predictions.probs, y_true=predictions.y_true,
+                 title=f"{settings.head_name}: {out_dir.name}")
+    return metrics, predictions
+
+
+def run_cross_validation(table: BagTable, settings: ExperimentSettings, out_dir: str | Path,
+                         n_folds: int | None = 5, seed: int = 0, extra: dict | None = None) -> dict:
+    """K-fold CV; returns (and writes to ``cv_summary.json``) per-fold metrics, mean ± std and pooled metrics."""
+    from ssmamba.eval.metrics import compute_metrics, summarise_folds
+
+    out_dir = Path(out_dir)
+    fold_metrics, pooled_true, pooled_probs = [], [], []
+    for k, (train_idx, test_idx) in enumerate(make_folds(table, n_folds, seed)):
+        train_idx, val_idx = validation_split(table, train_idx, settings.val_fraction, seed + k)
+        metrics, predictions = _fit_and_score(table, train_idx, val_idx, test_idx, settings, out_dir / f"fold_{k}",
+                                              seed + k, {**(extra or {}), "fold": k})
+        fold_metrics.append(metrics)
+        pooled_true.append(predictions.y_true)
+        pooled_probs.append(predictions.probs)
+        if settings.progress:
+            print(f"fold {k}: " + ", ".join(f"{m} {_scalar(metrics, m):.4f}" for m in SUMMARY_METRICS
+                                            if _scalar(metrics, m) is not None))
+    pooled = compute_metrics(np.concatenate(pooled_true), np.concatenate(pooled_probs), table.class_names,
+                             n_bootstrap=settings.n_bootstrap, seed=seed)
+    summary = {"folds": fold_metrics, "summary": summarise_folds(fold_metrics), "pooled_out_of_fold": pooled,
+               "settings": {"head": settings.head_name, "head_kwargs": settings.head_kwargs,
+                            "train": train_config_dict(settings.train), "val_fraction": settings.val_fraction,
+                            "n_folds": n_folds, "seed": seed, "bags": table.describe(), **(extra or {})}}
+    (out_dir / "cv_summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
+    (out_dir / "summary.md").write_text(summary_markdown(summary, title=f"{settings.head_name}, {len(fold_metrics)}-fold CV"))
+    return summary
+
+
+def run_fixed_split(table: BagTable, settings: ExperimentSettings, out_dir: str | Path, seed: int = 0,
+                    extra: dict | None = None) -> dict:
+    """Train on split=train (select on split=val when present), test on split=test."""
+    splits = np.asarray([r.split for r in table.records])
+    if not (splits == "train").any() or not (splits == "test").any():
+        raise ValueError(f"{table.source}: the split column needs 'train' and 'test' rows (or use --folds K)")
+    indices = np.arange(len(splits))
+    metrics, _ = _fit_and_score(table, indices[splits == "train"], indices[splits == "val"],
+                                indices[splits == "test"], settings, Path(out_dir), seed, extra or {})
+    return metrics
+
+
+def _scalar(metrics: dict, name: str) -> float | None:
+    value = metrics.get(name)
+    if isinstance(value, dict):
+        value = value.get("value", value.get("mean"))
+    return float(value) if isinstance(value, (int, float, np.floating)) else None
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)
+
+
+def summary_markdown(summary: dict, title: str) -> str:
+    """A table of the scalar metrics: one row per fold, then mean ± std, then pooled out-of-fold."""
+    names = [m for m in SUMMARY_METRICS if _scalar(summary["folds"][0], m) is not None]
+    lines = [f"# {title}", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for k, metrics in enumerate(summary["folds"]):
+        lines.append(f"| fold {k} | " + " | ".join(f"{_scalar(metrics, m):.4f}" for m in names) + " |")
+    values = np.asarray([[_scalar(metrics, m) for m in names] for metrics in summary["folds"]])
+    lines.append("| **mean ± std** | " + " | ".join(f"**{mu:.4f} ± {sd:.4f}**" for mu, sd in
+                                                    zip(values.mean(0), values.std(0, ddof=1) if len(values) > 1
+                                                        else np.zeros(len(names)))) + " |")
+    lines.append("| pooled out-of-fold | " + " | ".join(f"{_scalar(summary['pooled_out_of_fold'], m):.4f}"
+                                                        for m in names) + " |")
+    lines += ["", f"Settings: `{json.dumps(summary['settings'], default=_json_default)}`", ""]
+    return "\n".join(lines)

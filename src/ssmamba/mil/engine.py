@@ -1,0 +1,171 @@
+"""Training and inference of one MIL head on bags of features, and saving/loading trained heads.
+
+One bag per optimisation step (bags differ in size), AdamW with a cosine schedule, cross-entropy with optional
+inverse-frequency class weights, random subsampling of large bags during training, and full-bag streaming
+inference (``predict_bag``) for evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from ssmamba.mil import create_mil_head
+from ssmamba.mil.base import MILHead, subsample_bag
+from ssmamba.mil.bags import BagDataset
+
+WEIGHTS_NAME, CONFIG_NAME = "mil_model.safetensors", "mil_config.json"
+
+
+@dataclass
+class MILTrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        epochs: passes over the training bags.
+        lr, weight_decay: AdamW settings; the learning rate follows a cosine decay to 0 after a 1-epoch warm-up.
+        max_instances: training bags larger than this are randomly subsampled at every step (None: never).
+        balance_classes: weight the loss by inverse class frequency of the training bags.
+        select_on_validation: with a validation set, keep the weights of the epoch with the lowest validation
+            loss (otherwise the last epoch's).
+        chunk_size: instances per chunk in streaming inference.
+        seed: controls initialisation, bag order and subsampling.
+        device: torch device.
+    """
+
+    epochs: int = 40
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    max_instances: int | None = 8192
+    balance_classes: bool = True
+    select_on_validation: bool = True
+    chunk_size: int = 4096
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class BagPredictions:
+    """Predictions on a set of bags: ids, true labels (n,), class probabilities (n, C), per-tile attention."""
+
+    slide_ids: list[str]
+    y_true: np.ndarray
+    probs: np.ndarray
+    attention: list[np.ndarray] = field(repr=False)
+
+    def write_csv(self, path: str | Path, class_names: list[str]) -> None:
+        """``slide_id,label,prediction,prob_<class>...`` with class names, one row per bag."""
+        lines = ["slide_id,label,prediction," + ",".join(f"prob_{name}" for name in class_names)]
+        for slide_id, label, probs in zip(self.slide_ids, self.y_true, self.probs):
+            lines.append(f"{slide_id},{class_names[int(label)]},{class_names[int(np.argmax(probs))]},"
+                         + ",".join(f"{p:.6f}" for p in probs))
+        Path(path).write_text("\n".join(lines) + "\n")
+
+
+def _class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    counts = torch.bincount(torch.tensor(labels), minlength=num_classes).float()
+    weights = counts.sum() / (num_classes * counts.clamp(min=1))
+    return weights
+
+
+def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train_head(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_set: BagDataset | None = None,
+               progress: bool = True) -> list[dict]:
+    """Fit ``head`` on ``train_set``; returns one dict per epoch (train loss, and validation loss when given)."""
+    device = torch.device(config.device)
+    head.to(device)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * len(train_set)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, len(train_set), total_steps))
+    labels = [record.label for record in train_set.records]
+    weights = _class_weights(labels, head.num_classes).to(device) if config.balance_classes else None
+    history, best_loss, best_state = [], math.inf, None
+    for epoch in tqdm(range(config.epochs), desc="epochs", disable=not progress, leave=False):
+        head.train()
+        losses = []
+        for index in torch.randperm(len(train_set), generator=generator).tolist():
+            features, coords, label = train_set[index]
+            features, coords = subsample_bag(features, coords, config.max_instances, generator)
+            logits = head(features.to(device), coords.to(device))
+            loss = F.cross_entropy(logits, torch.tensor([label], device=device), weight=weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+        if val_set is not None:
+            predictions = predict(head, val_set, chunk_size=config.chunk_size, device=config.device)
+            probs = torch.from_numpy(predictions.probs).clamp_min(1e-12)
+            record["val_loss"] = float(F.nll_loss(probs.log(), torch.from_numpy(predictions.y_true)).item())
+            if config.select_on_validation and record["val_loss"] < best_loss:
+                best_loss, best_state = record["val_loss"], copy.deepcopy(head.state_dict())
+                record["selected"] = True
+        history.append(record)
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    return history
+
+
+@torch.no_grad()
+def predict(head: MILHead, dataset: BagDataset, chunk_size: int = 4096, device: str = "cpu") -> BagPredictions:
+    """Class probabilities and attention for every bag, each bag whole (streamed ``chunk_size`` tiles at a time)."""
+    head.to(device).eval()
+    probs, labels, attention = [], [], []
+    for index in range(len(dataset)):
+        features, coords, label = dataset[index]
+        out = head.predict_bag(features, coords, chunk_size=chunk_size)
+        probs.append(torch.softmax(out.logits.float(), dim=-1)[0].cpu().numpy())
+        attention.append(out.attention[0].float().cpu().numpy())
+        labels.append(label)
+    return BagPredictions([r.slide_id for r in dataset.records], np.asarray(labels, dtype=np.int64),
+                          np.stack(probs), attention)
+
+
+def save_mil_model(head: MILHead, directory: str | Path, *, head_name: str, head_kwargs: dict,
+                   class_names: list[str], extra: dict | None = None) -> Path:
+    """Write ``mil_model.safetensors`` + ``mil_config.json`` (everything needed to rebuild the head)."""
+    from ssmamba import __version__
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_NAME))
+    config = {"head": head_name, "in_dim": head.in_dim, "num_classes": head.num_classes,
+              "head_kwargs": {k: getattr(v, "value", v) for k, v in head_kwargs.items()},
+              "class_names": list(class_names), "ssmamba_version": __version__, **(extra or {})}
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
+    return directory
+
+
+def load_mil_model(directory: str | Path, device: str = "cpu") -> tuple[MILHead, dict]:
+    """Rebuild a head saved by :func:`save_mil_model`; returns it (in eval mode) and its config."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{directory}: no {CONFIG_NAME}; expected a folder written by `ssmamba mil train`")
+    config = json.loads(config_path.read_text())
+    head = create_mil_head(config["head"], config["in_dim"], config["num_classes"], **config["head_kwargs"])
+    head.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+    return head.to(device).eval(), config
+
+
+def train_config_dict(config: MILTrainConfig) -> dict:
+    return asdict(config)
