@@ -81,6 +81,9 @@ class MAMIM(nn.Module):
         self.stride = 4 * 2 ** (len(encoder.cfg.dims) - 1)
         self.decoder = PixelDecoder(encoder.num_features, self.stride, encoder.in_chans)
 
+    def no_weight_decay(self) -> set[str]:
+        return set(self.encoder.no_weight_decay()) | {"mask_token"}
+
     def upsample_mask(self, mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """``(B, gh, gw)`` bool -> ``(B, 1, height, width)`` float, nearest."""
         return F.interpolate(mask[:, None].float(), size=(height, width), mode="nearest")

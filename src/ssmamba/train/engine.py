@@ -1,0 +1,147 @@
+"""The step engine shared by pretraining and fine-tuning: optimise, log, checkpoint, resume, stop on NaN.
+
+A :class:`Trainer` subclass says what one step computes (``compute_loss``) and what happens at checkpoints and at
+the end of an epoch; the engine owns the loop. A training state (``training_state.pt``: model, optimiser, schedule,
+step, RNG, history) is written atomically, so an interrupted run resumes with ``resume=True`` and continues to the
+same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ssmamba.train.sampling import set_epoch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "RunState", "NonFiniteLossError", "STATE_NAME"]
+
+STATE_NAME = "training_state.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the last good checkpoint."""
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)  # one row per logged step/epoch
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+
+
+class Trainer:
+    """Step-based training loop. Subclasses implement :meth:`compute_loss` and may override the hooks."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, loader, out_dir: Path,
+                 epochs: int, checkpoint_every: int = 0, grad_clip: float | None = 1.0, log_every: int = 10,
+                 progress: bool = True):
+        self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
+        self.out_dir = Path(out_dir)
+        self.epochs, self.checkpoint_every, self.grad_clip = epochs, checkpoint_every, grad_clip
+        self.log_every, self.progress = log_every, progress
+        self.steps_per_epoch = len(loader)
+        self.total_steps = epochs * self.steps_per_epoch
+        self.state = RunState()
+        self.stop_requested = False
+
+    # ---- to implement ----------------------------------------------------------------------------------------
+    def compute_loss(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def on_checkpoint(self) -> None:
+        """Called after each training-state checkpoint (e.g. save the encoder, draw reconstructions)."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after each epoch (e.g. validate, keep the best model, set ``self.stop_requested``)."""
+
+    # ---- state -----------------------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / STATE_NAME
+
+    def save_state(self) -> None:
+        payload = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "run": self.state.__dict__, "torch_rng": torch.get_rng_state(),
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.state_path)  # atomic: an interruption never leaves a half-written state
+
+    def load_state(self) -> None:
+        if not self.state_path.is_file():
+            raise FileNotFoundError(f"cannot resume: no {STATE_NAME} in {self.out_dir}")
+        payload = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.state = RunState(**payload["run"])
+        torch.set_rng_state(payload["torch_rng"])
+        logger.info("resumed from %s at step %d (epoch %d)", self.state_path, self.state.step, self.state.epoch)
+
+    def checkpoint(self) -> None:
+        self.save_state()
+        with torch.random.fork_rng(devices=[]):  # hooks must not shift the RNG a resumed run restores
+            self.on_checkpoint()
+
+    # ---- loop ------------------------------------------------------------------------------------------------
+    def _optimise(self, loss: torch.Tensor) -> float:
+        value = loss.item()
+        if not math.isfinite(value):
+            last = f"the last good checkpoint is {self.state_path}" if self.state_path.exists() else \
+                "no checkpoint was written yet"
+            raise NonFiniteLossError(f"loss became {value} at step {self.state.step} (epoch {self.state.epoch}); "
+                                     f"training stopped, {last}. Try a lower learning rate or check the inputs.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return value
+
+    def fit(self, resume: bool = False) -> RunState:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load_state()
+        bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.progress, unit="step",
+                   dynamic_ncols=True, desc=type(self).__name__.replace("Trainer", "").lower() or "train")
+        running, seen, started = 0.0, 0, time.perf_counter()
+        while self.state.epoch < self.epochs and not self.stop_requested:
+            epoch = self.state.epoch
+            start_batch = self.state.step - epoch * self.steps_per_epoch
+            set_epoch(self.loader, epoch, start_batch)
+            self.model.train()
+            for batch in self.loader:
+                loss = self._optimise(self.compute_loss(batch))
+                self.state.step += 1
+                running, seen = running + loss, seen + 1
+                images = self.state.step * self.loader.batch_size
+                bar.update(1)
+                if self.state.step % self.log_every == 0 or self.state.step == self.total_steps:
+                    rate = seen * self.loader.batch_size / max(time.perf_counter() - started, 1e-9)
+                    row = {"step": self.state.step, "epoch": epoch, "loss": running / seen,
+                           "lr": self.optimizer.param_groups[0]["lr"], "images": images}
+                    self.state.history.append(row)
+                    bar.set_postfix(loss=f"{running / seen:.4f}", img_s=f"{rate:.1f}")
+                    running, seen, started = 0.0, 0, time.perf_counter()
+                if self.checkpoint_every and self.state.step % self.checkpoint_every == 0:
+                    self.checkpoint()
+            self.state.epoch = epoch + 1
+            self.on_epoch_end(epoch)
+        bar.close()
+        self.checkpoint()
+        return self.state

@@ -1,0 +1,71 @@
+"""AdamW parameter groups (no decay on norms/biases/SSM dynamics, layer-wise LR decay) and warm-up + cosine."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import nn
+
+__all__ = ["param_groups", "warmup_cosine", "layer_ids"]
+
+
+def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
+    """Depth index of every parameter from the model's timm-style ``group_matcher()``: stem 0, then blocks in
+    order, the final norm and head last. Returns ``(name -> layer id, number of layers)``."""
+    matcher = model.group_matcher(coarse=False)
+    blocks = [(re.compile(p), suffix) for p, suffix in matcher["blocks"]]
+    keys = {}
+    for name, _ in model.named_parameters():
+        if re.match(matcher["stem"], name):
+            keys[name] = (0,)
+            continue
+        for pattern, suffix in blocks:
+            match = pattern.match(name)
+            if match:
+                keys[name] = (1,) + tuple(int(g) for g in match.groups()) + tuple(suffix or ())
+                break
+        else:  # head and anything after the last block
+            keys[name] = (math.inf,)
+    order = {key: i for i, key in enumerate(sorted(set(keys.values())))}
+    return {name: order[key] for name, key in keys.items()}, len(order)
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0,
+                 extra_modules: dict[str, nn.Module] | None = None) -> list[dict]:
+    """AdamW groups. ``layer_decay < 1`` scales the LR of layer ``i`` of ``n`` by ``layer_decay ** (n - 1 - i)``
+    (BEiT-style: early layers of a pretrained encoder move least). ``extra_modules`` (e.g. a MAMIM decoder) train
+    at the full LR. 1-d tensors and the encoder's ``no_weight_decay()`` names are not decayed."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    ids, n_layers = layer_ids(model) if layer_decay < 1.0 else ({}, 1)
+    groups: dict[tuple[int, bool], dict] = {}
+
+    def add(name: str, param: torch.Tensor, layer: int) -> None:
+        if not param.requires_grad:
+            return
+        no_decay = param.ndim <= 1 or name.split(".")[-1] in skip
+        scale = layer_decay ** (n_layers - 1 - layer)
+        group = groups.setdefault((layer, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                                                      "lr": lr * scale, "lr_scale": scale})
+        group["params"].append(param)
+
+    for name, param in model.named_parameters():
+        add(name, param, ids.get(name, n_layers - 1))
+    for prefix, module in (extra_modules or {}).items():
+        for name, param in module.named_parameters():
+            add(f"{prefix}.{name}", param, n_layers - 1)
+    return list(groups.values())
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                  min_lr_ratio: float = 0.01) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from 0 to each group's LR over ``warmup_steps``, then cosine down to ``min_lr_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,137 @@
+"""Stage 1: MAMIM pretraining of an SSMamba encoder on the user's own images (labels ignored).
+
+Outputs in ``out``::
+
+    config.yaml            the resolved run configuration (augmentations included)
+    checkpoint/            the encoder: model.safetensors + config.json (load with create_model(checkpoint=...))
+    training_state.pt      everything needed for --resume
+    reconstruction_XXXXXX.png, loss.png, log.txt
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from ssmamba.models import create_model, save_pretrained
+from ssmamba.ssl import MAMIM
+from ssmamba.train.engine import Trainer
+from ssmamba.train.optim import param_groups, warmup_cosine
+from ssmamba.train.plots import plot_curves, save_reconstruction_grid
+from ssmamba.train.sampling import make_loader
+from ssmamba.train.setup import add_file_log, seed_everything
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PretrainConfig", "PretrainTrainer", "pretrain"]
+
+
+@dataclass
+class PretrainConfig:
+    data: str = ""  # image folder, CSV manifest or nucleus-points CSV; labels are ignored
+    out: str = "runs/pretrain"
+    model: str = "ssmamba_tiny"
+    split: str | None = None  # e.g. "train" to keep val/test images out of pretraining; None = every image
+    img_size: int = 64  # training view size (a multiple of 32)
+    crop_size: int = 64  # nucleus-points CSVs: side of the crop read around each point, before the view
+    mask_ratio: float = 0.6
+    mask_patch_size: int = 16
+    zoom_min: float = 0.25  # views span this range of zoom relative to native resolution (magnification shift)
+    zoom_max: float = 1.0
+    hed: bool = True  # stain (HED) jitter
+    flips: bool = True
+    rot90: bool = True
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    grad_clip: float = 3.0
+    checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
+    max_images: int | None = None  # subsample the data set (seeded) for a quick run
+    num_workers: int = 0
+    seed: int = 0
+    strict: bool = False  # fail on an unreadable file instead of skipping it
+
+    def __post_init__(self):
+        if self.img_size % 32 or self.img_size % self.mask_patch_size:
+            raise ValueError(f"img_size {self.img_size} must be a multiple of 32 and of mask_patch_size "
+                             f"{self.mask_patch_size}")
+
+
+class PretrainTrainer(Trainer):
+    def __init__(self, mamim: MAMIM, cfg: PretrainConfig, mean, std, preview: torch.Tensor, **kwargs):
+        super().__init__(mamim, **kwargs)
+        self.cfg, self.mean, self.std, self.preview = cfg, mean, std, preview
+
+    def compute_loss(self, batch) -> torch.Tensor:
+        images, _ = batch
+        # masks depend on (seed, step) only, so a resumed run draws the same ones
+        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.state.step)
+        loss, _, _ = self.model(images, generator=generator)
+        return loss
+
+    def on_checkpoint(self) -> None:
+        mamim: MAMIM = self.model
+        save_pretrained(mamim.encoder, self.out_dir / "checkpoint", pretrained_cfg={
+            "mean": list(self.mean), "std": list(self.std), "input_size": [3, self.cfg.img_size, self.cfg.img_size],
+            "pretraining": "mamim", "pretraining_steps": self.state.step})
+        mamim.eval()
+        with torch.no_grad():
+            _, prediction, mask = mamim(self.preview, generator=torch.Generator().manual_seed(0))
+            masked = self.preview * (1 - mamim.upsample_mask(mask, *self.preview.shape[-2:]))
+            recon = mamim.reconstruction(self.preview, prediction, mask)
+        mamim.train()
+        save_reconstruction_grid(self.preview, masked, recon, self.out_dir / f"reconstruction_{self.state.step:06d}.png",
+                                 self.mean, self.std, title=f"MAMIM step {self.state.step}")
+        if self.state.history:
+            plot_curves(self.state.history, self.out_dir / "loss.png", title="MAMIM reconstruction loss")
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Run MAMIM pretraining; returns the encoder checkpoint directory."""
+    from ssmamba.data import load_unlabelled
+    from ssmamba.data.transforms import pretrain_transform
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    add_file_log(out / "log.txt")
+    seed_everything(cfg.seed)
+    transform = pretrain_transform(cfg.img_size, zoom_range=(cfg.zoom_min, cfg.zoom_max), hed=cfg.hed,
+                                   flips=cfg.flips, rot90=cfg.rot90)
+    dataset = load_unlabelled(cfg.data, split=cfg.split, transform=transform, crop_size=cfg.crop_size,
+                              strict=cfg.strict, seed=cfg.seed)
+    if cfg.max_images and len(dataset) > cfg.max_images:
+        keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_images]
+        dataset = torch.utils.data.Subset(dataset, sorted(keep.tolist()))
+    logger.info("pretraining on %d images", len(dataset))
+    mean, std = transform.config.mean, transform.config.std
+    (out / "config.yaml").write_text(yaml.safe_dump(
+        {"pretrain": asdict(cfg), "augmentation": asdict(transform.config), "n_images": len(dataset)},
+        sort_keys=False))
+
+    encoder = create_model(cfg.model, num_classes=0)
+    mamim = MAMIM(encoder, mask_ratio=cfg.mask_ratio, patch_size=cfg.mask_patch_size)
+    loader = make_loader(dataset, cfg.batch_size, cfg.seed, shuffle=True, num_workers=cfg.num_workers,
+                         drop_last=len(dataset) > cfg.batch_size)
+    if len(loader) == 0:
+        raise ValueError(f"{cfg.data}: no images to pretrain on")
+    optimizer = torch.optim.AdamW(
+        param_groups(mamim, cfg.lr, cfg.weight_decay),
+        lr=cfg.lr, betas=(0.9, 0.95))
+    scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * len(loader)), cfg.epochs * len(loader))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        preview = torch.stack([dataset[i][0] for i in range(min(8, len(dataset)))])
+    trainer = PretrainTrainer(mamim, cfg, mean, std, preview, optimizer=optimizer, scheduler=scheduler,
+                              loader=loader, out_dir=out, epochs=cfg.epochs,
+                              checkpoint_every=cfg.checkpoint_every or len(loader), grad_clip=cfg.grad_clip,
+                              progress=progress)
+    trainer.fit(resume=resume)
+    logger.info("encoder saved to %s", out / "checkpoint")
+    return out / "checkpoint"
+

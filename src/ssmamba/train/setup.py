@@ -1,0 +1,30 @@
+"""Run set-up shared by every command: seeding, logging to the run folder, threads."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["seed_everything", "add_file_log"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def add_file_log(path: Path, level: int = logging.INFO) -> None:
+    """Also log ``ssmamba.*`` messages to ``path`` (appending, so a resumed run keeps its history)."""
+    root = logging.getLogger("ssmamba")
+    root.setLevel(min(root.level or level, level))
+    path = Path(path).resolve()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in root.handlers):
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
