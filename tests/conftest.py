@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -29,3 +31,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def _tissue(rng: np.random.Generator, size: int, dark: bool) -> np.ndarray:
+    """A crude H&E-like patch: pink background with purple blobs, darker/denser for class 1."""
+    img = np.ones((size, size, 3)) * np.array([0.93, 0.75, 0.85])
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(12 if dark else 4):
+        cy, cx, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(2, 5 if dark else 3)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = [0.35, 0.2, 0.55] if dark else [0.55, 0.4, 0.7]
+    img += rng.normal(0, 0.03, img.shape)
+    return (img.clip(0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """``root/<class>/*.png``: 2 classes x 12 images of 48 px, plus one grayscale, one RGBA and one corrupt file."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for label, dark in (("benign", False), ("tumour", True)):
+        (root / label).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(_tissue(rng, 48, dark)).save(root / label / f"{i}.png")
+    Image.fromarray(_tissue(rng, 48, False)).convert("L").save(root / "benign" / "gray.png")
+    Image.fromarray(_tissue(rng, 48, True)).convert("RGBA").save(root / "tumour" / "rgba.png")
+    (root / "tumour" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    return root

@@ -12,6 +12,12 @@ from ssmamba import __version__
 # and a broken optional dependency of one command cannot take the others down.
 _COMMANDS = {
     "info": ("ssmamba.cli.info", "info"),
+    "pretrain": ("ssmamba.cli.train", "pretrain"),
+    "finetune": ("ssmamba.cli.train", "finetune"),
+    "evaluate": ("ssmamba.cli.evaluate", "evaluate"),
+    "predict": ("ssmamba.cli.evaluate", "predict"),
+    "probe": ("ssmamba.cli.evaluate", "probe"),
+    "demo": ("ssmamba.cli.demo", "demo"),
     "wsi": ("ssmamba.cli.wsi", "wsi"),
     "mil": ("ssmamba.cli.mil", "mil"),
 }

@@ -1,0 +1,84 @@
+"""Click options generated from a run's config dataclass, plus ``--config FILE.yaml``.
+
+Every field becomes ``--field-name`` (booleans ``--x/--no-x``); a YAML file given with ``--config`` supplies
+defaults, and options typed on the command line win. The dataclass stays the one place a setting is defined.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import inspect
+import re
+import types
+import typing
+from pathlib import Path
+
+import click
+import yaml
+
+__all__ = ["config_options", "build_config"]
+
+
+def _option_type(annotation):
+    """(click type, is_flag) for a field annotation such as ``int``, ``str | None`` or an Enum."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if annotation is bool:
+        return None, True
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return click.Choice([m.value for m in annotation]), False
+    return {int: int, float: float, str: str}.get(annotation, str), False
+
+
+def _load_yaml(ctx: click.Context, _param, value):
+    if value is None:
+        return None
+    loaded = yaml.safe_load(Path(value).read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise click.BadParameter(f"{value} must hold a mapping of option names to values")
+    section = loaded.get(ctx.info_name, loaded)  # a run's saved config.yaml nests its options under the command
+    known = {p.name for p in ctx.command.params}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise click.BadParameter(f"{value}: unknown option(s) {unknown} for `{ctx.info_name}`")
+    ctx.default_map = {**(ctx.default_map or {}), **section}
+    return value
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """The trailing ``# comment`` of each field in the dataclass source: the option's help text."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # no source (frozen app): options simply have no help text
+        return {}
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.+)$", source, re.M)}
+
+
+def config_options(cls, skip: tuple[str, ...] = ()):
+    """Decorator adding one option per field of dataclass ``cls`` and ``--config``."""
+    hints = typing.get_type_hints(cls)
+    help_texts = _field_comments(cls)
+
+    def decorator(func):
+        for field in reversed(dataclasses.fields(cls)):
+            if field.name in skip:
+                continue
+            click_type, is_flag = _option_type(hints[field.name])
+            default = field.default.value if isinstance(field.default, enum.Enum) else field.default
+            name = field.name.replace("_", "-")
+            decls = [f"--{name}/--no-{name}"] if is_flag else [f"--{name}"]
+            func = click.option(*decls, field.name, default=default, type=click_type, show_default=True,
+                                help=help_texts.get(field.name))(func)
+        return click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=_load_yaml,
+                            is_eager=True, expose_value=False,
+                            help="YAML file of option values (a run's config.yaml works); command-line options win.")(func)
+
+    return decorator
+
+
+def build_config(cls, values: dict):
+    """The dataclass from the parsed option values (extra keys, such as ``resume``, are ignored)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})

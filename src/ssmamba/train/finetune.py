@@ -1,0 +1,202 @@
+"""Stage 2: supervised fine-tuning of an SSMamba encoder (from a MAMIM checkpoint or from scratch).
+
+Outputs in ``out``::
+
+    config.yaml           the resolved configuration, the augmentations and the class names
+    best/  last/          model.safetensors + config.json (class names, mean/std, input size in pretrained_cfg)
+    training_state.pt     for --resume
+    curves.png, log.txt, history.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from ssmamba.eval.inference import predict_proba
+from ssmamba.models import create_model, save_pretrained
+from ssmamba.train.engine import Trainer
+from ssmamba.train.optim import param_groups, warmup_cosine
+from ssmamba.train.plots import plot_curves
+from ssmamba.train.sampling import make_loader
+from ssmamba.train.setup import add_file_log, seed_everything
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FinetuneConfig", "Balancing", "FinetuneTrainer", "finetune"]
+
+
+class Balancing(str, Enum):
+    """How class imbalance is handled: not at all, a class-balanced sampler, or inverse-frequency loss weights."""
+
+    NONE = "none"
+    SAMPLER = "sampler"
+    LOSS = "loss"
+
+
+@dataclass
+class FinetuneConfig:
+    data: str = ""  # image folder, CSV manifest or nucleus-points CSV with labels (and splits or groups)
+    out: str = "runs/finetune"
+    model: str = "ssmamba_tiny"  # architecture when starting from scratch
+    checkpoint: str | None = None  # a MAMIM (or any ssmamba) checkpoint directory to start from
+    img_size: int = 64
+    crop_size: int = 64  # nucleus-points CSVs: side of the crop read around each point
+    group_column: str | None = None  # CSV column to split by (patient, slide) when the data has no split column
+    zoom_min: float = 0.5
+    zoom_max: float = 1.0
+    hed: bool = True
+    flips: bool = True
+    rot90: bool = True
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    layer_decay: float = 0.75  # layer-wise LR decay for pretrained encoders (1.0 = off)
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    drop_path: float = 0.1
+    ema: bool = False
+    ema_decay: float = 0.999
+    balance: Balancing = Balancing.NONE
+    monitor: str = "balanced_accuracy"  # validation metric for early stopping and the best checkpoint
+    patience: int = 5  # epochs without improvement before stopping (0 = never stop early)
+    grad_clip: float = 3.0
+    max_train: int | None = None  # subsample training samples (seeded), e.g. for a budget experiment
+    num_workers: int = 0
+    seed: int = 0
+    strict: bool = False
+
+    def __post_init__(self):
+        self.balance = Balancing(self.balance)
+
+
+class FinetuneTrainer(Trainer):
+    def __init__(self, model, cfg: FinetuneConfig, classes: list[str], val_loader, loss_weights, pretrained_cfg,
+                 **kwargs):
+        super().__init__(model, **kwargs)
+        self.cfg, self.classes, self.val_loader = cfg, classes, val_loader
+        self.loss_weights, self.pretrained_cfg = loss_weights, pretrained_cfg
+        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
+            if cfg.ema else None
+
+    def compute_loss(self, batch) -> torch.Tensor:
+        images, labels = batch
+        return F.cross_entropy(self.model(images), labels, weight=self.loss_weights,
+                               label_smoothing=self.cfg.label_smoothing)
+
+    def _optimise(self, loss: torch.Tensor) -> float:
+        value = super()._optimise(loss)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return value
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def save_state(self) -> None:
+        super().save_state()
+        if self.ema is not None:
+            torch.save(self.ema.state_dict(), self.out_dir / "ema_state.pt")
+
+    def load_state(self) -> None:
+        super().load_state()
+        if self.ema is not None:
+            self.ema.load_state_dict(torch.load(self.out_dir / "ema_state.pt", weights_only=True))
+
+    def on_checkpoint(self) -> None:
+        save_pretrained(self.eval_model, self.out_dir / "last", pretrained_cfg=self.pretrained_cfg)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        from ssmamba.eval.metrics import compute_metrics
+
+        probs, labels = predict_proba(self.eval_model, self.val_loader, progress=False)
+        metrics = compute_metrics(labels, probs, self.classes, n_bootstrap=0)
+        score = float(metrics[self.cfg.monitor])
+        train_loss = [row["loss"] for row in self.state.history if row.get("epoch") == epoch and "loss" in row]
+        self.state.history.append({"step": self.state.step, "epoch": epoch + 1, "val_" + self.cfg.monitor: score,
+                                   "val_accuracy": float(metrics["accuracy"]),
+                                   "train_loss_epoch": float(np.mean(train_loss)) if train_loss else None})
+        improved = self.state.best_metric is None or score > self.state.best_metric
+        if improved:
+            self.state.best_metric, self.state.best_epoch = score, epoch + 1
+            self.state.epochs_without_improvement = 0
+            save_pretrained(self.eval_model, self.out_dir / "best", pretrained_cfg={
+                **self.pretrained_cfg, "best_epoch": epoch + 1, f"val_{self.cfg.monitor}": score})
+        else:
+            self.state.epochs_without_improvement += 1
+        logger.info("epoch %d: val %s %.4f (best %.4f at epoch %d)", epoch + 1, self.cfg.monitor, score,
+                    self.state.best_metric, self.state.best_epoch)
+        if self.cfg.patience and self.state.epochs_without_improvement >= self.cfg.patience:
+            logger.info("early stopping: no improvement of val %s for %d epochs", self.cfg.monitor, self.cfg.patience)
+            self.stop_requested = True
+        plot_curves(self.state.history, self.out_dir / "curves.png", x="step",
+                    keys=("loss", "val_" + self.cfg.monitor), title="fine-tuning")
+        (self.out_dir / "history.json").write_text(json.dumps(self.state.history, indent=1))
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, mean 1 over classes present: ``(n_classes,)``."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Fine-tune and return the directory of the best checkpoint (by the validation metric)."""
+    from ssmamba.data import load_dataset
+    from ssmamba.data.transforms import eval_transform, train_transform
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    add_file_log(out / "log.txt")
+    seed_everything(cfg.seed)
+    train_tf = train_transform(cfg.img_size, zoom_range=(cfg.zoom_min, cfg.zoom_max), hed=cfg.hed, flips=cfg.flips,
+                               rot90=cfg.rot90)
+    mean, std = train_tf.config.mean, train_tf.config.std
+    options = dict(crop_size=cfg.crop_size, group_column=cfg.group_column, seed=cfg.seed, strict=cfg.strict)
+    train_set = load_dataset(cfg.data, "train", train_tf, **options)
+    classes = list(train_set.classes)
+    val_set = load_dataset(cfg.data, "val", eval_transform(cfg.img_size, mean, std), classes=classes, **options)
+    labels = train_set.labels
+    if cfg.max_train and len(train_set) > cfg.max_train:
+        keep = sorted(torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))
+                      [: cfg.max_train].tolist())
+        labels = labels[keep]
+        train_set = torch.utils.data.Subset(train_set, keep)
+    logger.info("fine-tuning on %d training and %d validation samples, classes %s", len(train_set), len(val_set),
+                classes)
+
+    weights = class_weights(labels, len(classes))
+    sample_weights = weights[torch.as_tensor(labels)] if cfg.balance is Balancing.SAMPLER else None
+    loader = make_loader(train_set, cfg.batch_size, cfg.seed, shuffle=True, num_workers=cfg.num_workers,
+                         weights=sample_weights, drop_last=len(train_set) > cfg.batch_size)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size * 2, num_workers=cfg.num_workers)
+
+    model = create_model(cfg.model if cfg.checkpoint is None else None, checkpoint=cfg.checkpoint,
+                         num_classes=len(classes), drop_path_rate=cfg.drop_path)
+    pretrained_cfg = {"mean": list(mean), "std": list(std), "input_size": [3, cfg.img_size, cfg.img_size],
+                      "class_names": classes, "crop_size": cfg.crop_size, "finetuned_from": cfg.checkpoint}
+    layer_decay = cfg.layer_decay if cfg.checkpoint else 1.0  # LLRD only makes sense for a pretrained encoder
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, layer_decay), lr=cfg.lr)
+    scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * len(loader)), cfg.epochs * len(loader))
+    (out / "config.yaml").write_text(yaml.safe_dump({
+        "finetune": {**asdict(cfg), "balance": cfg.balance.value}, "augmentation": asdict(train_tf.config),
+        "classes": classes, "n_train": len(train_set), "n_val": len(val_set)}, sort_keys=False))
+    trainer = FinetuneTrainer(model, cfg, classes, val_loader,
+                              weights if cfg.balance is Balancing.LOSS else None, pretrained_cfg,
+                              optimizer=optimizer, scheduler=scheduler, loader=loader, out_dir=out, epochs=cfg.epochs,
+                              checkpoint_every=len(loader), grad_clip=cfg.grad_clip, progress=progress)
+    trainer.fit(resume=resume)
+    return out / "best"
+

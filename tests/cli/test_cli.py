@@ -1,0 +1,83 @@
+"""The `ssmamba` command line on tiny inputs: each command, and the demo end to end at a reduced size."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from ssmamba import __version__
+from ssmamba.cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_help_version_and_info():
+    assert "pretrain" in invoke("--help").output
+    assert __version__ in invoke("--version").output
+    info = invoke("info").output
+    assert "scan backends" in info and "auto on cpu:" in info
+
+
+def test_unknown_config_keys_are_rejected(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 1\nlearning_rate_typo: 3\n")
+    result = CliRunner().invoke(main, ["pretrain", "--config", str(config)])
+    assert result.exit_code != 0 and "learning_rate_typo" in result.output
+
+
+@pytest.fixture
+def trained(image_folder, tmp_path_factory):
+    """pretrain -> finetune through the CLI, with a YAML config whose values the command line overrides."""
+    out = tmp_path_factory.mktemp("cli")
+    config = out / "pretrain.yaml"
+    config.write_text(yaml.safe_dump({"model": "ssmamba_test", "img_size": 32, "crop_size": 32,
+                                      "mask_patch_size": 8, "epochs": 5, "batch_size": 8}))
+    invoke("pretrain", "--config", config, "--data", image_folder, "--out", out / "pre", "--epochs", 1,
+           "--no-progress")
+    saved = yaml.safe_load((out / "pre" / "config.yaml").read_text())
+    assert saved["pretrain"]["epochs"] == 1 and saved["pretrain"]["model"] == "ssmamba_test"
+    invoke("finetune", "--data", image_folder, "--checkpoint", out / "pre" / "checkpoint", "--out", out / "ft",
+           "--img-size", 32, "--crop-size", 32, "--epochs", 1, "--batch-size", 8, "--no-progress")
+    return out
+
+
+def test_evaluate_predict_and_probe(trained, image_folder, tmp_path):
+    invoke("evaluate", "--checkpoint", trained / "ft" / "best", "--data", image_folder, "--split", "test",
+           "--out", tmp_path / "eval", "--bootstrap", 20)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["balanced_accuracy"] <= 1.0
+    assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
+
+    invoke("predict", "--checkpoint", trained / "ft" / "best", image_folder, "--out", tmp_path / "pred.csv")
+    rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
+    assert len(rows) == 25 and {"path", "prediction", "prob_benign", "prob_tumour"} <= set(rows[0])
+    single = next(image_folder.glob("benign/*.png"))
+    invoke("predict", "--checkpoint", trained / "ft" / "best", single, "--out", tmp_path / "one.csv")
+    assert len(list(csv.DictReader(open(tmp_path / "one.csv")))) == 1
+
+    invoke("probe", "--encoder", trained / "pre" / "checkpoint", "--data", image_folder, "--img-size", 32,
+           "--out", tmp_path / "probe", "--k", 3)
+    probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert {"linear", "knn"} <= set(probe)
+
+
+def test_demo_end_to_end_reduced(tmp_path):
+    result = invoke("demo", "--out", tmp_path / "demo", "--model", "ssmamba_test", "--img-size", 32,
+                    "--n-per-class", 12, "--pretrain-epochs", 1, "--finetune-epochs", 1, "--batch-size", 16,
+                    "--mask-patch-size", 8, "--no-progress")
+    assert "synthetic" in result.output.lower()
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "balanced accuracy" in report
+    for image in ("pretrain/loss.png", "finetune/curves.png", "finetune/test/confusion_matrix.png"):
+        assert (tmp_path / "demo" / image).is_file(), image

@@ -1,0 +1,65 @@
+"""`finetune`: learns a small task, keeps the best checkpoint with class names, resumes, and stops on NaN."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ssmamba import create_model, save_pretrained
+from ssmamba.train.engine import NonFiniteLossError
+from ssmamba.train.finetune import Balancing, FinetuneConfig, FinetuneTrainer, class_weights, finetune
+
+
+def _config(data, out, **kw) -> FinetuneConfig:
+    base = dict(data=str(data), out=str(out), model="ssmamba_test", img_size=32, crop_size=32, epochs=3,
+                batch_size=8, lr=3e-3, seed=0, patience=0, hed=False)
+    return FinetuneConfig(**{**base, **kw})
+
+
+def test_finetune_keeps_best_checkpoint_with_classes(image_folder, tmp_path):
+    best = finetune(_config(image_folder, tmp_path / "run"), progress=False)
+    config = json.loads((best / "config.json").read_text())
+    assert config["pretrained_cfg"]["class_names"] == ["benign", "tumour"]
+    assert config["num_classes"] == 2
+    model = create_model(checkpoint=best)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+    run = tmp_path / "run"
+    assert (run / "curves.png").is_file() and (run / "last" / "model.safetensors").is_file()
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history if "val_balanced_accuracy" in row] == [1, 2, 3]
+
+
+def test_finetune_from_a_pretrained_encoder_with_options(image_folder, tmp_path):
+    encoder_dir = save_pretrained(create_model("ssmamba_test", num_classes=0), tmp_path / "encoder")
+    best = finetune(_config(image_folder, tmp_path / "run", checkpoint=str(encoder_dir), ema=True, ema_decay=0.9,
+                            balance=Balancing.SAMPLER, layer_decay=0.7, epochs=2), progress=False)
+    assert (best / "model.safetensors").is_file()
+
+
+def test_early_stopping(image_folder, tmp_path):
+    finetune(_config(image_folder, tmp_path / "run", epochs=8, patience=1, lr=0.0), progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert max(row["epoch"] for row in history) < 8  # a frozen model never improves after epoch 1
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(image_folder, tmp_path, monkeypatch):
+    original = FinetuneTrainer.compute_loss
+
+    def poisoned(self, batch):
+        loss = original(self, batch)
+        return loss * float("nan") if self.state.epoch == 1 else loss
+
+    monkeypatch.setattr(FinetuneTrainer, "compute_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step \d+ \(epoch 1\).*training_state.pt"):
+        finetune(_config(image_folder, tmp_path / "run"), progress=False)
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "training_state.pt").is_file()
+
+
+def test_class_weights_are_inverse_frequency():
+    weights = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert weights[0] < weights[1] and weights[2] == 0
+    torch.testing.assert_close(weights[:2] * torch.tensor([3.0, 1.0]), torch.full((2,), weights[1].item()))
