@@ -1,0 +1,186 @@
+"""``load_dataset``: one entry point that recognises the kind of source and returns an :class:`ImageDataset`.
+
+Kinds (detected, or forced with ``kind=``):
+
+==========  ====================================================================================================
+FOLDER      a directory: ``<class>/**`` or ``<split>/<class>/**``; with ``labelled=False`` any tree of images
+MANIFEST    a CSV with a path column (``path`` or ``image``) and ``label[,split][,group]``
+POINTS      a CSV with ``image,x,y`` and no ``path`` column: nucleus-centred crops (crchp ``nuclei.csv``)
+NPZ         a MedMNIST ``.npz`` (PathMNIST)
+PCAM        a PatchCamelyon ``camelyonpatch_level_2_split_*_x.h5`` file, or a folder of them
+==========  ====================================================================================================
+
+Splits come from the data (split column or folders) when it has them. Otherwise a seeded split is made, by
+group when groups are known (a group column, or the parent image of nucleus crops), else by row, stratified,
+with a logged warning.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ssmamba.data.arrays import is_pcam_folder, read_npz, read_pcam
+from ssmamba.data.catalogue import Catalogue
+from ssmamba.data.dataset import AUTO_VERIFY_MAX_FILES, ImageDataset
+from ssmamba.data.folder import scan_folder
+from ssmamba.data.imageio import Padding
+from ssmamba.data.records import ArrayItem, Record
+from ssmamba.data.splits import Split, assign_splits, parse_split
+from ssmamba.data.tables import read_header, read_manifest, read_points
+
+logger = logging.getLogger(__name__)
+
+
+class SourceKind(enum.Enum):
+    FOLDER = "folder"
+    MANIFEST = "manifest"
+    POINTS = "points"
+    NPZ = "npz"
+    PCAM = "pcam"
+
+
+def detect_kind(source: Path) -> SourceKind:
+    """The kind of a source from its type, suffix and (for CSVs) header."""
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist")
+    if source.is_dir():
+        return SourceKind.PCAM if is_pcam_folder(source) else SourceKind.FOLDER
+    suffix = "".join(source.suffixes[-2:]).lower() if source.name.lower().endswith(".gz") else source.suffix.lower()
+    if suffix == ".csv":
+        header = set(read_header(source))
+        return SourceKind.POINTS if {"image", "x", "y"} <= header and "path" not in header else SourceKind.MANIFEST
+    if suffix == ".npz":
+        return SourceKind.NPZ
+    if suffix in (".h5", ".hdf5", ".h5.gz"):
+        return SourceKind.PCAM
+    raise ValueError(f"{source}: cannot tell what kind of dataset this is (expected a folder, .csv, .npz or .h5); "
+                     f"pass kind=SourceKind.<...>")
+
+
+def load_dataset(source: str | Path, split: str | Split | None = None, transform: Callable | None = None, *,
+                 labelled: bool = True, kind: SourceKind | None = None, classes: Sequence[str] | None = None,
+                 path_column: str | None = None, label_column: str = "label", split_column: str = "split",
+                 group_column: str | None = None, crop_size: int = 32, padding: Padding = Padding.REFLECT,
+                 split_fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0, verify: bool | None = None,
+                 strict: bool = False, cache_size: int = 32, min_size: int | None = None) -> ImageDataset:
+    """Load one split (or all, ``split=None``) of an image dataset.
+
+    Args:
+        source: folder, CSV, ``.npz`` or PCam ``.h5`` (see the module docstring).
+        split: "train", "val" (also "valid"/"validation") or "test"; ``None`` for every record.
+        transform: applied to each 8-bit RGB PIL image.
+        labelled: ``False`` for pretraining: labels are ignored (every label is -1, ``classes`` is empty) and a
+            folder may be any tree of images without class folders.
+        classes: class names in a fixed order (e.g. from a checkpoint); a label outside it is an error. By
+            default the sorted distinct labels (numerically when all are integers).
+        group_column: the CSV column grouping rows that must share a split (e.g. ``"patient_id"``). By default
+            a column named group/patient_id/patient/case_id/slide_id if present; for nucleus points, the image.
+        crop_size, padding: nucleus crops (points CSVs): side in pixels, and how edges are padded (reflect by
+            default, see :class:`Padding`).
+        min_size: pad images with a shorter side to this many pixels (with ``padding``); ``None`` = as read.
+        split_fractions, seed: (train, val, test) fractions of the seeded split made when the data has none.
+        verify: decode every file before training and drop unreadable ones; ``None`` = only when the split has
+            at most ``AUTO_VERIFY_MAX_FILES`` files.
+        strict: raise on a missing or unreadable file instead of skipping it.
+        cache_size: decoded parent images kept per worker for nucleus crops.
+    """
+    source = Path(source)
+    kind = kind or detect_kind(source)
+    catalogue = _read(source, kind, labelled=labelled, classes=classes, path_column=path_column,
+                      label_column=label_column, split_column=split_column, group_column=group_column,
+                      crop_size=crop_size, padding=padding, strict=strict)
+    if labelled:
+        _check_no_empty_class(catalogue)
+    wanted = parse_split(split) if split is not None else None
+    records = catalogue.records
+    if wanted is not None:
+        records = _with_splits(catalogue, split_fractions, seed)
+        records = [r for r in records if r.split == wanted.value]
+        if not records:
+            present = sorted({r.split for r in catalogue.records if r.split})
+            raise ValueError(f"{catalogue.name}: split {wanted.value!r} is empty (splits present: {present})")
+    dataset = ImageDataset(records, catalogue.classes, transform, name=catalogue.name, skipped=catalogue.skipped,
+                           strict=strict, cache_size=cache_size, group_name=catalogue.group_name,
+                           split_name=wanted.value if wanted else None, min_size=min_size, padding=padding)
+    n_files = len({r.image.file for r in records if not isinstance(r.image, ArrayItem)})
+    if verify or (verify is None and 0 < n_files <= AUTO_VERIFY_MAX_FILES):
+        new_skips = dataset.verify()
+        if new_skips and strict:
+            raise ValueError(f"{catalogue.name}: {len(new_skips)} unreadable, e.g. {new_skips[0][0]}: {new_skips[0][1]}")
+        if not len(dataset):
+            raise ValueError(f"{catalogue.name}: no readable samples left after verification; see dataset.skipped")
+    if labelled:
+        absent = [name for name, count in dataset.class_counts().items() if count == 0]
+        if absent:
+            logger.warning("%s: class(es) %s have no samples in split %s", catalogue.name, absent, dataset.split_name)
+    logger.info("%s", dataset.describe())
+    return dataset
+
+
+def load_unlabelled(source: str | Path, split: str | Split | None = None, transform: Callable | None = None,
+                    **options) -> ImageDataset:
+    """:func:`load_dataset` for pretraining: labels ignored, any folder of images accepted (recursively)."""
+    return load_dataset(source, split, transform, labelled=False, **options)
+
+
+def _read(source: Path, kind: SourceKind, *, labelled, classes, path_column, label_column, split_column,
+          group_column, crop_size, padding, strict) -> Catalogue:
+    if kind is SourceKind.FOLDER:
+        return scan_folder(source, labelled=labelled, classes=classes)
+    if kind is SourceKind.MANIFEST:
+        return read_manifest(source, labelled=labelled, classes=classes, path_column=path_column,
+                             label_column=label_column, split_column=split_column, group_column=group_column,
+                             strict=strict)
+    if kind is SourceKind.POINTS:
+        return read_points(source, labelled=labelled, classes=classes, crop_size=crop_size, padding=padding,
+                           image_column=path_column or "image", label_column=label_column,
+                           split_column=split_column, group_column=group_column, strict=strict)
+    if kind is SourceKind.NPZ:
+        return read_npz(source, labelled=labelled, classes=classes)
+    return read_pcam(source, labelled=labelled, classes=classes)
+
+
+def _check_no_empty_class(catalogue: Catalogue) -> None:
+    counts = defaultdict(int)
+    for record in catalogue.records:
+        counts[record.label] += 1
+    empty = [name for index, name in enumerate(catalogue.classes) if counts[index] == 0]
+    if empty:
+        raise ValueError(f"{catalogue.name}: class(es) {empty} have no samples (after {len(catalogue.skipped)} "
+                         "missing file(s) were skipped); remove them from `classes` or add data")
+
+
+def _with_splits(catalogue: Catalogue, fractions: Sequence[float], seed: int) -> list[Record]:
+    """The records with a split each: the data's own when every record has one, else a seeded one."""
+    records = catalogue.records
+    have_split = [r.split is not None for r in records]
+    if all(have_split):
+        _warn_group_leaks(catalogue)
+        return records
+    if any(have_split):
+        raise ValueError(f"{catalogue.name}: some records have a split and some do not; fill the split column")
+    groups = [r.group for r in records]
+    if any(g is not None for g in groups):
+        missing = sum(g is None for g in groups)
+        if missing:
+            logger.warning("%s: %d record(s) have no group; each becomes its own group", catalogue.name, missing)
+        groups = [g if g is not None else f"<ungrouped {i}>" for i, g in enumerate(groups)]
+    else:
+        groups = None
+    splits = assign_splits([r.label for r in records], groups, fractions, seed, source=catalogue.name)
+    return [Record(r.image, r.label, s.value, r.group) for r, s in zip(records, splits)]
+
+
+def _warn_group_leaks(catalogue: Catalogue) -> None:
+    splits_of_group: dict[str, set[str]] = defaultdict(set)
+    for record in catalogue.records:
+        if record.group is not None:
+            splits_of_group[record.group].add(record.split)
+    leaking = sorted(g for g, s in splits_of_group.items() if len(s) > 1)
+    if leaking:
+        logger.warning("%s: %d group(s) (%s) appear in more than one split, e.g. %r: results may be optimistic",
+                       catalogue.name, len(leaking), catalogue.group_name or "group", leaking[0])
