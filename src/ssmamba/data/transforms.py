@@ -1,0 +1,280 @@
+"""Augmentations for H&E images, and the train/pretrain/eval pipelines built from them.
+
+Small single-purpose transforms (torchvision ``v2.Transform`` s, so they work on PIL images and image tensors):
+
+* :class:`MultiScaleCrop`: a square crop at a random *zoom* rescaled to the output size, against magnification
+  shift. **Zoom** is output pixels per native pixel: a crop at zoom ``z`` covers ``size / z`` native pixels per
+  side. ``z = 1`` keeps native resolution (a ``size`` x ``size`` crop), ``z = 0.25`` shows a 4x larger field at
+  a quarter of the resolution (like scanning at 10x instead of 40x), ``z > 1`` magnifies. The crop never leaves
+  the image: on an image whose short side ``L`` is smaller than ``size / z_min`` the lowest zoom reachable is
+  ``size / L`` (the whole short side), and zooms are drawn log-uniformly from what is reachable.
+* :class:`RandomRot90`: rotation by 0/90/180/270 degrees (tissue has no up).
+* :class:`RandomHEDJitter`: stain augmentation in HED space (Ruifrok & Johnston colour deconvolution with
+  skimage's stain matrix): each stain concentration ``s`` (natural-log optical density) becomes ``s * a + b`` with
+  ``a ~ U(1 - sigma, 1 + sigma)`` and ``b ~ U(-bias, bias)``, as in Tellez et al. 2018 ("HED-light":
+  sigma = bias = 0.05, "HED-strong": 0.2; the builders default to sigma = 0.1 and a milder bias = 0.02, since the
+  shift tints white glass).
+
+Builders return an :class:`AugmentationPipeline` (a ``v2.Compose`` ending in a normalised float tensor) whose
+``config`` (an :class:`AugmentationConfig`) goes into the run config and whose ``describe()`` goes into the log.
+Randomness comes from torch's generator, so DataLoader workers get distinct, seedable streams.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage.color import hed_from_rgb, rgb_from_hed
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Ruifrok & Johnston stain vectors (rows: H, E, DAB) as published by skimage; optical density = stains @ RGB_FROM_HED.
+RGB_FROM_HED = np.asarray(rgb_from_hed, dtype=np.float64)
+HED_FROM_RGB = np.asarray(hed_from_rgb, dtype=np.float64)
+# Darkest transmission considered (log of 0 is -inf); 1/255 keeps 8-bit black finite and invertible.
+_MIN_TRANSMISSION = 1.0 / 255.0
+
+
+def _uniform(low: float, high: float, size: int = 1) -> torch.Tensor:
+    return low + (high - low) * torch.rand(size)
+
+
+class MultiScaleCrop(v2.Transform):
+    """Random square crop at a zoom drawn log-uniformly from ``zoom_range``, resized to ``size`` x ``size``.
+
+    See the module docstring for what zoom means and how small images are handled.
+    """
+
+    def __init__(self, size: int, zoom_range: tuple[float, float] = (0.25, 1.0),
+                 interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR):
+        super().__init__()
+        low, high = zoom_range
+        if size < 1 or not 0 < low <= high:
+            raise ValueError(f"need size >= 1 and 0 < zoom_min <= zoom_max; got size={size}, zoom_range={zoom_range}")
+        self.size = size
+        self.zoom_range = (float(low), float(high))
+        self.interpolation = interpolation
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        short_side = min(height, width)
+        low, high = self.zoom_range
+        reachable_low = max(low, self.size / short_side)
+        if reachable_low >= high:
+            zoom = reachable_low  # the image is too small for every zoom asked: take all of its short side
+        else:
+            zoom = math.exp(_uniform(math.log(reachable_low), math.log(high)).item())
+        side = max(1, min(short_side, round(self.size / zoom)))
+        top = int(torch.randint(0, height - side + 1, (1,)))
+        left = int(torch.randint(0, width - side + 1, (1,)))
+        return {"top": top, "left": left, "side": side}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return F.resized_crop(inpt, params["top"], params["left"], params["side"], params["side"],
+                              [self.size, self.size], interpolation=self.interpolation, antialias=True)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, zoom_range={self.zoom_range}"
+
+
+class RandomRot90(v2.Transform):
+    """Rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}; exact (no interpolation)."""
+
+    _transformed_types = (Image.Image, tv_tensors.Image, torch.Tensor)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"quarter_turns": int(torch.randint(0, 4, (1,)))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        turns = params["quarter_turns"]
+        if turns == 0:
+            return inpt
+        if isinstance(inpt, Image.Image):
+            return inpt.transpose((Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                   Image.Transpose.ROTATE_270)[turns - 1])
+        rotated = torch.rot90(inpt, turns, dims=(-2, -1))  # counter-clockwise, as PIL's ROTATE_90
+        return tv_tensors.wrap(rotated, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else rotated
+
+
+class RandomHEDJitter(v2.Transform):
+    """Perturb haematoxylin, eosin and DAB concentrations: ``s -> s * U(1-sigma, 1+sigma) + U(-bias, bias)``.
+
+    Accepts a PIL RGB image or a (3, H, W) uint8/float tensor; returns the same type. Applied with probability
+    ``p``.
+    """
+
+    _transformed_types = (Image.Image, tv_tensors.Image, torch.Tensor)
+
+    def __init__(self, sigma: float = 0.05, bias: float = 0.05, p: float = 1.0):
+        super().__init__()
+        if sigma < 0 or bias < 0 or not 0 <= p <= 1:
+            raise ValueError(f"need sigma >= 0, bias >= 0, 0 <= p <= 1; got {sigma}, {bias}, {p}")
+        self.sigma, self.bias, self.p = sigma, bias, p
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        apply = torch.rand(1).item() < self.p
+        return {"apply": apply, "scale": _uniform(1 - self.sigma, 1 + self.sigma, 3).numpy(),
+                "shift": _uniform(-self.bias, self.bias, 3).numpy()}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["apply"]:
+            return inpt
+        if isinstance(inpt, Image.Image):
+            return Image.fromarray(self._jitter(np.asarray(inpt.convert("RGB")) / 255.0, params))
+        uint8 = inpt.dtype == torch.uint8
+        rgb = inpt.detach().cpu().permute(1, 2, 0).double().numpy() / (255.0 if uint8 else 1.0)
+        out = torch.from_numpy(self._jitter(rgb, params)).permute(2, 0, 1)
+        out = out if uint8 else out.to(inpt.dtype) / 255.0
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+    @staticmethod
+    def _jitter(rgb: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+        """(H, W, 3) float RGB in [0, 1] -> (H, W, 3) uint8 RGB with perturbed stains.
+
+        Beer-Lambert by hand rather than skimage's rgb2hed/hed2rgb pair, which clips negative concentrations and
+        so changes an image even when the perturbation is the identity.
+        """
+        optical_density = -np.log(np.clip(rgb, _MIN_TRANSMISSION, 1.0))      # (H, W, 3), natural-log units
+        stains = optical_density @ HED_FROM_RGB                               # (H, W, 3): H, E, DAB
+        stains = stains * params["scale"] + params["shift"]
+        rgb_out = np.exp(-(stains @ RGB_FROM_HED))
+        return (np.clip(rgb_out, 0, 1) * 255).round().astype(np.uint8)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}, bias={self.bias}, p={self.p}"
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Everything that defines a pipeline; logged with the run and enough to rebuild it (``build()``).
+
+    Attributes:
+        size: output side in pixels.
+        zoom_range: (min, max) zoom of :class:`MultiScaleCrop`; ``None`` = no random crop: resize the short side
+            to ``size`` and centre-crop (evaluation).
+        hed_sigma, hed_bias: :class:`RandomHEDJitter` strength; both 0 disables it.
+        brightness, contrast, saturation, hue: mild ``ColorJitter`` on top of the stain jitter; 0 disables.
+        flips, rot90: random horizontal/vertical flips; random quarter turns.
+        mean, std: per-channel normalisation of the final [0, 1] tensor.
+    """
+
+    size: int
+    zoom_range: tuple[float, float] | None = None
+    hed_sigma: float = 0.0
+    hed_bias: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    flips: bool = False
+    rot90: bool = False
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    name: str = field(default="custom", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        parts = [f"{self.name}: {self.size}px"]
+        parts.append(f"zoom {self.zoom_range[0]:g}-{self.zoom_range[1]:g}x" if self.zoom_range
+                     else "resize short side + centre crop")
+        if self.rot90:
+            parts.append("rot90")
+        if self.flips:
+            parts.append("h/v flips")
+        if self.hed_sigma or self.hed_bias:
+            parts.append(f"HED jitter (sigma {self.hed_sigma:g}, bias {self.hed_bias:g})")
+        jitter = [f"{k} {v:g}" for k, v in (("brightness", self.brightness), ("contrast", self.contrast),
+                                             ("saturation", self.saturation), ("hue", self.hue)) if v]
+        if jitter:
+            parts.append("colour jitter (" + ", ".join(jitter) + ")")
+        parts.append(f"normalise mean {tuple(round(m, 3) for m in self.mean)} std {tuple(round(s, 3) for s in self.std)}")
+        return ", ".join(parts)
+
+    def build(self) -> AugmentationPipeline:
+        steps: list[v2.Transform] = []
+        if self.zoom_range is not None:
+            steps.append(MultiScaleCrop(self.size, self.zoom_range))
+        else:
+            steps += [v2.Resize(self.size, antialias=True), v2.CenterCrop(self.size)]
+        if self.rot90:
+            steps.append(RandomRot90())
+        if self.flips:
+            steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+        if self.hed_sigma or self.hed_bias:
+            steps.append(RandomHEDJitter(self.hed_sigma, self.hed_bias))
+        if self.brightness or self.contrast or self.saturation or self.hue:
+            steps.append(v2.ColorJitter(self.brightness, self.contrast, self.saturation, self.hue))
+        steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))]
+        return AugmentationPipeline(steps, self)
+
+
+class AugmentationPipeline(v2.Compose):
+    """A ``v2.Compose`` that knows its :class:`AugmentationConfig`: ``pipeline.config``, ``pipeline.describe()``."""
+
+    def __init__(self, transforms: list[v2.Transform], config: AugmentationConfig):
+        super().__init__(transforms)
+        self.config = config
+
+    def describe(self) -> str:
+        return self.config.describe()
+
+
+def pretrain_transform(size: int, zoom_range: tuple[float, float] = (0.25, 1.0), hed: bool = True,
+                       flips: bool = True, rot90: bool = True, hed_sigma: float = 0.1, hed_bias: float = 0.02,
+                       colour_jitter: float = 0.1, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> AugmentationPipeline:
+    """Views for masked-image-model pretraining: wide zoom range (magnification shift), stain and colour jitter."""
+    return _augmented("pretrain", size, zoom_range, hed, flips, rot90, hed_sigma, hed_bias, colour_jitter, mean, std)
+
+
+def train_transform(size: int, zoom_range: tuple[float, float] = (0.5, 1.0), hed: bool = True,
+                    flips: bool = True, rot90: bool = True, hed_sigma: float = 0.1, hed_bias: float = 0.02,
+                    colour_jitter: float = 0.1, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> AugmentationPipeline:
+    """Supervised fine-tuning: a narrower zoom range than pretraining, same geometric and stain augmentation."""
+    return _augmented("train", size, zoom_range, hed, flips, rot90, hed_sigma, hed_bias, colour_jitter, mean, std)
+
+
+def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> AugmentationPipeline:
+    """Deterministic: resize the short side to ``size``, centre-crop, normalise."""
+    return AugmentationConfig(size=size, mean=tuple(mean), std=tuple(std), name="eval").build()
+
+
+def _augmented(name, size, zoom_range, hed, flips, rot90, hed_sigma, hed_bias, colour_jitter, mean,
+               std) -> AugmentationPipeline:
+    return AugmentationConfig(
+        size=size, zoom_range=tuple(zoom_range), hed_sigma=hed_sigma if hed else 0.0, hed_bias=hed_bias if hed else 0.0,
+        brightness=colour_jitter, contrast=colour_jitter, saturation=colour_jitter, hue=colour_jitter / 5,
+        flips=flips, rot90=rot90, mean=tuple(mean), std=tuple(std), name=name).build()
+
+
+def channel_stats(dataset, max_samples: int = 2000, seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) in [0, 1] of up to ``max_samples`` random images of a dataset of PIL images.
+
+    For ``mean``/``std`` of the builders when ImageNet statistics are a poor fit; run it on the training split
+    with ``transform=None``.
+    """
+    order = np.random.default_rng(seed).permutation(len(dataset))[:max_samples]
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    count = 0
+    for index in order:
+        image, _ = dataset[int(index)]
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
+        total += pixels.sum(0)
+        total_sq += (pixels ** 2).sum(0)
+        count += len(pixels)
+    if count == 0:
+        raise ValueError("channel_stats: the dataset is empty")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
