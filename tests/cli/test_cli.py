@@ -61,7 +61,7 @@ def test_evaluate_predict_and_probe(trained, image_folder, tmp_path):
 
     invoke("predict", "--checkpoint", trained / "ft" / "best", image_folder, "--out", tmp_path / "pred.csv")
     rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
-    assert len(rows) == 25 and {"path", "prediction", "prob_benign", "prob_tumour"} <= set(rows[0])
+    assert len(rows) == 26 and {"path", "prediction", "prob_benign", "prob_tumour"} <= set(rows[0])
     single = next(image_folder.glob("benign/*.png"))
     invoke("predict", "--checkpoint", trained / "ft" / "best", single, "--out", tmp_path / "one.csv")
     assert len(list(csv.DictReader(open(tmp_path / "one.csv")))) == 1

@@ -188,3 +188,13 @@ def test_test_variant_overfits_a_fixed_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.05
+
+
+@pytest.mark.parametrize("direction", list(ScanDirection))
+def test_sequence_reordering_matches_scan_order_and_inverts(direction):
+    from ssmamba.models.dms import from_sequence, to_sequence
+
+    t = torch.randn(2, 3, 5 * 7)
+    seq = to_sequence(t, direction, 5, 7)
+    torch.testing.assert_close(seq, t[..., scan_order(direction, 5, 7)])
+    torch.testing.assert_close(from_sequence(seq, direction, 5, 7), t)

@@ -24,7 +24,8 @@ from torch import nn
 
 from ssmamba.ops import selective_scan
 
-__all__ = ["ScanDirection", "scan_order", "DirectionalMultiScaleMixer", "MultiKernelDepthwiseConv"]
+__all__ = ["ScanDirection", "scan_order", "to_sequence", "from_sequence", "DirectionalMultiScaleMixer",
+           "MultiKernelDepthwiseConv"]
 
 
 class ScanDirection(str, Enum):
@@ -113,19 +114,49 @@ class _DirectionalScan(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, e, h, w = x.shape
-        k, n, length = len(self.directions), self.d_state, h * w
-        orders = torch.stack([scan_order(d, h, w, x.device) for d in self.directions])  # (K, L)
-        xs = x.flatten(2)[:, :, orders].transpose(1, 2)  # (B, K, E, L)
-        x_dbl = torch.einsum("bkel,kce->bkcl", xs, self.x_proj_weight)  # (B, K, R + 2N, L)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, n, n], dim=2)
-        dt = torch.einsum("bkrl,ker->bkel", dt, self.dt_proj_weight)  # (B, K, E, L)
+        k, n, r, length = len(self.directions), self.d_state, self.dt_rank, h * w
+        flat = x.flatten(2)  # (B, E, L), row-major
+        # The projections act on each token alone, so they run once, in row-major order, as one matmul for all
+        # directions; only their results are reordered into each direction's sequence.
+        x_dbl = torch.matmul(self.x_proj_weight.view(k * (r + 2 * n), e), flat).view(b, k, r + 2 * n, length)
+        x_dbl = torch.stack([to_sequence(x_dbl[:, i], d, h, w) for i, d in enumerate(self.directions)], 1)
+        dt, B, C = torch.split(x_dbl, [r, n, n], dim=2)  # (B, K, R, L), (B, K, N, L) x 2
+        dt = torch.einsum("ker,bkrl->bkel", self.dt_proj_weight, dt)  # (B, K, E, L)
+        u = torch.stack([to_sequence(flat, d, h, w) for d in self.directions], 1)  # (B, K, E, L)
         y = selective_scan(
-            xs.reshape(b, k * e, length), dt.reshape(b, k * e, length), -torch.exp(self.A_log.float()),
+            u.reshape(b, k * e, length), dt.reshape(b, k * e, length), -torch.exp(self.A_log.float()),
             B.contiguous(), C.contiguous(), self.D.float(), delta_bias=self.dt_bias.float(), delta_softplus=True,
         ).view(b, k, e, length)
-        # back to row-major: position p of direction k's output sits at inverse_order[k][p]
-        inverse = torch.argsort(orders, dim=1).view(1, k, 1, length).expand(b, k, e, length)
-        return y.gather(-1, inverse).sum(1).view(b, e, h, w)
+        out = from_sequence(y[:, 0], self.directions[0], h, w)
+        for i in range(1, k):
+            out = out + from_sequence(y[:, i], self.directions[i], h, w)
+        return out.view(b, e, h, w)
+
+
+def to_sequence(t: torch.Tensor, direction: ScanDirection, height: int, width: int) -> torch.Tensor:
+    """Row-major ``(B, C, L)`` -> the same tokens in ``direction``'s scan order, ``(B, C, L)``.
+
+    Rows and columns use flips and transposes (cheap to differentiate); diagonals index with :func:`scan_order`.
+    """
+    if direction in (ScanDirection.ROW, ScanDirection.ROW_REVERSE):
+        seq = t
+    elif direction in (ScanDirection.COLUMN, ScanDirection.COLUMN_REVERSE):
+        seq = t.unflatten(-1, (height, width)).transpose(-1, -2).flatten(-2)
+    else:
+        return t[..., scan_order(direction, height, width, t.device)]
+    return seq.flip(-1) if direction.value.endswith("_reverse") else seq
+
+
+def from_sequence(t: torch.Tensor, direction: ScanDirection, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`to_sequence`: ``(B, C, L)`` in scan order -> row-major ``(B, C, L)``."""
+    if direction in (ScanDirection.DIAGONAL, ScanDirection.DIAGONAL_REVERSE):
+        inverse = torch.argsort(scan_order(direction, height, width, t.device))
+        return t[..., inverse]
+    if direction.value.endswith("_reverse"):
+        t = t.flip(-1)
+    if direction in (ScanDirection.COLUMN, ScanDirection.COLUMN_REVERSE):
+        t = t.unflatten(-1, (width, height)).transpose(-1, -2).flatten(-2)
+    return t
 
 
 class DirectionalMultiScaleMixer(nn.Module):

@@ -63,8 +63,8 @@ def _metrics_row(name: str, metrics: dict) -> str:
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auroc")
     cells = []
     for key in keys:
-        ci = metrics.get("ci", {}).get(key)
-        cells.append(f"{metrics[key]:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else ""))
+        value, ci = metrics.get(key), (metrics.get("ci95") or {}).get(key)
+        cells.append("n/a" if value is None else f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else ""))
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
