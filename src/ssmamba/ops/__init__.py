@@ -1,0 +1,29 @@
+"""Selective scan (Mamba's S6 recurrence) with interchangeable backends.
+
+    y = selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False, backend="auto")
+
+Backends: ``ref`` (readable PyTorch loop, the ground truth), ``cpu`` (fused C++ kernel, compiled on first use),
+``cuda`` (mamba_ssm when installed, else a PyTorch GPU path). Importing this package compiles nothing.
+"""
+
+from ssmamba.ops.contract import ScanShape, check_scan_inputs
+from ssmamba.ops.dispatch import BACKEND_ENV, Backend, backend_report, choose_backend, selective_scan
+from ssmamba.ops.fallback import ScanFallbackWarning, warn_once
+from ssmamba.ops.scan_cpu import NO_BUILD_ENV, ExtensionBuildError
+from ssmamba.ops.scan_ref import selective_scan_ref
+
+__all__ = [
+    "BACKEND_ENV",
+    "NO_BUILD_ENV",
+    "Backend",
+    "ExtensionBuildError",
+    "ScanFallbackWarning",
+    "ScanShape",
+    "backend_report",
+    "check_scan_inputs",
+    "choose_backend",
+    "selective_scan",
+    "selective_scan_ref",
+    "warn_once",
+]

@@ -1,0 +1,82 @@
+"""Selective scan for CUDA tensors: mamba_ssm's fused kernel when it imports, else a PyTorch path.
+
+The PyTorch path runs the reference recurrence in chunks of `CHUNK_LENGTH` steps, each chunk one
+``torch.compile``-d graph (when Triton is installed): a sequential form, so no log-space cumulative sums that
+overflow for large Δ. Importing this module touches neither CUDA nor mamba_ssm.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from typing import Callable
+
+import torch
+
+from ssmamba.ops.contract import check_scan_inputs
+from ssmamba.ops.scan_ref import StepsFn, run_scan, scan_steps
+
+CHUNK_LENGTH = 16
+
+
+@functools.lru_cache(maxsize=1)
+def mamba_ssm_scan() -> tuple[Callable | None, str]:
+    """(mamba_ssm's selective_scan_fn or None, why). Imported once, on first need."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except (ImportError, OSError, RuntimeError, AttributeError) as error:  # not installed, or built for another CUDA
+        return None, f"mamba_ssm unavailable ({type(error).__name__}: {error})"
+    import mamba_ssm
+
+    return selective_scan_fn, f"mamba_ssm {getattr(mamba_ssm, '__version__', '?')} fused kernel"
+
+
+@functools.lru_cache(maxsize=1)
+def _chunk_steps() -> tuple[StepsFn, str]:
+    if importlib.util.find_spec("triton") is None:
+        return scan_steps, f"PyTorch loop in {CHUNK_LENGTH}-step chunks (eager: Triton not installed)"
+    return torch.compile(scan_steps), f"PyTorch loop, torch.compile-d {CHUNK_LENGTH}-step chunks"
+
+
+def status() -> tuple[bool, str]:
+    """(available, why) of the cuda backend; imports mamba_ssm but launches nothing."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    fused, why = mamba_ssm_scan()
+    if fused is not None:
+        return True, why
+    return True, f"{_chunk_steps()[1]}; {why}"
+
+
+def _call_mamba_ssm(fused: Callable, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    # mamba_ssm's kernel wants delta/B/C/z in u's dtype and A/D/delta_bias in float32
+    like_u = [None if t is None else t.to(u.dtype) for t in (delta, B, C, z)]
+    fp32 = [None if t is None else t.float() for t in (A, D, delta_bias)]
+    delta, B, C, z = like_u
+    A, D, delta_bias = fp32
+    return fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def selective_scan_cuda(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan on CUDA tensors; same contract as `selective_scan_ref`."""
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if u.device.type != "cuda":
+        raise ValueError(f"selective_scan: the 'cuda' backend needs CUDA tensors, but `u` is on {u.device}")
+    fused, _ = mamba_ssm_scan()
+    if fused is not None and u.dtype != torch.float64:  # the fused kernel has no float64 instantiation
+        return _call_mamba_ssm(fused, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    steps, _ = _chunk_steps()
+    return run_scan(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, steps=steps, chunk_length=CHUNK_LENGTH
+    )
