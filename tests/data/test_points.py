@@ -60,7 +60,7 @@ def test_parents_are_decoded_once_while_cached(points_csv, monkeypatch):
     decoded = []
     original = records.read_rgb
     monkeypatch.setattr(records, "read_rgb", lambda path: decoded.append(path) or original(path))
-    dataset = load_dataset(points_csv, verify=False, cache_size=1)
+    dataset = load_dataset(points_csv, verify=False, cache_mb=0.01)  # room for one 60x50 parent
     for index in (0, 1, 2):
         dataset[index]
     assert len(decoded) == 1                                  # three nuclei of one.png, one decode

@@ -56,7 +56,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, records: Sequence[Record], classes: Sequence[str], transform: Callable | None = None, *,
                  name: str = "dataset", skipped: Sequence[tuple[str, str]] = (), strict: bool = False,
-                 cache_size: int = 32, group_name: str | None = None, split_name: str | None = None,
+                 cache_mb: float = 256, group_name: str | None = None, split_name: str | None = None,
                  min_size: int | None = None, padding: Padding = Padding.REFLECT):
         self.records = list(records)
         self.classes = list(classes)
@@ -66,7 +66,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.strict = strict
         self.group_name = group_name
         self.split_name = split_name
-        self.pixels = PixelSource(cache_size)
+        self.pixels = PixelSource(cache_mb)
         self.min_size = min_size
         self.padding = padding
         for record in self.records:

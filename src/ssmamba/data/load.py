@@ -66,7 +66,7 @@ def load_dataset(source: str | Path, split: str | Split | None = None, transform
                  path_column: str | None = None, label_column: str = "label", split_column: str = "split",
                  group_column: str | None = None, crop_size: int = 32, padding: Padding = Padding.REFLECT,
                  split_fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0, verify: bool | None = None,
-                 strict: bool = False, cache_size: int = 32, min_size: int | None = None) -> ImageDataset:
+                 strict: bool = False, cache_mb: float = 256, min_size: int | None = None) -> ImageDataset:
     """Load one split (or all, ``split=None``) of an image dataset.
 
     Args:
@@ -86,7 +86,7 @@ def load_dataset(source: str | Path, split: str | Split | None = None, transform
         verify: decode every file before training and drop unreadable ones; ``None`` = only when the split has
             at most ``AUTO_VERIFY_MAX_FILES`` files.
         strict: raise on a missing or unreadable file instead of skipping it.
-        cache_size: decoded parent images kept per worker for nucleus crops.
+        cache_mb: memory for decoded parent images of nucleus crops, per process (each DataLoader worker).
     """
     source = Path(source)
     kind = kind or detect_kind(source)
@@ -104,7 +104,7 @@ def load_dataset(source: str | Path, split: str | Split | None = None, transform
             present = sorted({r.split for r in catalogue.records if r.split})
             raise ValueError(f"{catalogue.name}: split {wanted.value!r} is empty (splits present: {present})")
     dataset = ImageDataset(records, catalogue.classes, transform, name=catalogue.name, skipped=catalogue.skipped,
-                           strict=strict, cache_size=cache_size, group_name=catalogue.group_name,
+                           strict=strict, cache_mb=cache_mb, group_name=catalogue.group_name,
                            split_name=wanted.value if wanted else None, min_size=min_size, padding=padding)
     n_files = len({r.image.file for r in records if not isinstance(r.image, ArrayItem)})
     if verify or (verify is None and 0 < n_files <= AUTO_VERIFY_MAX_FILES):

@@ -88,29 +88,31 @@ class Record:
 class PixelSource:
     """Turns image references into 8-bit RGB PIL images, with per-process caches.
 
-    Crops are read from decoded parents kept in a small LRU cache (``cache_size`` parents), because the nuclei of
-    one image are usually visited together and decoding a 500x500 PNG costs far more than cropping it. Array
+    Crops are read from decoded parents kept in an LRU cache of at most ``cache_mb`` megabytes per process
+    (decoding a 500x500 PNG costs ~100 times more than cropping it, and a shuffled epoch revisits every parent
+    once per nucleus); a budget in bytes rather than images keeps memory bounded whatever the parents' size. Array
     files are opened once per process: HDF5 handles do not survive ``fork``, so the caches are keyed by process id
     and dropped when pickled.
     """
 
-    def __init__(self, cache_size: int = 32):
-        if cache_size < 1:
-            raise ValueError(f"cache_size must be at least 1, got {cache_size}")
-        self.cache_size = cache_size
+    def __init__(self, cache_mb: float = 256):
+        if cache_mb <= 0:
+            raise ValueError(f"cache_mb must be positive, got {cache_mb}")
+        self.cache_mb = cache_mb
         self._reset()
 
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._parents: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._cached_bytes = 0
         self._arrays: dict[tuple[Path, str], object] = {}
         self._h5_files: list[object] = []
 
     def __getstate__(self) -> dict:
-        return {"cache_size": self.cache_size}
+        return {"cache_mb": self.cache_mb}
 
     def __setstate__(self, state: dict) -> None:
-        self.cache_size = state["cache_size"]
+        self.cache_mb = state["cache_mb"]
         self._reset()
 
     def read(self, ref: ImageRef) -> Image.Image:
@@ -132,8 +134,11 @@ class PixelSource:
             return self._parents[path]
         array = np.asarray(read_rgb(path))
         self._parents[path] = array
-        if len(self._parents) > self.cache_size:
-            self._parents.popitem(last=False)
+        self._cached_bytes += array.nbytes
+        # Evict least recently used parents, but always keep the one just decoded.
+        while self._cached_bytes > self.cache_mb * 2**20 and len(self._parents) > 1:
+            _, evicted = self._parents.popitem(last=False)
+            self._cached_bytes -= evicted.nbytes
         return array
 
     def array(self, path: Path, key: str):
