@@ -64,7 +64,7 @@ class _Canvas:
         self.h = np.zeros((size, size))
         self.e = np.zeros((size, size))
         self.grain = rng.uniform(0.75, 1.25, (size, size))  # cytoplasm texture
-        self._queue: list[tuple[float, ...]] = []
+        self._queue: list[np.ndarray] = []  # (N, 8) blocks: cx, cy, a, b, angle, darkness, irregularity, vesicular
         self.ys, self.xs = np.mgrid[0:size, 0:size].astype(np.float64)
 
     def smooth_noise(self, cell: float) -> np.ndarray:
@@ -83,25 +83,38 @@ class _Canvas:
 
     def nucleus(self, cx: float, cy: float, a: float, b: float, angle: float, darkness: float,
                 irregularity: float = 0.0, vesicular: float = 0.0, nucleolus: bool = False) -> None:
-        """Queue an elliptic nucleus (semi-axes a along ``angle``, b across, in unscaled px) for ``draw_nuclei``."""
+        """Queue one elliptic nucleus (semi-axes a along ``angle``, b across, in unscaled px); see ``nuclei``."""
+        self.nuclei(*(np.atleast_1d(np.asarray(v, dtype=np.float64))
+                      for v in (cx, cy, a, b, angle, darkness, irregularity, vesicular, nucleolus)))
+
+    def nuclei(self, cx, cy, a, b, angle, darkness, irregularity=0.0, vesicular=0.0, nucleolus=False) -> None:
+        """Queue N nuclei (arrays, broadcast) for ``draw_nuclei``; those wholly off the patch are dropped."""
+        cx, cy, a, b, angle, darkness, irregularity, vesicular, nucleolus = np.broadcast_arrays(
+            *(np.asarray(v, dtype=np.float64) for v in (cx, cy, a, b, angle, darkness, irregularity, vesicular,
+                                                         nucleolus)))
         a, b = a * self.scale, b * self.scale
-        reach = max(a, b) * (1 + irregularity) + 2
-        if not (-reach < cx < self.size + reach and -reach < cy < self.size + reach):
-            return
-        self._queue.append((cx, cy, a, b, angle, darkness, irregularity, vesicular))
-        if nucleolus:
-            ox, oy = self.rng.uniform(-0.3, 0.3, 2) * (a, b)
-            self._queue.append((cx + ox, cy + oy, 0.9 * self.scale, 0.9 * self.scale, 0.0, darkness * 1.3, 0.0, 0.0))
+        reach = np.maximum(a, b) * (1 + irregularity) + 2
+        visible = (cx > -reach) & (cx < self.size + reach) & (cy > -reach) & (cy < self.size + reach)
+        params = np.stack([cx, cy, a, b, angle, darkness, irregularity, vesicular], 1)[visible]
+        self._queue.append(params)
+        with_nucleolus = params[nucleolus[visible] > 0]
+        if len(with_nucleolus):
+            offsets = self.rng.uniform(-0.3, 0.3, (len(with_nucleolus), 2)) * with_nucleolus[:, 2:4]
+            dot = np.zeros_like(with_nucleolus)
+            dot[:, :2] = with_nucleolus[:, :2] + offsets
+            dot[:, 2:4] = 0.9 * self.scale
+            dot[:, 5] = with_nucleolus[:, 5] * 1.3
+            self._queue.append(dot)
 
     def draw_nuclei(self) -> None:
         """Rasterise all queued nuclei at once (soft 1-px edge, grainy chromatin); later ones over earlier ones.
 
         Batched because a patch holds up to a few hundred nuclei and per-nucleus numpy calls dominated the time.
         """
-        if not self._queue:
-            return
-        queue = np.array(self._queue)  # (N, 8)
+        queue = np.concatenate(self._queue) if self._queue else np.zeros((0, 8))  # (N, 8)
         self._queue.clear()
+        if not len(queue):
+            return
         # Nuclei rendered in batches of similar extent (rounded up to 4 px), so a few large nuclei do not inflate
         # the window of every small one; order within the patch barely matters as overlaps take the maximum.
         reach = np.ceil(np.maximum(queue[:, 2], queue[:, 3]) * (1 + queue[:, 6]) / 4).astype(int) * 4 + 2
@@ -118,27 +131,34 @@ class _Canvas:
         u, v = (dx * cos + dy * sin) / a, (-dx * sin + dy * cos) / b                          # (N, S, S)
         dist = np.sqrt(u * u + v * v)
         if irregularity.any():
-            theta = np.arctan2(v, u)
-            phase = self.rng.uniform(0, 2 * math.pi, (2, len(cx), 1, 1))
-            dist = dist / (1 + irregularity * (0.6 * np.cos(2 * theta + phase[0]) + 0.4 * np.cos(3 * theta + phase[1])))
+            # Radius modulated by 0.6 cos(2 theta + p) + 0.4 cos(3 theta + q), with the harmonics of theta written
+            # in u, v (cos 2t = (u^2 - v^2) / r^2, ...) rather than through arctan2 and cos: same shape, 5x faster.
+            p, q = self.rng.uniform(0, 2 * math.pi, (2, len(cx), 1, 1))
+            u, v = u / np.maximum(dist, 1e-6), v / np.maximum(dist, 1e-6)   # (cos t, sin t)
+            uu, vv = u * u, v * v
+            cos2, sin2 = uu - vv, 2 * u * v
+            cos3, sin3 = u * (uu - 3 * vv), v * (3 * uu - vv)
+            wobble = 0.6 * (cos2 * np.cos(p) - sin2 * np.sin(p)) + 0.4 * (cos3 * np.cos(q) - sin3 * np.sin(q))
+            dist = dist / (1 + irregularity * wobble)
         cover = np.minimum(np.maximum((1 - dist) * np.minimum(a, b) + 0.5, 0), 1)
         grain = self.rng.uniform(0.75, 1.25, cover.shape)
         stain = darkness * cover * grain * (1 - vesicular + vesicular * np.minimum(dist, 1))
-        eosin_kept = 1 - 0.6 * cover
-        for n in range(len(cover)):
-            x0, y0 = anchor_x[n, 0, 0] - reach, anchor_y[n, 0, 0] - reach
-            cx0, cy0 = max(x0, 0), max(y0, 0)
-            cx1, cy1 = min(x0 + 2 * reach + 1, self.size), min(y0 + 2 * reach + 1, self.size)
-            if cx0 >= cx1 or cy0 >= cy1:
-                continue
-            window = (slice(cy0, cy1), slice(cx0, cx1))
-            local = (n, slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
-            np.maximum(self.h[window], stain[local], out=self.h[window])
-            self.e[window] *= eosin_kept[local]
+        # Scatter every window into the patch at once; max and product do not depend on the order of nuclei.
+        rows = anchor_y + offsets.astype(int)[None, :, None] + np.zeros_like(stain, dtype=int)   # (N, S, S)
+        cols = anchor_x + offsets.astype(int)[None, None, :] + np.zeros_like(stain, dtype=int)
+        inside = (rows >= 0) & (rows < self.size) & (cols >= 0) & (cols < self.size)
+        flat = (rows * self.size + cols)[inside]
+        np.maximum.at(self.h.reshape(-1), flat, stain[inside])
+        np.multiply.at(self.e.reshape(-1), flat, (1 - 0.6 * cover)[inside])
+
+    def window(self, cx: float, cy: float, radius_x: float, radius_y: float) -> tuple[slice, slice]:
+        """Rows and columns of the patch within the bounding box of an ellipse."""
+        return (slice(max(int(cy - radius_y), 0), max(min(int(cy + radius_y) + 2, self.size), 0)),
+                slice(max(int(cx - radius_x), 0), max(min(int(cx + radius_x) + 2, self.size), 0)))
 
     def disc(self, cx: float, cy: float, radius_x: float, radius_y: float) -> np.ndarray:
-        """Normalised radial coordinate rho (1 on the ellipse) of every pixel around (cx, cy)."""
-        return np.sqrt(((self.xs - cx) / radius_x) ** 2 + ((self.ys - cy) / radius_y) ** 2)
+        """(size, size) bool: pixels inside the ellipse around (cx, cy)."""
+        return ((self.xs - cx) / radius_x) ** 2 + ((self.ys - cy) / radius_y) ** 2 < 1
 
     def jittered_grid(self, spacing: float, jitter: float, margin: float = 0.0) -> np.ndarray:
         """(N, 2) points on a square grid of ``spacing`` px, each moved by up to ``jitter * spacing``."""
@@ -155,10 +175,12 @@ class _Canvas:
         return (255 * np.exp(-density)).clip(0, 255).astype(np.uint8)
 
 
-def _lymphocyte(canvas: _Canvas, x: float, y: float) -> None:
-    rng = canvas.rng
-    radius = rng.uniform(2.4, 3.2)
-    canvas.nucleus(x, y, radius, radius / rng.uniform(1.0, 1.15), rng.uniform(0, math.pi), rng.uniform(1.5, 1.9))
+def _lymphocytes(canvas: _Canvas, points: np.ndarray) -> None:
+    """Small round very dark nuclei at (N, 2) points."""
+    rng, n = canvas.rng, len(points)
+    radius = rng.uniform(2.4, 3.2, n)
+    canvas.nuclei(points[:, 0], points[:, 1], radius, radius / rng.uniform(1.0, 1.15, n), rng.uniform(0, math.pi, n),
+                  rng.uniform(1.5, 1.9, n))
 
 
 def _stroma(canvas: _Canvas, nuclei_per_kpx: float = 2.5, lymphocytes_per_kpx: float = 0.6) -> float:
@@ -166,13 +188,12 @@ def _stroma(canvas: _Canvas, nuclei_per_kpx: float = 2.5, lymphocytes_per_kpx: f
     rng = canvas.rng
     angle = rng.uniform(0, math.pi)
     canvas.fibres(rng.uniform(0.45, 0.65), rng.uniform(0.35, 0.6), angle, rng.uniform(4, 6))
-    area = canvas.size ** 2 / 1000
-    for _ in range(rng.poisson(nuclei_per_kpx * area / canvas.scale ** 2)):
-        x, y = rng.uniform(0, canvas.size, 2)
-        canvas.nucleus(x, y, rng.uniform(5, 8), rng.uniform(1.1, 1.8), angle + rng.normal(0, 0.2),
-                       rng.uniform(0.9, 1.2))
-    for _ in range(rng.poisson(lymphocytes_per_kpx * area / canvas.scale ** 2)):
-        _lymphocyte(canvas, *rng.uniform(0, canvas.size, 2))
+    area = canvas.size ** 2 / 1000 / canvas.scale ** 2
+    n = rng.poisson(nuclei_per_kpx * area)
+    points = rng.uniform(0, canvas.size, (n, 2))
+    canvas.nuclei(points[:, 0], points[:, 1], rng.uniform(5, 8, n), rng.uniform(1.1, 1.8, n),
+                  angle + rng.normal(0, 0.2, n), rng.uniform(0.9, 1.2, n))
+    _lymphocytes(canvas, rng.uniform(0, canvas.size, (rng.poisson(lymphocytes_per_kpx * area), 2)))
     return angle
 
 
@@ -183,42 +204,44 @@ def _glands(canvas: _Canvas, tumour: bool, max_glands: int | None = None) -> Non
     gap = rng.uniform(4, 10)
     centres = canvas.jittered_grid(2 * outer + gap, 0.15, margin=outer)
     rng.shuffle(centres)
-    if max_glands is not None:
-        centres = centres[:max_glands]
     lumen_fraction = rng.uniform(0.35, 0.55)
     canvas.draw_nuclei()  # stroma nuclei painted so far lie under the glands
+    glands = []
     for cx, cy in centres:
-        rx, ry = outer * canvas.scale * rng.uniform(0.85, 1.15), outer * canvas.scale * rng.uniform(0.85, 1.15)
+        rx, ry = outer * canvas.scale * rng.uniform(0.85, 1.15, 2)
         if not (-rx < cx < canvas.size + rx and -ry < cy < canvas.size + ry):
             continue  # wholly outside the patch
-        rho = canvas.disc(cx, cy, rx, ry)
+        glands.append((cx, cy, rx, ry))
+        window = canvas.window(cx, cy, rx, ry)
+        rho = np.sqrt(((canvas.xs[window] - cx) / rx) ** 2 + ((canvas.ys[window] - cy) / ry) ** 2)
+        e, h, grain = canvas.e[window], canvas.h[window], canvas.grain[window]
         ring = rho < 1
-        canvas.e[ring] = rng.uniform(0.3, 0.42) * (1 + 0.15 * canvas.grain[ring] - 0.15)
-        canvas.h[ring] = np.maximum(canvas.h[ring], 0.08)
+        e[ring] = rng.uniform(0.3, 0.42) * (0.85 + 0.15 * grain[ring])
+        h[ring] = np.maximum(h[ring], 0.08)
         lumen = rho < lumen_fraction
-        canvas.e[lumen], canvas.h[lumen] = 0.02, 0.0
-        perimeter = math.pi * (rx + ry)
-        spacing = (4.6 if tumour else 5.0) * canvas.scale
-        for t in np.arange(0, 2 * math.pi, 2 * math.pi / max(6, int(perimeter / spacing))) + rng.uniform(0, 1):
-            depth = 0.82 + (rng.normal(0, 0.08) if tumour else rng.normal(0, 0.025))  # stratified vs basal
-            x, y = cx + depth * rx * math.cos(t), cy + depth * ry * math.sin(t)
-            if not (-8 < x < canvas.size + 8 and -8 < y < canvas.size + 8):
-                continue
-            radial = math.atan2(math.sin(t) * rx, math.cos(t) * ry)
-            if tumour:
-                size = rng.lognormal(math.log(4.8), 0.2)
-                canvas.nucleus(x, y, size, size * rng.uniform(0.45, 0.7), radial + rng.normal(0, 0.4),
-                               rng.uniform(0.95, 1.3), irregularity=0.12, vesicular=0.3,
-                               nucleolus=rng.random() < 0.3)
-            else:
-                size = rng.lognormal(math.log(4.2), 0.08)
-                canvas.nucleus(x, y, size, size * rng.uniform(0.45, 0.55), radial + rng.normal(0, 0.12),
-                               rng.uniform(0.9, 1.2))
-        if tumour and rng.random() < 0.4:
-            for _ in range(rng.integers(1, 4)):
-                r, t = rng.uniform(0, lumen_fraction * 0.8), rng.uniform(0, 2 * math.pi)
-                canvas.nucleus(cx + r * rx * math.cos(t), cy + r * ry * math.sin(t), 1.5, 1.2, 0, 0.5)
-        canvas.draw_nuclei()  # before the next gland's ring, which may overlap this one
+        e[lumen], h[lumen] = 0.02, 0.0
+        if max_glands is not None and len(glands) == max_glands:
+            break
+    spacing = (4.6 if tumour else 5.0) * canvas.scale
+    for cx, cy, rx, ry in glands:  # nuclei after every ring, so no ring paints over a neighbour's nuclei
+        count = max(6, int(math.pi * (rx + ry) / spacing))
+        t = np.arange(count) * (2 * math.pi / count) + rng.uniform(0, 1)
+        depth = 0.82 + rng.normal(0, 0.08 if tumour else 0.025, count)  # stratified vs one basal layer
+        x, y = cx + depth * rx * np.cos(t), cy + depth * ry * np.sin(t)
+        radial = np.arctan2(np.sin(t) * rx, np.cos(t) * ry)
+        if tumour:
+            size = rng.lognormal(math.log(4.8), 0.2, count)
+            canvas.nuclei(x, y, size, size * rng.uniform(0.45, 0.7, count), radial + rng.normal(0, 0.4, count),
+                          rng.uniform(0.95, 1.3, count), irregularity=0.12, vesicular=0.3,
+                          nucleolus=rng.random(count) < 0.3)
+            if rng.random() < 0.4:  # debris in the lumen
+                n = rng.integers(1, 4)
+                r, angle = rng.uniform(0, lumen_fraction * 0.8, n), rng.uniform(0, 2 * math.pi, n)
+                canvas.nuclei(cx + r * rx * np.cos(angle), cy + r * ry * np.sin(angle), 1.5, 1.2, 0.0, 0.5)
+        else:
+            size = rng.lognormal(math.log(4.2), 0.08, count)
+            canvas.nuclei(x, y, size, size * rng.uniform(0.45, 0.55, count), radial + rng.normal(0, 0.12, count),
+                          rng.uniform(0.9, 1.2, count))
 
 
 def _paint_stroma(canvas: _Canvas) -> None:
@@ -235,10 +258,12 @@ def _paint_lymphocytes(canvas: _Canvas) -> None:
         angle, offset = rng.uniform(0, 2 * math.pi), rng.uniform(0.55, 0.8) * canvas.size
         keep_out = (canvas.xs - canvas.size / 2) * math.cos(angle) + (canvas.ys - canvas.size / 2) * math.sin(angle)
         keep_out = keep_out > offset - canvas.size / 2
-    for x, y in canvas.jittered_grid(rng.uniform(6.0, 7.0), 0.3, margin=3):
-        inside = 0 <= int(y) < canvas.size and 0 <= int(x) < canvas.size
-        if rng.random() < 0.85 and not (keep_out is not None and inside and keep_out[int(y), int(x)]):
-            _lymphocyte(canvas, x, y)
+    points = canvas.jittered_grid(rng.uniform(6.0, 7.0), 0.3, margin=3)
+    points = points[rng.random(len(points)) < 0.85]
+    if keep_out is not None:
+        pixel = np.clip(points.astype(int), 0, canvas.size - 1)
+        points = points[~keep_out[pixel[:, 1], pixel[:, 0]]]
+    _lymphocytes(canvas, points)
 
 
 def _paint_normal_epithelium(canvas: _Canvas) -> None:
@@ -255,14 +280,15 @@ def _paint_tumour_high_grade(canvas: _Canvas) -> None:
     rng = canvas.rng
     canvas.fibres(rng.uniform(0.3, 0.4), 0.15, rng.uniform(0, math.pi), 5)
     canvas.h += 0.12
-    for x, y in canvas.jittered_grid(rng.uniform(10.5, 13), 0.4, margin=6):
-        size = rng.lognormal(math.log(6.0), 0.25)
-        canvas.nucleus(x, y, size, size * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi), rng.uniform(1.3, 1.8),
-                       irregularity=0.2, vesicular=0.25, nucleolus=rng.random() < 0.5)
+    points = canvas.jittered_grid(rng.uniform(10.5, 13), 0.4, margin=6)
+    n = len(points)
+    size = rng.lognormal(math.log(6.0), 0.25, n)
+    canvas.nuclei(points[:, 0], points[:, 1], size, size * rng.uniform(0.6, 1.0, n), rng.uniform(0, math.pi, n),
+                  rng.uniform(1.3, 1.8, n), irregularity=0.2, vesicular=0.25, nucleolus=rng.random(n) < 0.5)
     canvas.draw_nuclei()
     if rng.random() < 0.3:  # a remnant lumen
         cx, cy = rng.uniform(0, canvas.size, 2)
-        lumen = canvas.disc(cx, cy, *(rng.uniform(3, 6, 2) * canvas.scale)) < 1
+        lumen = canvas.disc(cx, cy, *(rng.uniform(3, 6, 2) * canvas.scale))
         canvas.e[lumen], canvas.h[lumen] = 0.02, 0.0
 
 
