@@ -117,10 +117,11 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         "# Data and evaluation throughput\n\n"
-        f"`python benchmarks/bench_data.py{' --quick' if args.quick else ''}` on {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch thread, one process (no DataLoader workers), wall time, median of 3. "
-        "The machine is shared with other jobs: wall rates are lower bounds, CPU rates (this process's CPU time; "
-        "verification runs on threads, so its CPU time exceeds wall time) are what one free core does.\n\n" + table + "\n")
+        f"`python benchmarks/bench_data.py{' --quick' if args.quick else ''}` on "
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread, one process "
+        "(no DataLoader workers), median of 3. The machine is shared with other jobs: wall rates are lower bounds, "
+        "CPU rates (this process's CPU time; verification runs on threads, so its CPU time exceeds wall time) are "
+        "what one free core does. Random reads of nucleus crops are with a warm parent cache.\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

@@ -72,3 +72,17 @@ def test_unknown_source_kind_is_reported(tmp_path):
         load_dataset(path)
     with pytest.raises(FileNotFoundError):
         load_dataset(tmp_path / "nothing_here")
+
+
+def _first_pixel(image):
+    return int(np.asarray(image)[0, 0, 0])
+
+
+def test_pcam_reads_in_dataloader_workers(pcam_dir):
+    import torch.utils.data
+
+    train = load_dataset(pcam_dir, "train", transform=_first_pixel)
+    train[0]                                   # the parent opens the HDF5 file before the workers start
+    loader = torch.utils.data.DataLoader(train, batch_size=3, num_workers=2)
+    values = [int(v) for batch, _ in loader for v in batch]
+    assert values == list(range(6))

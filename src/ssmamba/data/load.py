@@ -110,7 +110,8 @@ def load_dataset(source: str | Path, split: str | Split | None = None, transform
     if verify or (verify is None and 0 < n_files <= AUTO_VERIFY_MAX_FILES):
         new_skips = dataset.verify()
         if new_skips and strict:
-            raise ValueError(f"{catalogue.name}: {len(new_skips)} unreadable, e.g. {new_skips[0][0]}: {new_skips[0][1]}")
+            path, reason = new_skips[0]
+            raise ValueError(f"{catalogue.name}: {len(new_skips)} unreadable, e.g. {path}: {reason}")
         if not len(dataset):
             raise ValueError(f"{catalogue.name}: no readable samples left after verification; see dataset.skipped")
     if labelled:

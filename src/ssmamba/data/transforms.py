@@ -201,7 +201,8 @@ class AugmentationConfig:
                                              ("saturation", self.saturation), ("hue", self.hue)) if v]
         if jitter:
             parts.append("colour jitter (" + ", ".join(jitter) + ")")
-        parts.append(f"normalise mean {tuple(round(m, 3) for m in self.mean)} std {tuple(round(s, 3) for s in self.std)}")
+        mean, std = tuple(round(m, 3) for m in self.mean), tuple(round(s, 3) for s in self.std)
+        parts.append(f"normalise mean {mean} std {std}")
         return ", ".join(parts)
 
     def build(self) -> AugmentationPipeline:

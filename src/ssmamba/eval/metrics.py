@@ -130,7 +130,7 @@ def bootstrap_metrics(y_true: np.ndarray, probs: np.ndarray, ordinal: bool = Fal
         draws = rng.integers(0, n, (batch, n))
         offsets = (np.arange(batch) * n)[:, None]
         counts = np.bincount((draws + offsets).ravel(), minlength=batch * n).reshape(batch, n).astype(np.float64)
-        matrices = (counts @ cell).reshape(batch, n_classes, n_classes)  # (B, K, K) rows true, cols pred; counts: (B, N)
+        matrices = (counts @ cell).reshape(batch, n_classes, n_classes)  # (B, K, K) rows true, columns predicted
         for name, values in scores_from_confusion(matrices, ordinal).items():
             results[name].append(values)
         class_auc = np.stack([parts.auroc(counts) for parts in auroc_parts], 1)  # (B, K)

@@ -38,7 +38,8 @@ def format_markdown(metrics: dict, title: str = "Evaluation", figures: tuple[str
               if metrics.get("n_bootstrap") else "No confidence intervals (n_bootstrap = 0)."), "",
              "| Metric | Value | 95% CI |", "|---|---:|---:|"]
     for key in SCALAR_METRICS:
-        lines.append(f"| {_LABELS[key]} | {_number(metrics.get(key))} | {_interval(metrics.get('ci95', {}).get(key))} |")
+        interval = _interval(metrics.get("ci95", {}).get(key))
+        lines.append(f"| {_LABELS[key]} | {_number(metrics.get(key))} | {interval} |")
     lines += ["", "## Per class", "", "| Class | Precision | Recall | F1 | AUROC (one-vs-rest) | Support |",
               "|---|---:|---:|---:|---:|---:|"]
     for name in classes:
