@@ -1,0 +1,95 @@
+"""The mil commands end to end on generated feature files, and crchp image bags through the wsi commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from ssmamba.cli import main
+
+
+def test_train_with_kfold_cv_then_evaluate(bag_folder, tmp_path):
+    table, features = bag_folder
+    out = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(main, ["mil", "train", "--csv", str(table), "--features", str(features), "--head", "abmil",
+                                  "--head-arg", "hidden_dim=32", "--folds", "3", "--epochs", "3", "--lr", "1e-3",
+                                  "--bootstrap", "50", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "mean ± std" in result.output and "patients (patient_id)" in result.output
+    summary = json.loads((out / "cv_summary.json").read_text())
+    assert len(summary["folds"]) == 3 and summary["summary"]["auroc"]["n"] == 3
+    assert summary["pooled_out_of_fold"]["n"] == 24
+    assert summary["settings"]["head_kwargs"] == {"hidden_dim": 32}
+    for k in range(3):
+        fold = out / f"fold_{k}"
+        for name in ("mil_model.safetensors", "mil_config.json", "predictions.csv", "metrics.json", "report.md"):
+            assert (fold / name).is_file(), name
+    predictions = (out / "fold_0" / "predictions.csv").read_text().splitlines()
+    assert predictions[0] == "slide_id,label,prediction,prob_benign,prob_tumour"
+
+    result = runner.invoke(main, ["mil", "evaluate", "--model", str(out), "--csv", str(table), "--features",
+                                  str(features), "--out", str(tmp_path / "eval"), "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    assert "3 head(s)" in result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 24 and metrics["classes"] == ["benign", "tumour"]
+
+
+def test_train_on_the_split_column(tmp_path, key_instance_bags, bag_writer):
+    bags = key_instance_bags(20, dim=6)
+    ids = bag_writer(tmp_path / "features", bags)
+    splits = ["train"] * 12 + ["val"] * 4 + ["test"] * 4
+    csv = tmp_path / "bags.csv"
+    csv.write_text("slide_id,label,split\n" + "".join(f"{i},{b[2]},{s}\n" for i, b, s in zip(ids, bags, splits)))
+    result = CliRunner().invoke(main, ["mil", "train", "--csv", str(csv), "--features", str(tmp_path / "features"),
+                                       "--head", "transmil", "--head-arg", "dim=32", "--head-arg", "num_heads=4",
+                                       "--epochs", "2", "--bootstrap", "0", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["train"]) == 12 and len(split["val"]) == 4 and len(split["test"]) == 4
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert "val_loss" in history[0]
+
+
+def test_helpful_errors(bag_folder, tmp_path):
+    table, features = bag_folder
+    runner = CliRunner()
+    result = runner.invoke(main, ["mil", "train", "--csv", str(table), "--features", str(features),
+                                  "--out", str(tmp_path / "run")])
+    assert result.exit_code != 0 and "--folds" in result.output
+    result = runner.invoke(main, ["mil", "train", "--csv", str(table), "--features", str(features), "--folds", "2",
+                                  "--head-arg", "oops", "--out", str(tmp_path / "run")])
+    assert result.exit_code != 0 and "KEY=VALUE" in result.output
+
+
+def test_crchp_images_become_bags(shared_data, tmp_path):
+    """Plain PNG crops tiled into a grid of small patches are MIL bags like slides (issue item 6)."""
+    crchp = shared_data / "crchp"
+    if not (crchp / "bags.csv").is_file():
+        pytest.skip("crchp not found")
+    rows = (crchp / "bags.csv").read_text().splitlines()[1:]
+    chosen = [next(r for r in rows if r.split(",")[2] == "0"), next(r for r in rows if r.split(",")[2] == "1")]
+    images = tmp_path / "images"
+    images.mkdir()
+    for row in chosen:
+        shutil.copy(crchp / row.split(",")[0], images)
+    out = tmp_path / "out"
+    runner = CliRunner()
+    result = runner.invoke(main, ["wsi", "tile", str(images), "--out", str(out), "--slide-mpp", "0.5", "--mpp", "0.5",
+                                  "--patch-size", "100", "--no-tissue-mask"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("25 tiles") == 2  # 500 x 500 px images, 5 x 5 grid
+    result = runner.invoke(main, ["wsi", "extract", str(out), "--encoder", "ssmamba_test", "--input-size", "32"])
+    assert result.exit_code == 0, result.output
+    from ssmamba.mil.bags import BagDataset, read_bag_table
+
+    with pytest.warns(UserWarning, match="left out"):
+        table = read_bag_table(crchp / "bags.csv", out / "features_0.50mpp_100px" / "ssmamba_test", id_column="image",
+                               allow_missing=True)
+    assert sorted(r.label for r in table.records) == [0, 1]
+    features, coords, _ = BagDataset(table.records)[0]
+    assert features.shape == (25, 64) and coords.max() == 400

@@ -1,0 +1,84 @@
+"""The wsi commands end to end: tile -> extract -> heatmap on the real CMU-1 slide, and --skip-errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from ssmamba.cli import main
+
+
+def test_tile_extract_heatmap_on_the_real_slide(cmu_slide, tmp_path):
+    from ssmamba.mil import create_mil_head
+    from ssmamba.mil.engine import save_mil_model
+
+    runner = CliRunner()
+    out = tmp_path / "out"
+    result = runner.invoke(main, ["wsi", "tile", str(cmu_slide), "--out", str(out), "--magnification", "20",
+                                  "--patch-size", "224"])
+    assert result.exit_code == 0, result.output
+    patches = out / "patches_0.50mpp_224px"
+    assert (patches / "CMU-1-Small-Region.h5").is_file() and (patches / "CMU-1-Small-Region.png").is_file()
+
+    result = runner.invoke(main, ["wsi", "extract", str(out), "--encoder", "ssmamba_test", "--input-size", "64",
+                                  "--batch-size", "32", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    features = out / "features_0.50mpp_224px" / "ssmamba_test" / "CMU-1-Small-Region.h5"
+    assert features.is_file()
+    result = runner.invoke(main, ["wsi", "extract", str(out), "--encoder", "ssmamba_test", "--input-size", "64"])
+    assert "already done" in result.output
+
+    torch.manual_seed(0)
+    model_dir = save_mil_model(create_mil_head("abmil", 64, 2), tmp_path / "head", head_name="abmil",
+                               head_kwargs={}, class_names=["no", "yes"])
+    png = tmp_path / "heat" / "cmu.png"
+    result = runner.invoke(main, ["wsi", "heatmap", str(cmu_slide), "--features", str(features), "--model",
+                                  str(model_dir), "--out", str(png), "--thumbnail-size", "512"])
+    assert result.exit_code == 0, result.output
+    assert "prediction: no" in result.output
+    image = Image.open(png)
+    assert max(image.size) == 512
+    scores = np.loadtxt(png.with_suffix(".csv"), delimiter=",", skiprows=1)
+    assert scores.shape[1] == 3 and np.isfinite(scores[:, 2]).all()
+
+    np.save(tmp_path / "scores.npy", np.arange(len(scores), dtype=np.float32))
+    result = runner.invoke(main, ["wsi", "heatmap", str(cmu_slide), "--features", str(features), "--scores",
+                                  str(tmp_path / "scores.npy"), "--out", str(tmp_path / "given.png")])
+    assert result.exit_code == 0, result.output
+
+
+def test_corrupt_slide_is_reported_not_fatal_with_skip_errors(blob_slide, tmp_path):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(blob_slide[0], slides / "good.tif")
+    (slides / "broken.svs").write_bytes(b"\x00" * 1000)
+    out = tmp_path / "out"
+    runner = CliRunner()
+    args = ["wsi", "tile", str(slides), "--out", str(out), "--mpp", "1.0", "--patch-size", "128"]
+
+    result = runner.invoke(main, args + ["--skip-errors"])
+    assert result.exit_code == 0, result.output
+    log = out / "patches_1.00mpp_128px" / "errors.log"
+    assert "broken.svs" in log.read_text() and "SlideError" in log.read_text()
+    assert (out / "patches_1.00mpp_128px" / "good.h5").is_file()
+    assert "1 slide(s) failed" in result.output
+
+    result = runner.invoke(main, args + ["--overwrite"])
+    assert result.exit_code != 0
+    assert "broken.svs" in result.output and "--skip-errors" in result.output
+
+
+def test_missing_mpp_error_names_the_override(tmp_path):
+    image = tmp_path / "crop.png"
+    Image.new("RGB", (300, 300), (200, 120, 170)).save(image)
+    runner = CliRunner()
+    result = runner.invoke(main, ["wsi", "tile", str(image), "--out", str(tmp_path / "out"), "--patch-size", "100"])
+    assert result.exit_code != 0 and "--slide-mpp" in result.output
+    result = runner.invoke(main, ["wsi", "tile", str(image), "--out", str(tmp_path / "out"), "--patch-size", "100",
+                                  "--slide-mpp", "0.5", "--no-tissue-mask"])
+    assert result.exit_code == 0, result.output
+    assert "9 tiles" in result.output
