@@ -289,6 +289,8 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
         MissingMppError: it opened but says nothing usable about its resolution and ``mpp`` is None.
     """
     path = Path(path)
+    if mpp is not None and not mpp > 0:
+        raise ValueError(f"the level-0 mpp override must be positive, got {mpp}")
     if not path.is_file():
         raise SlideError(f"{path}: no such file")
     complaints = []
@@ -300,7 +302,7 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
         except SlideError as error:
             complaints.append(f"{backend.backend.value}: {error}".replace(f"{path}: ", ""))
         except (OSError, ValueError, KeyError, IndexError, RuntimeError) as error:
-            # OpenSlide raises OpenSlideUnsupportedFormatError/OpenSlideError (OSError subclasses in 1.4),
-            # tiffslide/tifffile raise ValueError/KeyError/TiffFileError, PIL raises UnidentifiedImageError.
+            # tiffslide/tifffile raise ValueError/KeyError (TiffFileError is a ValueError), PIL raises
+            # UnidentifiedImageError (an OSError); OpenSlide's own errors are wrapped in SlideError above.
             complaints.append(f"{backend.backend.value}: {type(error).__name__}: {error}")
     raise SlideError(f"{path}: cannot be opened as a slide or image ({'; '.join(complaints)})")
