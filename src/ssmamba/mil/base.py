@@ -163,3 +163,15 @@ def subsample_bag(features: torch.Tensor, coords: torch.Tensor | None, max_insta
         raise ValueError(f"max_instances must be >= 1, got {max_instances}")
     keep = torch.randperm(len(features), generator=generator)[:max_instances].sort().values.to(features.device)
     return features[keep], None if coords is None else coords[keep]
+
+
+def drop_instances(features: torch.Tensor, coords: torch.Tensor | None, rate: float,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Drop each instance of an (N, D) bag with probability ``rate`` (at least one is kept); training only."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"instance dropout rate must be in [0, 1), got {rate}")
+    keep = torch.rand(len(features), generator=generator) >= rate
+    if not keep.any():
+        keep[torch.randint(len(features), (1,), generator=generator)] = True
+    keep = keep.to(features.device)
+    return features[keep], None if coords is None else coords[keep]

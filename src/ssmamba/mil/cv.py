@@ -167,16 +167,18 @@ def _json_default(value):
 
 
 def summary_markdown(summary: dict, title: str) -> str:
-    """A table of the scalar metrics: one row per fold, then mean ± std, then pooled out-of-fold."""
-    names = [m for m in SUMMARY_METRICS if _scalar(summary["folds"][0], m) is not None]
+    """A table of the scalar metrics: one row per fold, then mean ± std (``summarise_folds``), then pooled."""
+    names = [m for m in SUMMARY_METRICS if m in summary["summary"]]
     lines = [f"# {title}", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for k, metrics in enumerate(summary["folds"]):
-        lines.append(f"| fold {k} | " + " | ".join(f"{_scalar(metrics, m):.4f}" for m in names) + " |")
-    values = np.asarray([[_scalar(metrics, m) for m in names] for metrics in summary["folds"]])
-    lines.append("| **mean ± std** | " + " | ".join(f"**{mu:.4f} ± {sd:.4f}**" for mu, sd in
-                                                    zip(values.mean(0), values.std(0, ddof=1) if len(values) > 1
-                                                        else np.zeros(len(names)))) + " |")
-    lines.append("| pooled out-of-fold | " + " | ".join(f"{_scalar(summary['pooled_out_of_fold'], m):.4f}"
-                                                        for m in names) + " |")
+        lines.append(f"| fold {k} | " + " | ".join(_format(_scalar(metrics, m)) for m in names) + " |")
+    lines.append("| **mean ± std** | " + " | ".join(
+        f"**{summary['summary'][m]['mean']:.4f} ± {summary['summary'][m]['std']:.4f}**" for m in names) + " |")
+    lines.append("| pooled out-of-fold | " + " | ".join(
+        _format(_scalar(summary["pooled_out_of_fold"], m)) for m in names) + " |")
     lines += ["", f"Settings: `{json.dumps(summary['settings'], default=_json_default)}`", ""]
     return "\n".join(lines)
+
+
+def _format(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ssmamba.mil import create_mil_head
-from ssmamba.mil.base import MILHead, subsample_bag
+from ssmamba.mil.base import MILHead, drop_instances, subsample_bag
 from ssmamba.mil.bags import BagDataset
 
 WEIGHTS_NAME, CONFIG_NAME = "mil_model.safetensors", "mil_config.json"
@@ -34,6 +34,9 @@ class MILTrainConfig:
         epochs: passes over the training bags.
         lr, weight_decay: AdamW settings; the learning rate follows a cosine decay to 0 after a 1-epoch warm-up.
         max_instances: training bags larger than this are randomly subsampled at every step (None: never).
+        instance_dropout: share of a training bag's instances dropped at random at every step, an augmentation
+            that keeps sequence heads from memorising fixed tile neighbourhoods (may drop the one decisive tile
+            of a bag, so keep it low when a single tile decides).
         balance_classes: weight the loss by inverse class frequency of the training bags.
         select_on_validation: with a validation set, keep the weights of the epoch with the lowest validation
             loss (otherwise the last epoch's).
@@ -46,6 +49,7 @@ class MILTrainConfig:
     lr: float = 2e-4
     weight_decay: float = 1e-4
     max_instances: int | None = 8192
+    instance_dropout: float = 0.0
     balance_classes: bool = True
     select_on_validation: bool = True
     chunk_size: int = 4096
@@ -103,6 +107,8 @@ def train_head(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val
         for index in torch.randperm(len(train_set), generator=generator).tolist():
             features, coords, label = train_set[index]
             features, coords = subsample_bag(features, coords, config.max_instances, generator)
+            if config.instance_dropout > 0:
+                features, coords = drop_instances(features, coords, config.instance_dropout, generator)
             logits = head(features.to(device), coords.to(device))
             loss = F.cross_entropy(logits, torch.tensor([label], device=device), weight=weights)
             optimizer.zero_grad(set_to_none=True)

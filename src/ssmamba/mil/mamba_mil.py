@@ -182,6 +182,12 @@ class MambaMIL(MILHead):
         dropout: dropout after the input projection and in the attention pooling.
         attention_dim: width of the gated attention pooling.
         order: tile order of the scan (Hilbert curve over ``coords`` by default).
+
+    The residual branches are zero-initialised and the residual stream is pooled without a final LayerNorm, so
+    the head starts out as gated attention-MIL and adds sequence context only where training finds it useful.
+    With the usual initialisation (and a final norm) it memorised small training sets through the neighbourhoods
+    of tiles along the curve, and stayed at chance on held-out bags of a task that ABMIL and TransMIL solve
+    (tests/mil/test_heads.py); MambaMIL (Yang et al., 2024) reports the same tendency of Mamba to overfit in MIL.
     """
 
     def __init__(self, in_dim: int, num_classes: int, dim: int = 128, depth: int = 1, d_state: int = 16,
@@ -194,7 +200,10 @@ class MambaMIL(MILHead):
         for _ in range(depth):
             self.blocks.append(GatedConvBlock(dim, expand, conv_kernel))
             self.blocks.append(BiMambaBlock(dim, expand, d_state))
-        self.norm = nn.LayerNorm(dim)
+        for block in self.blocks:  # every residual branch starts at zero: see the class docstring
+            output = block.fc2 if isinstance(block, GatedConvBlock) else block.out_proj
+            nn.init.zeros_(output.weight)
+            nn.init.zeros_(output.bias)
         self.pool = GatedAttentionPool(dim, attention_dim, dropout)
         self.classifier = nn.Linear(dim, num_classes)
 
@@ -211,7 +220,7 @@ class MambaMIL(MILHead):
         x = self.input_proj(features)
         for block in self.blocks:
             x = block(x)
-        bag, scores = self.pool(self.norm(x))
+        bag, scores = self.pool(x)
         if permutation is not None:  # scores back in the caller's tile order
             scores = torch.empty_like(scores).scatter_(1, permutation, scores)
         return MILOutput(self.classifier(bag), scores)
@@ -232,7 +241,7 @@ class MambaMIL(MILHead):
             x = block.forward_streaming(x, chunk_size)
         pool, scores = StreamingAttentionPool(), []
         for start in range(0, x.shape[1], chunk_size):
-            hidden = self.norm(x[:, start:start + chunk_size])
+            hidden = x[:, start:start + chunk_size]
             chunk_scores = self.pool.scores(hidden)
             pool.update(hidden, chunk_scores)
             scores.append(chunk_scores)
