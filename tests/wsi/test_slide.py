@@ -95,3 +95,16 @@ def test_corrupt_and_missing_files_raise_slide_error_naming_the_file(tmp_path):
 def test_override_must_be_positive(position_slide):
     with pytest.raises(ValueError, match="positive"):
         open_slide(position_slide[0], mpp=0)
+
+
+def test_thumbnail_is_assembled_in_bands(position_slide, monkeypatch):
+    import ssmamba.wsi.slide as slide_module
+
+    path, image = position_slide
+    with open_slide(path) as slide:
+        whole = np.asarray(slide.thumbnail(384), dtype=float)
+        monkeypatch.setattr(slide_module, "THUMBNAIL_BAND_PIXELS", 384 * 10)  # 10-row bands of level 2
+        banded = np.asarray(slide.thumbnail(384), dtype=float)
+    assert whole.shape == banded.shape == (256, 384, 3)
+    np.testing.assert_array_equal(whole, np.asarray(image[::4, ::4], dtype=float))  # level 2 as is
+    assert np.abs(banded - whole).mean() < 1.0

@@ -83,6 +83,9 @@ def tile(inputs, out_dir, patch_size, mpp, magnification, stride, slide_mpp, min
     def step(path: Path):
         result = tile_slide(path, config, out_dir, slide_mpp=slide_mpp, overwrite=overwrite)
         click.echo(f"  {result.slide_name}: {result.num_tiles} tiles{' (already done)' if result.skipped else ''}")
+        if result.num_tiles == 0:
+            click.echo(f"  warning: no tile of {path} passed the tissue mask; see {result.thumbnail_path} and "
+                       f"lower --min-tissue / --min-saturation, or use --no-tissue-mask", err=True)
         return result
 
     try:

@@ -28,6 +28,9 @@ PLAUSIBLE_MPP_RANGE = (0.05, 20.0)
 # a 1 Gpx RGB image (3 GB decoded) is the largest we accept knowingly. Bigger images belong in a tiled pyramid.
 MAX_PLAIN_IMAGE_PIXELS = 1_000_000_000
 
+# Thumbnails are assembled from bands of at most this many pixels of the level they are read from (~100 MB RGBA).
+THUMBNAIL_BAND_PIXELS = 1 << 25
+
 PLAIN_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
 SLIDE_SUFFIXES = frozenset(
@@ -87,14 +90,28 @@ class Slide(abc.ABC):
         """RGB image of ``size`` (w, h) pixels of ``level``, whose top-left is ``location`` in level-0 pixels."""
 
     def thumbnail(self, max_side: int) -> Image.Image:
-        """RGB image of the whole slide whose longer side is at most ``max_side`` pixels."""
+        """RGB image of the whole slide whose longer side is at most ``max_side`` pixels.
+
+        Read from the coarsest level at least as fine as needed, in horizontal bands of at most
+        ``THUMBNAIL_BAND_PIXELS``, so a single-level 100k-pixel-wide image never has to fit in memory at once.
+        """
         width, height = self.dimensions
-        downsample = max(width, height) / max_side
-        level = self.best_level_for_downsample(max(downsample, 1.0))
-        level_w, level_h = self.level_dimensions[level]
-        image = self.read_region((0, 0), level, (level_w, level_h))
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        return image
+        scale = min(1.0, max_side / max(width, height))
+        out_width, out_height = max(1, round(width * scale)), max(1, round(height * scale))
+        level = self.best_level_for_downsample(1.0 / scale)
+        level_width, level_height = self.level_dimensions[level]
+        downsample = self.level_downsamples[level]
+        thumbnail = Image.new("RGB", (out_width, out_height), (255, 255, 255))
+        band_rows = max(1, THUMBNAIL_BAND_PIXELS // level_width)
+        for top in range(0, level_height, band_rows):
+            rows = min(band_rows, level_height - top)
+            out_top = round(top * out_height / level_height)
+            out_bottom = round((top + rows) * out_height / level_height)
+            if out_bottom <= out_top:
+                continue
+            band = self.read_region((0, int(round(top * downsample))), level, (level_width, rows))
+            thumbnail.paste(band.resize((out_width, out_bottom - out_top), Image.Resampling.LANCZOS), (0, out_top))
+        return thumbnail
 
     def close(self) -> None:
         """Release file handles (no-op by default)."""
