@@ -1,0 +1,155 @@
+"""Shared helpers for the benchmark scripts: median timing, peak memory, isolated runs, markdown results.
+
+Peak memory of a CPU run: the process's peak resident set size (Linux VmHWM) is reset just before the measured
+code (writing 5 to /proc/self/clear_refs) and read after it; "extra" = peak − resident size at the reset. Where
+that reset is unavailable the lifetime peak (ru_maxrss) is used, which is only meaningful in a fresh process:
+run each case with `run_isolated`. On CUDA, torch.cuda.max_memory_allocated after resetting the peak stats.
+Free heap memory is returned to the OS before each measurement (glibc malloc_trim), so cases measured one after
+another in the same process do not hide their peaks in memory an earlier case freed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+MIB = 2**20
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, sync_cuda: bool = False) -> float:
+    """Median wall time of `repeats` calls of `fn` after `warmup` untimed ones."""
+
+    def call() -> None:
+        fn()
+        if sync_cuda:
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _return_free_heap_to_os() -> None:
+    """glibc keeps freed heap memory resident; a case could then reuse what an earlier one freed without raising
+    the resident size, and its peak would read too low. malloc_trim(0) hands those free pages back first."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """`with PeakMemory(device) as peak: ...` then `peak.extra_bytes`: the most memory the block held beyond what
+    was held when it started (resident memory on CPU, allocated memory on CUDA)."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.extra_bytes = 0
+        self.method = ""
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            self.method = "torch.cuda.max_memory_allocated"
+            return self
+        _return_free_heap_to_os()
+        self._start = (_proc_status_kib("VmRSS") or 0) * 1024
+        try:
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")  # resets VmHWM to the current resident size
+            self.method = "Linux VmHWM, reset at the start of the block"
+        except OSError:
+            self.method = "ru_maxrss (lifetime peak; use a fresh process per case)"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.method.startswith("Linux"):
+            peak = (_proc_status_kib("VmHWM") or 0) * 1024
+        else:
+            scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+        self.extra_bytes = max(0, peak - self._start)
+
+
+def run_isolated(argv: Sequence[str], timeout: float | None = None) -> dict:
+    """Run a benchmark case in a fresh Python process (clean allocator, honest peak memory) and return the JSON
+    object it prints on its last line of stdout. Raises RuntimeError with the child's stderr if it fails."""
+    result = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        command = " ".join(argv)
+        raise RuntimeError(f"benchmark case {command} failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+    return json.loads(lines[-1])
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table; floats are printed as given, so format them before."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_lines() -> list[str]:
+    """Where and when a result was measured."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return [
+        f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- torch {torch.__version__}, python {platform.python_version()}, {torch.get_num_threads()} threads",
+        f"- CPU: {_cpu_model()} ({os.cpu_count()} logical cores, capability {torch.backends.cpu.get_cpu_capability()});"
+        f" GPU: {gpu}",
+    ]
+
+
+def write_result(path: Path, title: str, command: str, table: str, notes: Sequence[str] = ()) -> None:
+    """Write a results file: title, exact command, environment, table, notes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = [f"# {title}", "", f"Command: `{command}`", "", *environment_lines(), "", table, ""]
+    if notes:
+        body += [f"- {note}" for note in notes] + [""]
+    path.write_text("\n".join(body))
