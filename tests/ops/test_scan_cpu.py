@@ -132,7 +132,7 @@ def test_autocast_bfloat16_runs_in_float32_and_returns_u_dtype(cpu_kernel):
         assert tensor.grad.dtype == torch.bfloat16 and torch.isfinite(tensor.grad.float()).all(), name
 
 
-def test_autocast_with_float32_leaves_gives_float32(cpu_kernel):
+def test_autocast_layer_output_feeds_the_scan_and_backpropagates(cpu_kernel):
     linear = torch.nn.Linear(8, 8)
     p = make_problem(length=16, groups=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
