@@ -1,6 +1,7 @@
 """``ssmamba mil``: train and evaluate multiple-instance heads on bags of tile features.
 
-    ssmamba mil train --csv bags.csv --features OUT/features_0.50mpp_224px/<encoder> --head abmil --folds 5 --out runs/mil
+    ssmamba mil train --csv bags.csv --features OUT/features_0.50mpp_224px/<encoder> --head abmil --folds 5 \
+        --out runs/mil
     ssmamba mil evaluate --model runs/mil --csv test.csv --features ... --out runs/mil-test
 """
 

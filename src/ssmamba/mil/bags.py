@@ -53,8 +53,9 @@ class BagTable:
     def describe(self) -> str:
         counts = {name: sum(r.label == i for r in self.records) for i, name in enumerate(self.class_names)}
         groups = len({r.group for r in self.records})
+        grouping = f"patients ({self.patient_column})" if self.patient_column else "groups (one per slide)"
         return (f"{len(self.records)} bags from {self.source} ({', '.join(f'{k}: {v}' for k, v in counts.items())}); "
-                f"{groups} {'patients (' + self.patient_column + ')' if self.patient_column else 'groups (one per slide)'}")
+                f"{groups} {grouping}")
 
 
 def _feature_path(features_dir: Path, slide_id: str) -> Path | None:

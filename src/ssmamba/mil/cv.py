@@ -135,7 +135,8 @@ def run_cross_validation(table: BagTable, settings: ExperimentSettings, out_dir:
                             "train": train_config_dict(settings.train), "val_fraction": settings.val_fraction,
                             "n_folds": n_folds, "seed": seed, "bags": table.describe(), **(extra or {})}}
     (out_dir / "cv_summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
-    (out_dir / "summary.md").write_text(summary_markdown(summary, title=f"{settings.head_name}, {len(fold_metrics)}-fold CV"))
+    title = f"{settings.head_name}, {len(fold_metrics)}-fold CV"
+    (out_dir / "summary.md").write_text(summary_markdown(summary, title=title))
     return summary
 
 

@@ -76,10 +76,10 @@ class ExtractionResult:
 
 
 @torch.inference_mode()
-def extract_slide_features(grid: TileGrid, encoder: Encoder, out_path: str | Path, *, slide_path: str | Path | None = None,
-                           slide_mpp: float | None = None, batch_size: int = 64, num_workers: int = 0,
-                           device: str | torch.device = "cpu", overwrite: bool = False,
-                           progress: bool = True) -> ExtractionResult:
+def extract_slide_features(grid: TileGrid, encoder: Encoder, out_path: str | Path, *,
+                           slide_path: str | Path | None = None, slide_mpp: float | None = None,
+                           batch_size: int = 64, num_workers: int = 0, device: str | torch.device = "cpu",
+                           overwrite: bool = False, progress: bool = True) -> ExtractionResult:
     """Embed every tile of ``grid`` and write ``out_path`` (see the module docstring for the layout).
 
     Args:

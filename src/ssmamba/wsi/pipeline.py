@@ -65,7 +65,8 @@ def find_patch_files(inputs: list[str | Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
     if not found:
-        raise FileNotFoundError(f"no patches files (*.h5 written by `ssmamba wsi tile`) in {', '.join(map(str, inputs))}")
+        raise FileNotFoundError(f"no patches files (*.h5 written by `ssmamba wsi tile`) in "
+                                f"{', '.join(map(str, inputs))}")
     return found
 
 
