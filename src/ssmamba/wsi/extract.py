@@ -67,6 +67,11 @@ class TileDataset(Dataset):
     def __getstate__(self) -> dict:  # workers reopen the slide themselves
         return {**self.__dict__, "_slide": None}
 
+    def close(self) -> None:
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
 
 @dataclass
 class ExtractionResult:
@@ -113,6 +118,7 @@ def extract_slide_features(grid: TileGrid, encoder: Encoder, out_path: str | Pat
                                  f"(batch, {encoder.num_features}); build it with num_classes=0 (pooled embedding)")
             start, stop = int(indices[0]), int(indices[-1]) + 1  # no shuffling: batches are contiguous
             features[start:stop] = embeddings.float().cpu().numpy()
+    dataset.close()
     partial.replace(out_path)
     return ExtractionResult(out_path, len(grid), skipped=False)
 
