@@ -192,7 +192,7 @@ class DirectionalMultiScaleMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[1:3]
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, H, W, E) each
-        x = F.silu(self.local_conv(x.permute(0, 3, 1, 2).contiguous()))  # (B, E, H, W)
+        x = F.silu(self.local_conv(x.permute(0, 3, 1, 2)))  # (B, E, H, W), channels-last strides
         weights = torch.softmax(self.scale_logits, 0) * len(self.scales)
         y = 0
         for weight, stride, scan in zip(weights, self.scales, self.scans):

@@ -244,6 +244,9 @@ class SSMamba(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.pretrained_cfg = {}
         self.apply(self._init_weights)
+        # Channels-last throughout: depthwise convolutions run ~4x faster on CPU (oneDNN) and the switches to
+        # the (B, H, W, C) layout of the state-space stages become free views.
+        self.to(memory_format=torch.channels_last)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -282,7 +285,7 @@ class SSMamba(nn.Module):
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W) -> (B, dims[0], ceil(H/4), ceil(W/4))``; where MAMIM swaps in mask tokens."""
-        return self.stem(x)
+        return self.stem(x.contiguous(memory_format=torch.channels_last))
 
     def forward_stages(self, x: torch.Tensor) -> torch.Tensor:
         """Stem output -> normalised last-stage map ``(B, num_features, H/32, W/32)``."""
