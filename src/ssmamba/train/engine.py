@@ -137,6 +137,8 @@ class Trainer:
                            "lr": self.optimizer.param_groups[0]["lr"], "images": images}
                     self.state.history.append(row)
                     bar.set_postfix(loss=f"{running / seen:.4f}", img_s=f"{rate:.1f}")
+                    logger.info("step %d/%d (epoch %d): loss %.4f, lr %.2e, %.1f images/s", self.state.step,
+                                self.total_steps, epoch + 1, row["loss"], row["lr"], rate)
                     running, seen, started = 0.0, 0, time.perf_counter()
                 if self.checkpoint_every and self.state.step % self.checkpoint_every == 0:
                     self.checkpoint()
