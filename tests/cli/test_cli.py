@@ -44,12 +44,20 @@ def trained(image_folder, tmp_path_factory):
     config.write_text(yaml.safe_dump({"model": "ssmamba_test", "img_size": 32, "crop_size": 32,
                                       "mask_patch_size": 8, "epochs": 5, "batch_size": 8}))
     invoke("pretrain", "--config", config, "--data", image_folder, "--out", out / "pre", "--epochs", 1,
-           "--no-progress")
+           "--model-args", "lpr=false", "--model-args", "directions=[row, column]", "--no-progress")
     saved = yaml.safe_load((out / "pre" / "config.yaml").read_text())
     assert saved["pretrain"]["epochs"] == 1 and saved["pretrain"]["model"] == "ssmamba_test"
+    assert saved["pretrain"]["model_args"] == {"lpr": False, "directions": ["row", "column"]}
     invoke("finetune", "--data", image_folder, "--checkpoint", out / "pre" / "checkpoint", "--out", out / "ft",
            "--img-size", 32, "--crop-size", 32, "--epochs", 1, "--batch-size", 8, "--no-progress")
     return out
+
+
+def test_a_saved_run_config_can_be_passed_back(trained, tmp_path):
+    invoke("pretrain", "--config", trained / "pre" / "config.yaml", "--out", tmp_path / "again", "--no-progress")
+    first = yaml.safe_load((trained / "pre" / "config.yaml").read_text())["pretrain"]
+    again = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())["pretrain"]
+    assert {**first, "out": None} == {**again, "out": None}
 
 
 def test_evaluate_predict_and_probe(trained, image_folder, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
+import json
 import re
 import types
 import typing
@@ -18,6 +19,17 @@ import click
 import yaml
 
 __all__ = ["config_options", "build_config"]
+
+
+def _parse_pairs(_ctx, param, value) -> dict:
+    """``("lpr=false", "directions=[row]")`` -> ``{"lpr": False, "directions": ["row"]}`` (values read as YAML)."""
+    parsed = {}
+    for item in value or ():
+        key, sep, text = str(item).partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param=param)
+        parsed[key.strip().replace("-", "_")] = yaml.safe_load(text)
+    return parsed
 
 
 def _option_type(annotation):
@@ -43,6 +55,9 @@ def _load_yaml(ctx: click.Context, _param, value):
     unknown = sorted(set(section) - known)
     if unknown:
         raise click.BadParameter(f"{value}: unknown option(s) {unknown} for `{ctx.info_name}`")
+    # mappings (e.g. model_args) become the KEY=VALUE items their repeatable option takes; JSON is valid YAML
+    section = {k: [f"{key}={json.dumps(v)}" for key, v in value.items()] if isinstance(value, dict) else value
+               for k, value in section.items()}
     ctx.default_map = {**(ctx.default_map or {}), **section}
     return value
 
@@ -64,6 +79,11 @@ def config_options(cls, skip: tuple[str, ...] = ()):
     def decorator(func):
         for field in reversed(dataclasses.fields(cls)):
             if field.name in skip:
+                continue
+            if typing.get_origin(hints[field.name]) is dict or hints[field.name] is dict:
+                func = click.option(f"--{field.name.replace('_', '-')}", field.name, multiple=True,
+                                    callback=_parse_pairs, metavar="KEY=VALUE",
+                                    help=(help_texts.get(field.name) or "") + " (repeatable)")(func)
                 continue
             click_type, is_flag = _option_type(hints[field.name])
             default = field.default.value if isinstance(field.default, enum.Enum) else field.default

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -48,6 +48,7 @@ class FinetuneConfig:
     data: str = ""  # image folder, CSV manifest or nucleus-points CSV with labels (and splits or groups)
     out: str = "runs/finetune"
     model: str = "ssmamba_tiny"  # architecture when starting from scratch
+    model_args: dict[str, object] = field(default_factory=dict)  # architecture overrides, e.g. lpr=false
     checkpoint: str | None = None  # a MAMIM (or any ssmamba) checkpoint directory to start from
     img_size: int = 64
     crop_size: int = 64  # nucleus-points CSVs: side of the crop read around each point
@@ -184,7 +185,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size * 2, num_workers=cfg.num_workers)
 
     model = create_model(cfg.model if cfg.checkpoint is None else None, checkpoint=cfg.checkpoint,
-                         num_classes=len(classes), drop_path_rate=cfg.drop_path)
+                         num_classes=len(classes), drop_path_rate=cfg.drop_path, **cfg.model_args)
     pretrained_cfg = {"mean": list(mean), "std": list(std), "input_size": [3, cfg.img_size, cfg.img_size],
                       "class_names": classes, "crop_size": cfg.crop_size, "finetuned_from": cfg.checkpoint}
     layer_decay = cfg.layer_decay if cfg.checkpoint else 1.0  # LLRD only makes sense for a pretrained encoder

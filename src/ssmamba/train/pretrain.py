@@ -11,7 +11,7 @@ Outputs in ``out``::
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,6 +35,7 @@ class PretrainConfig:
     data: str = ""  # image folder, CSV manifest or nucleus-points CSV; labels are ignored
     out: str = "runs/pretrain"
     model: str = "ssmamba_tiny"
+    model_args: dict[str, object] = field(default_factory=dict)  # architecture overrides, e.g. lpr=false
     split: str | None = None  # e.g. "train" to keep val/test images out of pretraining; None = every image
     img_size: int = 64  # training view size (a multiple of 32)
     crop_size: int = 64  # nucleus-points CSVs: side of the crop read around each point, before the view
@@ -114,7 +115,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         {"pretrain": asdict(cfg), "augmentation": asdict(transform.config), "n_images": len(dataset)},
         sort_keys=False))
 
-    encoder = create_model(cfg.model, num_classes=0)
+    encoder = create_model(cfg.model, num_classes=0, **cfg.model_args)
     mamim = MAMIM(encoder, mask_ratio=cfg.mask_ratio, patch_size=cfg.mask_patch_size)
     loader = make_loader(dataset, cfg.batch_size, cfg.seed, shuffle=True, num_workers=cfg.num_workers,
                          drop_last=len(dataset) > cfg.batch_size)
