@@ -26,11 +26,11 @@ DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 
 DATASETS = {
-    # data source, crop size (points CSVs), fine-tuning zoom range, validation metric, published anchor
+    # data source, crop size (points CSVs), fine-tuning zoom range, validation metric, class balancing, anchor
     "crchp": {"data": DATA / "crchp" / "nuclei.csv", "crop": 64, "zoom": (1.0, 1.25), "monitor": "weighted_f1",
-              "anchor": "weighted F1 0.784 (SC-CNN + NEP, Sirinukunwattana 2016); 0.789 (RCCNet 2018)"},
+              "balance": "none", "anchor": "weighted F1 0.784 (SC-CNN + NEP, Sirinukunwattana 2016); 0.789 (RCCNet 2018)"},
     "idc": {"data": DATA / "idc" / "labels.csv", "crop": 64, "zoom": (0.8, 1.25), "monitor": "balanced_accuracy",
-            "anchor": "balanced accuracy 0.842, F1 0.765 (Janowczyk & Madabhushi 2016, full 277k set)"},
+            "balance": "loss", "anchor": "balanced accuracy 0.842, F1 0.765 (Janowczyk & Madabhushi 2016, full 277k set)"},
 }
 
 
@@ -81,7 +81,8 @@ def main() -> None:
                                                   "--out", str(pre)]
                             + (["--max-images", str(args.max_train)] if args.max_train else []), log))
     finetune = ["finetune", *common, "--epochs", str(args.finetune_epochs), "--zoom-min", str(spec["zoom"][0]),
-                "--zoom-max", str(spec["zoom"][1]), "--monitor", spec["monitor"], "--patience", "0"]
+                "--zoom-max", str(spec["zoom"][1]), "--monitor", spec["monitor"], "--balance", spec["balance"],
+                "--patience", "0"]
     if args.max_train:
         finetune += ["--max-train", str(args.max_train)]
     runs = {"mamim": ["--checkpoint", str(pre / "checkpoint"), "--out", str(out / "finetune_mamim")]}
