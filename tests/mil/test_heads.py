@@ -127,7 +127,39 @@ def test_each_head_learns_a_task_where_one_instance_decides_the_bag(name, key_in
     train_head(head, train, MILTrainConfig(epochs=8, lr=1e-3), progress=False)
     predictions = predict(head, test)
     assert roc_auc_score(predictions.y_true, predictions.probs[:, 1]) >= 0.95
-    # the attention points at the decisive instance in most positive bags
+    if name == "transmil":
+        # its scores are the class token's attention in the second layer, after the first layer has already
+        # spread the key instance's content over other tokens: they need not peak on the key instance itself
+        return
+    # the attention pooling points at the decisive instance in most positive bags
     hits = [int(attention.argmax()) == int(test[i][0][:, :4].sum(1).argmax())
             for i, attention in enumerate(predictions.attention) if predictions.y_true[i] == 1]
     assert sum(hits) / len(hits) >= 0.7
+
+
+def test_inputs_are_standardised_with_training_statistics_saved_in_the_head(tmp_path):
+    import h5py
+
+    from ssmamba.mil.engine import feature_statistics, load_mil_model, save_mil_model
+
+    records = []
+    for index in range(4):
+        features = torch.randn(10 + index, 5) * torch.tensor([1.0, 10.0, 100.0, 0.1, 1.0]) + 50
+        path = tmp_path / f"b{index}.h5"
+        with h5py.File(path, "w") as h5:
+            h5["features"], h5["coords"] = features.numpy(), torch.zeros(len(features), 2, dtype=torch.long).numpy()
+        records.append(BagRecord(f"b{index}", index % 2, path, f"b{index}"))
+    dataset = BagDataset(records)
+    mean, std = feature_statistics(dataset)
+    everything = torch.cat([dataset[i][0] for i in range(4)])
+    torch.testing.assert_close(mean, everything.mean(0))
+    torch.testing.assert_close(std, everything.std(0, unbiased=False), rtol=1e-4, atol=1e-4)
+
+    head = create_mil_head("abmil", in_dim=5, num_classes=2)
+    train_head(head, dataset, MILTrainConfig(epochs=1), progress=False)
+    standardiser = head.instance_encoder[0]
+    torch.testing.assert_close(standardiser(everything).mean(0), torch.zeros(5), atol=1e-4, rtol=0)
+    save_mil_model(head, tmp_path / "head", head_name="abmil", head_kwargs={}, class_names=["a", "b"])
+    loaded, config = load_mil_model(tmp_path / "head")
+    torch.testing.assert_close(loaded.eval()(dataset[0][0]), head.eval()(dataset[0][0]))
+    assert config["class_names"] == ["a", "b"] and config["in_dim"] == 5

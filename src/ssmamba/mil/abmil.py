@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssmamba.mil.base import GatedAttentionPool, MILHead, MILOutput, StreamingAttentionPool
+from ssmamba.mil.base import GatedAttentionPool, MILHead, MILOutput, Standardise, StreamingAttentionPool
 
 
 class ABMIL(MILHead):
@@ -26,7 +26,7 @@ class ABMIL(MILHead):
     def __init__(self, in_dim: int, num_classes: int, hidden_dim: int = 256, attention_dim: int = 128,
                  dropout: float = 0.25) -> None:
         super().__init__(in_dim, num_classes)
-        self.instance_encoder = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout))
+        self.instance_encoder = nn.Sequential(Standardise(in_dim), nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout))
         self.pool = GatedAttentionPool(hidden_dim, attention_dim, dropout)
         self.classifier = nn.Linear(hidden_dim, num_classes)
 

@@ -68,6 +68,16 @@ class MILHead(nn.Module, abc.ABC):
         return MILOutput(torch.cat(logits), attention)
 
     @torch.no_grad()
+    def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise inputs with these per-dimension statistics (of the training instances) from now on."""
+        standardisers = [m for m in self.modules() if isinstance(m, Standardise)]
+        if not standardisers:
+            raise TypeError(f"{type(self).__name__} has no Standardise layer to hold feature statistics")
+        for module in standardisers:
+            module.mean.copy_(mean.to(module.mean))
+            module.std.copy_(std.to(module.std).clamp_min(module.eps))
+
+    @torch.no_grad()
     def predict_bag(self, features: torch.Tensor, coords: torch.Tensor | None = None,
                     chunk_size: int = 4096) -> MILOutput:
         """Inference on one bag of (N, D) features with memory bounded by ``chunk_size`` instances.
@@ -91,6 +101,24 @@ class MILHead(nn.Module, abc.ABC):
         if mask is not None and mask.shape != features.shape[:2]:
             raise ValueError(f"mask must be (B, N) = {tuple(features.shape[:2])}, got {tuple(mask.shape)}")
         return features, coords, None if mask is None else mask.bool()
+
+
+class Standardise(nn.Module):
+    """(x - mean) / std per feature dimension, with statistics of the training instances kept as buffers.
+
+    Frozen-encoder features differ in scale by orders of magnitude between dimensions (and between encoders);
+    standardised inputs let one learning rate suit them all. Identity until ``MILHead.set_feature_statistics``.
+    """
+
+    eps = 1e-6
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 class GatedAttentionPool(nn.Module):

@@ -38,6 +38,7 @@ class MILTrainConfig:
             that keeps sequence heads from memorising fixed tile neighbourhoods (may drop the one decisive tile
             of a bag, so keep it low when a single tile decides).
         balance_classes: weight the loss by inverse class frequency of the training bags.
+        standardise_features: standardise inputs with the mean/std of the training instances (stored in the head).
         select_on_validation: with a validation set, keep the weights of the epoch with the lowest validation
             loss (otherwise the last epoch's).
         chunk_size: instances per chunk in streaming inference.
@@ -51,6 +52,7 @@ class MILTrainConfig:
     max_instances: int | None = 8192
     instance_dropout: float = 0.0
     balance_classes: bool = True
+    standardise_features: bool = True
     select_on_validation: bool = True
     chunk_size: int = 4096
     seed: int = 0
@@ -92,6 +94,8 @@ def train_head(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val
                progress: bool = True) -> list[dict]:
     """Fit ``head`` on ``train_set``; returns one dict per epoch (train loss, and validation loss when given)."""
     device = torch.device(config.device)
+    if config.standardise_features:
+        head.set_feature_statistics(*feature_statistics(train_set))
     head.to(device)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -128,6 +132,20 @@ def train_head(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val
     if best_state is not None:
         head.load_state_dict(best_state)
     return history
+
+
+@torch.no_grad()
+def feature_statistics(dataset: BagDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and standard deviation over every instance of every bag (float64 running sums)."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for index in range(len(dataset)):
+        features = dataset[index][0].double()
+        total = total + features.sum(0)
+        total_sq = total_sq + (features * features).sum(0)
+        count += len(features)
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
+    return mean.float(), std.float()
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ssmamba.mil.base import GatedAttentionPool, MILHead, MILOutput, StreamingAttentionPool
+from ssmamba.mil.base import GatedAttentionPool, MILHead, MILOutput, Standardise, StreamingAttentionPool
 from ssmamba.mil.hilbert import hilbert_order
 from ssmamba.ops import selective_scan
 
@@ -197,7 +197,7 @@ class MambaMIL(MILHead):
                  order: TileOrder = TileOrder.HILBERT) -> None:
         super().__init__(in_dim, num_classes)
         self.order = TileOrder(order)
-        self.input_proj = nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout))
+        self.input_proj = nn.Sequential(Standardise(in_dim), nn.Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout))
         self.blocks = nn.ModuleList()
         for _ in range(depth):
             self.blocks.append(GatedConvBlock(dim, expand, conv_kernel))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ssmamba.mil.base import MILHead, MILOutput
+from ssmamba.mil.base import MILHead, MILOutput, Standardise
 
 
 class SelfAttention(nn.Module):
@@ -85,7 +85,7 @@ class TransMIL(MILHead):
     def __init__(self, in_dim: int, num_classes: int, dim: int = 256, num_heads: int = 8,
                  dropout: float = 0.1) -> None:
         super().__init__(in_dim, num_classes)
-        self.input_proj = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
+        self.input_proj = nn.Sequential(Standardise(in_dim), nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.cls_token, std=0.02)
         self.layer1 = TransLayer(dim, num_heads, dropout)
