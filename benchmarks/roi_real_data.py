@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -34,21 +33,30 @@ DATASETS = {
 }
 
 
-def run_stage(name: str, args: list[str], log: Path) -> dict:
-    """Run ``ssmamba ARGS`` and return its command, wall and CPU seconds."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
+def start_stage(name: str, args: list[str], log: Path) -> dict:
+    """Start ``ssmamba ARGS`` in the background; :func:`finish_stage` waits for it."""
     command = ["ssmamba", *args]
     print(f"[{name}] {' '.join(command)}", flush=True)
-    with open(log, "a") as handle:
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode:
-        sys.exit(f"stage {name} failed; see {log}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    wall = time.perf_counter() - start
-    print(f"[{name}] wall {wall / 60:.1f} min, CPU {cpu / 60:.1f} CPU-min", flush=True)
-    return {"stage": name, "command": " ".join(command), "wall_s": wall, "cpu_s": cpu}
+    handle = open(log, "a")
+    proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+    return {"stage": name, "command": " ".join(command), "proc": proc, "handle": handle, "start": time.perf_counter()}
+
+
+def finish_stage(stage: dict) -> dict:
+    """Wait for a started stage; its own CPU time (user + sys) comes from ``os.wait4``'s rusage."""
+    _, status, usage = os.wait4(stage["proc"].pid, 0)
+    stage["handle"].close()
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"stage {stage['stage']} failed; see the log")
+    result = {"stage": stage["stage"], "command": stage["command"], "wall_s": time.perf_counter() - stage["start"],
+              "cpu_s": usage.ru_utime + usage.ru_stime}
+    print(f"[{result['stage']}] wall {result['wall_s'] / 60:.1f} min, CPU {result['cpu_s'] / 60:.1f} CPU-min",
+          flush=True)
+    return result
+
+
+def run_stage(name: str, args: list[str], log: Path) -> dict:
+    return finish_stage(start_stage(name, args, log))
 
 
 def main() -> None:
@@ -63,6 +71,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "real")
     parser.add_argument("--skip-scratch", action="store_true", help="no random-init baseline")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the two fine-tuning runs at the same time (CPU time is still per run)")
+    parser.add_argument("--reuse-pretrain", action="store_true",
+                        help="keep a finished pretraining run in OUT/pretrain; its CPU seconds are read from "
+                             "OUT/pretrain/cpu_seconds.txt, written by whoever watched that process")
     args = parser.parse_args()
     spec = DATASETS[args.dataset]
     if not spec["data"].exists():
@@ -76,10 +89,15 @@ def main() -> None:
               str(spec["crop"]), "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--no-progress"]
     stages = []
     pre = out / "pretrain"
-    stages.append(run_stage("MAMIM pretraining", ["pretrain", *common, "--split", "train", "--epochs",
-                                                  str(args.pretrain_epochs), "--mask-patch-size", "16",
-                                                  "--out", str(pre)]
-                            + (["--max-images", str(args.max_train)] if args.max_train else []), log))
+    if args.reuse_pretrain and (pre / "checkpoint" / "model.safetensors").is_file():
+        stages.append({"stage": "MAMIM pretraining", "command": "(reused) " + (pre / "command.txt").read_text().strip(),
+                       "wall_s": float("nan"), "cpu_s": float((pre / "cpu_seconds.txt").read_text())})
+    else:
+        pretrain = ["pretrain", *common, "--split", "train", "--epochs", str(args.pretrain_epochs),
+                    "--mask-patch-size", "16", "--out", str(pre)]
+        pretrain += ["--max-images", str(args.max_train)] if args.max_train else []
+        stages.append(run_stage("MAMIM pretraining", pretrain, log))
+        (pre / "command.txt").write_text(stages[-1]["command"] + "\n")
     finetune = ["finetune", *common, "--epochs", str(args.finetune_epochs), "--zoom-min", str(spec["zoom"][0]),
                 "--zoom-max", str(spec["zoom"][1]), "--monitor", spec["monitor"], "--balance", spec["balance"],
                 "--patience", "0"]
@@ -88,9 +106,13 @@ def main() -> None:
     runs = {"mamim": ["--checkpoint", str(pre / "checkpoint"), "--out", str(out / "finetune_mamim")]}
     if not args.skip_scratch:
         runs["scratch"] = ["--out", str(out / "finetune_scratch")]
+    if args.parallel:
+        started = [start_stage(f"fine-tuning ({name})", finetune + extra, log) for name, extra in runs.items()]
+        stages += [finish_stage(stage) for stage in started]
+    else:
+        stages += [run_stage(f"fine-tuning ({name})", finetune + extra, log) for name, extra in runs.items()]
     results = {}
-    for name, extra in runs.items():
-        stages.append(run_stage(f"fine-tuning ({name})", finetune + extra, log))
+    for name in runs:
         stages.append(run_stage(f"evaluation ({name})", [
             "evaluate", "--checkpoint", str(out / f"finetune_{name}" / "best"), "--data", data, "--split", "test",
             "--out", str(out / f"test_{name}"), "--seed", str(args.seed)], log))
@@ -120,6 +142,9 @@ def write(args, spec: dict, stages: list[dict], results: dict) -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Stages", "", "| stage | wall min | CPU min | command |", "|---|---|---|---|"]
     lines += [f"| {s['stage']} | {s['wall_s'] / 60:.1f} | {s['cpu_s'] / 60:.1f} | `{s['command']}` |" for s in stages]
+    if args.parallel:
+        lines += ["", "The two fine-tuning runs ran at the same time on the 2 cores (wall times overlap; CPU times "
+                  "are each run's own)."]
     (RESULTS / f"roi_{args.dataset}.md").write_text("\n".join(lines) + "\n")
     (RESULTS / f"roi_{args.dataset}.json").write_text(json.dumps(
         {"stages": stages, "results": {k: {m: v.get(m) for m in keys + ("ci95",)} for k, v in results.items()}},

@@ -40,6 +40,7 @@ class RunState:
     best_metric: float | None = None
     best_epoch: int | None = None
     epochs_without_improvement: int = 0
+    cpu_seconds: float = 0.0  # CPU time of this process spent in fit(), summed over resumed runs
 
 
 class Trainer:
@@ -120,6 +121,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True, desc=type(self).__name__.replace("Trainer", "").lower() or "train")
         running, seen, started = 0.0, 0, time.perf_counter()
+        cpu_mark = time.process_time()
         while self.state.epoch < self.epochs and not self.stop_requested:
             epoch = self.state.epoch
             start_batch = self.state.step - epoch * self.steps_per_epoch
@@ -133,8 +135,11 @@ class Trainer:
                 bar.update(1)
                 if self.state.step % self.log_every == 0 or self.state.step == self.total_steps:
                     rate = seen * self.loader.batch_size / max(time.perf_counter() - started, 1e-9)
+                    now = time.process_time()
+                    self.state.cpu_seconds, cpu_mark = self.state.cpu_seconds + now - cpu_mark, now
                     row = {"step": self.state.step, "epoch": epoch, "loss": running / seen,
-                           "lr": self.optimizer.param_groups[0]["lr"], "images": images}
+                           "lr": self.optimizer.param_groups[0]["lr"], "images": images,
+                           "cpu_min": self.state.cpu_seconds / 60}
                     self.state.history.append(row)
                     bar.set_postfix(loss=f"{running / seen:.4f}", img_s=f"{rate:.1f}")
                     logger.info("step %d/%d (epoch %d): loss %.4f, lr %.2e, %.1f images/s", self.state.step,
@@ -144,6 +149,8 @@ class Trainer:
                     self.checkpoint()
             self.state.epoch = epoch + 1
             self.on_epoch_end(epoch)
+            now = time.process_time()
+            self.state.cpu_seconds, cpu_mark = self.state.cpu_seconds + now - cpu_mark, now
         bar.close()
         self.checkpoint()
         return self.state
