@@ -21,7 +21,11 @@ def demo(progress: bool, **values) -> None:
 
     from ssmamba.train.pipeline import run_pipeline
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # with a progress bar, the console shows warnings only; without one, the step log stands in for it
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING if progress else logging.INFO)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("ssmamba").addHandler(console)
     cfg = build_config(PipelineConfig, values)
     if cfg.data is None:
         click.secho("ssmamba demo: generating a SYNTHETIC H&E-like data set (not real pathology); "
