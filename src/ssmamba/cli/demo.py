@@ -17,15 +17,10 @@ def demo(progress: bool, **values) -> None:
     Without --data the images are SYNTHETIC (generated H&E-like tissue), to show the pipeline end to end; give
     --data PATH (a labelled folder or CSV manifest) to run the same pipeline on real data.
     """
-    import logging
-
+    from ssmamba.cli.console import console_logging
     from ssmamba.train.pipeline import run_pipeline
 
-    # with a progress bar, the console shows warnings only; without one, the step log stands in for it
-    console = logging.StreamHandler()
-    console.setLevel(logging.WARNING if progress else logging.INFO)
-    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("ssmamba").addHandler(console)
+    console_logging(progress)
     cfg = build_config(PipelineConfig, values)
     if cfg.data is None:
         click.secho("ssmamba demo: generating a SYNTHETIC H&E-like data set (not real pathology); "

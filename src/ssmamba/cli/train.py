@@ -10,8 +10,10 @@ from ssmamba.train.pretrain import PretrainConfig
 
 
 def _run(func, cfg, resume: bool, progress: bool):
+    from ssmamba.cli.console import console_logging
     from ssmamba.train.engine import NonFiniteLossError
 
+    console_logging(progress)
     try:
         return func(cfg, resume=resume, progress=progress)
     except NonFiniteLossError as error:
