@@ -138,11 +138,11 @@ class Trainer:
                     now = time.process_time()
                     self.state.cpu_seconds, cpu_mark = self.state.cpu_seconds + now - cpu_mark, now
                     row = {"step": self.state.step, "epoch": epoch, "loss": running / seen,
-                           "lr": self.optimizer.param_groups[0]["lr"], "images": images,
+                           "lr": max(g["lr"] for g in self.optimizer.param_groups), "images": images,
                            "cpu_min": self.state.cpu_seconds / 60}
                     self.state.history.append(row)
                     bar.set_postfix(loss=f"{running / seen:.4f}", img_s=f"{rate:.1f}")
-                    logger.info("step %d/%d (epoch %d): loss %.4f, lr %.2e, %.1f images/s", self.state.step,
+                    logger.info("step %d/%d (epoch %d): loss %.4f, lr %.2e (largest group), %.1f images/s", self.state.step,
                                 self.total_steps, epoch + 1, row["loss"], row["lr"], rate)
                     running, seen, started = 0.0, 0, time.perf_counter()
                 if self.checkpoint_every and self.state.step % self.checkpoint_every == 0:
