@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -26,22 +27,22 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CRCHP = REPO / ".." / "shared" / "data" / "crchp"
+CRCHP = REPO.parent / "shared" / "data" / "crchp"
 HEADS = ("abmil", "transmil", "mamba_mil")
 
 
 def run(command: list[str], log: list[str], env_threads: int | None = None) -> float:
     """Run a CLI command, echo it, record it for the results file, return its wall time in seconds."""
-    import os
-
-    printable = " ".join(shlex.quote(str(part)) for part in command)
+    shown = [os.path.relpath(part, REPO) if isinstance(part, Path) else str(part) for part in command]
+    printable = ("OMP_NUM_THREADS=%d " % env_threads if env_threads else "") + "ssmamba " + " ".join(
+        shlex.quote(part) for part in shown)
     print(f"$ {printable}", flush=True)
     log.append(printable)
     env = dict(os.environ)
     if env_threads:
         env["OMP_NUM_THREADS"] = str(env_threads)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ssmamba", *map(str, command)], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "ssmamba", *map(str, command)], check=True, env=env, cwd=REPO)
     return time.perf_counter() - start
 
 
@@ -49,7 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoder", required=True, help="ssmamba/timm name or checkpoint folder")
     parser.add_argument("--checkpoint", help="weights for a named encoder")
-    parser.add_argument("--patch-size", type=int, default=50, help="instance patch side, px at 0.5 µm/px")
+    parser.add_argument("--patch-size", type=int, default=64, help="instance patch side, px at 0.5 µm/px")
+    parser.add_argument("--stride", type=int, default=32, help="step between patches, px (overlap when < patch)")
     parser.add_argument("--input-size", type=int, default=64, help="side the encoder sees")
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
     parser.add_argument("--folds", type=int, default=5)
@@ -65,19 +67,22 @@ def main() -> None:
     if not (CRCHP / "bags.csv").is_file():
         sys.exit(f"crchp not found at {CRCHP.resolve()}")
     folds, epochs = (2, 3) if args.quick else (args.folds, args.epochs)
+    args.out = args.out.resolve()  # commands run from the repository root
+    encoder = Path(args.encoder).resolve() if Path(args.encoder).exists() else args.encoder
+    checkpoint = Path(args.checkpoint).resolve() if args.checkpoint else None
 
     commands: list[str] = []
-    tiles = args.out / "tiles"
+    tiles = args.out / f"tiles_{args.patch_size}px_stride{args.stride}"
     run(["wsi", "tile", CRCHP / "images", "--out", tiles, "--slide-mpp", "0.5", "--mpp", "0.5", "--patch-size",
-         args.patch_size, "--no-tissue-mask", "--thumbnail-size", "500"], commands)
-    extract = ["wsi", "extract", tiles, "--encoder", args.encoder, "--input-size", args.input_size,
+         args.patch_size, "--stride", args.stride, "--no-tissue-mask", "--thumbnail-size", "500"], commands)
+    extract = ["wsi", "extract", tiles, "--encoder", encoder, "--input-size", args.input_size,
                "--batch-size", "100", "--device", "cpu"]
-    if args.checkpoint:
-        extract += ["--checkpoint", args.checkpoint]
+    if checkpoint:
+        extract += ["--checkpoint", checkpoint]
     run(extract, commands)
     from ssmamba.wsi.encoders import load_encoder
 
-    encoder_name = load_encoder(args.encoder, checkpoint=args.checkpoint).name  # names the features folder
+    encoder_name = load_encoder(encoder, checkpoint=checkpoint).name  # names the features folder
     newest = tiles / f"features_0.50mpp_{args.patch_size}px" / encoder_name
 
     rows = []
@@ -93,7 +98,8 @@ def main() -> None:
 
     lines = [
         f"# MIL heads on crchp colon bags ({folds}-fold CV{', QUICK' if args.quick else ''})", "",
-        f"Encoder `{newest.name}`; instances: {args.patch_size} px patches on a grid (0.5 µm/px), embedded at "
+        f"Encoder `{newest.name}`; instances: {args.patch_size} px patches every {args.stride} px (0.5 µm/px), "
+        f"embedded at "
         f"{args.input_size} px; {epochs} epochs, lr {args.lr}, seed {args.seed}. "
         f"Date {datetime.date.today()}, CPU only.", "",
         "| head | AUROC mean ± std | accuracy mean ± std | pooled out-of-fold AUROC | train+eval time (s) |",
