@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,6 +20,9 @@ from datetime import date
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Sleeping (not spinning) OpenMP waits, inherited by every case's process: on a shared machine spinning threads
+# made single cases up to 10x slower (see benchmarks/results/scan.md). Same setting for every model.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 MODELS = {  # label -> (factory, name, kwargs)
     "ssmamba_tiny": ("ssmamba", "ssmamba_tiny", {}),
     "ssmamba_small": ("ssmamba", "ssmamba_small", {}),
