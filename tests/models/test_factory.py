@@ -30,6 +30,7 @@ def test_timm_create_model_after_import():
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
     features = timm.create_model("ssmamba_test", features_only=True, out_indices=(2, 3))
     assert features.feature_info.channels() == [32, 64]
+    # asking for hub weights fails at once with a clear message, before any download is tried
     with pytest.raises(ValueError, match="no published weights"):
         timm.create_model("ssmamba_test", pretrained=True)
 
