@@ -73,6 +73,12 @@ def test_evaluate_predict_and_probe(trained, image_folder, tmp_path):
     single = next(image_folder.glob("benign/*.png"))
     invoke("predict", "--checkpoint", trained / "ft" / "best", single, "--out", tmp_path / "one.csv")
     assert len(list(csv.DictReader(open(tmp_path / "one.csv")))) == 1
+    invoke("predict", "--checkpoint", trained / "ft" / "best", single, "--out", tmp_path / "tta.csv", "--tta")
+    tta_row = next(csv.DictReader(open(tmp_path / "tta.csv")))
+    assert abs(sum(float(tta_row[f"prob_{c}"]) for c in ("benign", "tumour")) - 1) < 1e-5
+    invoke("evaluate", "--checkpoint", trained / "ft" / "best", "--data", image_folder, "--split", "test",
+           "--out", tmp_path / "eval_tta", "--bootstrap", 0, "--tta")
+    assert "8-view TTA" in (tmp_path / "eval_tta" / "report.md").read_text()
 
     invoke("probe", "--encoder", trained / "pre" / "checkpoint", "--data", image_folder, "--img-size", 32,
            "--out", tmp_path / "probe", "--k", 3)

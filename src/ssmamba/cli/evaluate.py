@@ -39,7 +39,9 @@ def _loader(dataset, batch_size: int, workers: int):
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--num-workers", default=0, show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Seed of the split (if made) and the bootstrap.")
-def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, batch_size, num_workers, seed):
+@click.option("--tta/--no-tta", default=False, show_default=True,
+              help="Average over the 8 rotations/flips of each image (8x slower inference).")
+def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, batch_size, num_workers, seed, tta):
     """Metrics with bootstrap 95% CIs, confusion matrix and ROC curves for one split."""
     from ssmamba.data import load_dataset
     from ssmamba.eval.inference import predict_proba
@@ -52,10 +54,10 @@ def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, bat
         raise click.ClickException(f"{checkpoint}/config.json has no class_names: is it a fine-tuned checkpoint?")
     dataset = load_dataset(data, split, transform, classes=classes, crop_size=cfg.get("crop_size") or 32,
                            group_column=group_column, seed=seed)
-    probs, labels = predict_proba(model, _loader(dataset, batch_size, num_workers))
+    probs, labels = predict_proba(model, _loader(dataset, batch_size, num_workers), tta=tta)
     metrics = compute_metrics(labels, probs, classes, ordinal=ordinal, n_bootstrap=bootstrap, seed=seed)
     write_report(metrics, out, probs=probs, y_true=labels,
-                 title=f"{checkpoint} on {data} ({split}, n={len(dataset)})")
+                 title=f"{checkpoint} on {data} ({split}, n={len(dataset)}{', 8-view TTA' if tta else ''})")
     click.echo((Path(out) / "report.md").read_text())
 
 
@@ -65,24 +67,23 @@ def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, bat
 @click.option("--out", default="predictions.csv", show_default=True, type=click.Path(path_type=Path))
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--num-workers", default=0, show_default=True)
-def predict(checkpoint, inputs, out, batch_size, num_workers):
+@click.option("--tta/--no-tta", default=False, show_default=True,
+              help="Average over the 8 rotations/flips of each image (8x slower inference).")
+def predict(checkpoint, inputs, out, batch_size, num_workers, tta):
     """Class probabilities for a folder, a CSV or a single image, written to a CSV."""
-    import torch
-
     from ssmamba.data import load_unlabelled
     from ssmamba.data.imageio import read_rgb
-    from ssmamba.eval.inference import predict_proba
+    from ssmamba.eval.inference import class_probabilities, predict_proba
 
     model, transform, cfg = _checkpoint_transform(checkpoint)
     classes = cfg.get("class_names") or [str(i) for i in range(model.num_classes)]
     if inputs.is_file() and inputs.suffix.lower() != ".csv":
         names = [str(inputs)]
-        with torch.no_grad():
-            probs = torch.softmax(model(transform(read_rgb(inputs))[None]), 1).numpy()
+        probs = class_probabilities(model, transform(read_rgb(inputs))[None], tta).numpy()
     else:
         dataset = load_unlabelled(inputs, crop_size=cfg.get("crop_size") or 32, transform=transform)
         names = [str(record.image) for record in dataset.records]
-        probs, _ = predict_proba(model, _loader(dataset, batch_size, num_workers))
+        probs, _ = predict_proba(model, _loader(dataset, batch_size, num_workers), tta=tta)
         if dataset.skipped:
             click.echo(f"skipped {len(dataset.skipped)} unreadable file(s), e.g. {dataset.skipped[0]}", err=True)
     out.parent.mkdir(parents=True, exist_ok=True)
