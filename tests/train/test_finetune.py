@@ -63,3 +63,20 @@ def test_class_weights_are_inverse_frequency():
     weights = class_weights(np.array([0, 0, 0, 1]), 3)
     assert weights[0] < weights[1] and weights[2] == 0
     torch.testing.assert_close(weights[:2] * torch.tensor([3.0, 1.0]), torch.full((2,), weights[1].item()))
+
+
+def test_bf16_precision_runs_the_forward_under_autocast(image_folder, tmp_path, monkeypatch):
+    seen = []
+    original = FinetuneTrainer.compute_loss
+
+    def spy(self, batch):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return original(self, batch)
+
+    monkeypatch.setattr(FinetuneTrainer, "compute_loss", spy)
+    finetune(_config(image_folder, tmp_path / "run", epochs=1, precision="bf16"), progress=False)
+    assert seen and all(seen)
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "precision: bf16" in saved
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert all(np.isfinite(row["loss"]) for row in history if "loss" in row)

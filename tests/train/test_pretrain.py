@@ -50,3 +50,10 @@ def test_resume_gives_the_same_weights_as_a_straight_run(image_folder, tmp_path,
     a, b = create_model(checkpoint=straight).state_dict(), create_model(checkpoint=resumed).state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_bf16_pretraining_saves_a_float32_encoder(image_folder, tmp_path):
+    checkpoint = pretrain(_config(image_folder, tmp_path / "run", precision="bf16", epochs=1), progress=False)
+    encoder = create_model(checkpoint=checkpoint)
+    assert all(p.dtype == torch.float32 for p in encoder.parameters())
+    assert "precision: bf16" in (tmp_path / "run" / "config.yaml").read_text()

@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ssmamba.eval.inference import predict_proba
 from ssmamba.models import create_model, save_pretrained
-from ssmamba.train.engine import Trainer
+from ssmamba.train.engine import Precision, Trainer
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves
 from ssmamba.train.sampling import make_loader
@@ -73,12 +73,14 @@ class FinetuneConfig:
     patience: int = 5  # epochs without improvement before stopping (0 = never stop early)
     grad_clip: float = 3.0
     max_train: int | None = None  # subsample training samples (seeded), e.g. for a budget experiment
+    precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in the training forward pass
     num_workers: int = 0
     seed: int = 0
     strict: bool = False
 
     def __post_init__(self):
         self.balance = Balancing(self.balance)
+        self.precision = Precision(self.precision)
 
 
 class FinetuneTrainer(Trainer):
@@ -192,12 +194,14 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, layer_decay), lr=cfg.lr)
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * len(loader)), cfg.epochs * len(loader))
     (out / "config.yaml").write_text(yaml.safe_dump({
-        "finetune": {**asdict(cfg), "balance": cfg.balance.value}, "augmentation": asdict(train_tf.config),
+        "finetune": {**asdict(cfg), "balance": cfg.balance.value, "precision": cfg.precision.value},
+        "augmentation": asdict(train_tf.config),
         "classes": classes, "n_train": len(train_set), "n_val": len(val_set)}, sort_keys=False))
     trainer = FinetuneTrainer(model, cfg, classes, val_loader,
                               weights if cfg.balance is Balancing.LOSS else None, pretrained_cfg,
                               optimizer=optimizer, scheduler=scheduler, loader=loader, out_dir=out, epochs=cfg.epochs,
-                              checkpoint_every=len(loader), grad_clip=cfg.grad_clip, progress=progress)
+                              checkpoint_every=len(loader), grad_clip=cfg.grad_clip, progress=progress,
+                              precision=cfg.precision)
     trainer.fit(resume=resume)
     return out / "best"
 

@@ -19,7 +19,7 @@ import yaml
 
 from ssmamba.models import create_model, save_pretrained
 from ssmamba.ssl import MAMIM
-from ssmamba.train.engine import Trainer
+from ssmamba.train.engine import Precision, Trainer
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves, save_reconstruction_grid
 from ssmamba.train.sampling import make_loader
@@ -54,11 +54,13 @@ class PretrainConfig:
     grad_clip: float = 3.0
     checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
     max_images: int | None = None  # subsample the data set (seeded) for a quick run
+    precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in the training forward pass
     num_workers: int = 0
     seed: int = 0
     strict: bool = False  # fail on an unreadable file instead of skipping it
 
     def __post_init__(self):
+        self.precision = Precision(self.precision)
         if self.img_size % 32 or self.img_size % self.mask_patch_size:
             raise ValueError(f"img_size {self.img_size} must be a multiple of 32 and of mask_patch_size "
                              f"{self.mask_patch_size}")
@@ -112,7 +114,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     logger.info("pretraining on %d images", len(dataset))
     mean, std = transform.config.mean, transform.config.std
     (out / "config.yaml").write_text(yaml.safe_dump(
-        {"pretrain": asdict(cfg), "augmentation": asdict(transform.config), "n_images": len(dataset)},
+        {"pretrain": {**asdict(cfg), "precision": cfg.precision.value}, "augmentation": asdict(transform.config),
+         "n_images": len(dataset)},
         sort_keys=False))
 
     encoder = create_model(cfg.model, num_classes=0, **cfg.model_args)
@@ -131,7 +134,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     trainer = PretrainTrainer(mamim, cfg, mean, std, preview, optimizer=optimizer, scheduler=scheduler,
                               loader=loader, out_dir=out, epochs=cfg.epochs,
                               checkpoint_every=cfg.checkpoint_every or len(loader), grad_clip=cfg.grad_clip,
-                              progress=progress)
+                              progress=progress, precision=cfg.precision)
     trainer.fit(resume=resume)
     logger.info("encoder saved to %s", out / "checkpoint")
     return out / "checkpoint"
