@@ -39,8 +39,10 @@ def test_visible_pixels_do_not_contribute_to_the_loss():
     assert prediction.grad[~visible].abs().min() > 0
 
 
-def test_masked_input_pixels_do_not_reach_the_encoder():
-    mamim = MAMIM(create_model("ssmamba_test", num_classes=0), mask_ratio=0.5, patch_size=16).eval()
+@pytest.mark.parametrize("levels", [1, 2, 4])
+def test_masked_input_pixels_do_not_reach_the_encoder(levels):
+    mamim = MAMIM(create_model("ssmamba_test", num_classes=0), mask_ratio=0.5, patch_size=16,
+                  decoder_levels=levels).eval()
     images = torch.randn(1, 3, 64, 64)
     mask = MaskGenerator(0.5, 16)(1, 64, 64)
     pixel_mask = mamim.upsample_mask(mask, 64, 64).bool().expand(-1, 3, -1, -1)
@@ -60,12 +62,13 @@ def test_reconstruction_pastes_visible_patches():
     assert torch.equal(recon[visible], images[visible])
 
 
-def test_loss_falls_on_a_small_batch():
+@pytest.mark.parametrize("levels", [1, 2])
+def test_loss_falls_on_a_small_batch(levels):
     torch.manual_seed(0)
     grid = torch.linspace(0, 12.0, 64)
     images = torch.stack([torch.sin(grid.view(1, 64) * (1 + i % 3) + grid.view(64, 1) * (i % 2)).expand(3, 64, 64)
                           for i in range(8)])
-    mamim = MAMIM(create_model("ssmamba_test", num_classes=0), mask_ratio=0.5, patch_size=16)
+    mamim = MAMIM(create_model("ssmamba_test", num_classes=0), mask_ratio=0.5, patch_size=16, decoder_levels=levels)
     opt = torch.optim.AdamW(mamim.parameters(), lr=3e-3)
     losses = []
     for step in range(60):
@@ -81,3 +84,17 @@ def test_sizes_that_are_not_multiples_of_the_stride_fail_clearly():
     mamim = MAMIM(create_model("ssmamba_test", num_classes=0), patch_size=16)
     with pytest.raises(ValueError, match="multiples of 32"):
         mamim(torch.randn(1, 3, 48, 48))
+
+
+@pytest.mark.parametrize("levels, strides", [(1, [32]), (2, [32, 16]), (3, [32, 16, 8])])
+def test_decoder_reads_the_last_stage_maps_coarse_first(levels, strides):
+    encoder = create_model("ssmamba_test", num_classes=0)
+    mamim = MAMIM(encoder, patch_size=16, decoder_levels=levels)
+    images = torch.randn(2, 3, 64, 96)
+    maps = mamim.encode(images, MaskGenerator(0.5, 16)(2, 64, 96))
+    assert [64 // m.shape[-2] for m in maps] == strides and [96 // m.shape[-1] for m in maps] == strides
+    assert [m.shape[1] for m in maps] == list(encoder.cfg.dims[::-1][:levels])
+    loss, prediction, _ = mamim(images)
+    assert prediction.shape == images.shape and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="decoder_levels"):
+        MAMIM(encoder, decoder_levels=5)

@@ -2,9 +2,12 @@
 
 A large share of square patches is masked; the encoder sees the image with every masked patch replaced by a
 learnable mask token right after the stem, so every stage, convolutions and scans alike, sees one consistent mask.
-A light decoder maps the stride-32 features back to pixels, and the loss is the mean squared error against
+A light decoder maps the encoder's features back to pixels, and the loss is the mean squared error against
 per-patch-normalised pixels, on masked patches only (SimMIM-style, which suits a hierarchical encoder that cannot drop
-tokens as a plain ViT can).
+tokens as a plain ViT can). The decoder reads the last ``decoder_levels`` stage maps (see :class:`PyramidDecoder`):
+with one level, the stride-32 map alone must carry every pixel of a 32 x 32 area through one linear layer, which
+pushes the deepest stage towards pixel detail; with two, the stride-16 map supplies local detail and the deepest stage
+can stay contextual (as in SparK's hierarchical decoder).
 
 How the scan treats masked positions: mask tokens stay in the sequence, so the spatial layout that the directional
 scans rely on is intact. Δ, B and C are functions of each token, so the model can learn, for the mask token, a small
@@ -21,7 +24,7 @@ from torch import nn
 
 from ssmamba.models.ssmamba import SSMamba
 
-__all__ = ["MaskGenerator", "PixelDecoder", "MAMIM"]
+__all__ = ["MaskGenerator", "PixelDecoder", "PyramidDecoder", "MAMIM"]
 
 
 class MaskGenerator:
@@ -64,6 +67,35 @@ class PixelDecoder(nn.Module):
         return self.shuffle(self.proj(x))
 
 
+class PyramidDecoder(nn.Module):
+    """Top-down decoder over the last ``len(in_dims)`` stage maps (coarse to fine, each at half the previous
+    stride), then :class:`PixelDecoder` at the finest stride.
+
+    ``forward([(B, in_dims[0], h, w), (B, in_dims[1], 2h, 2w), ...]) -> (B, out_chans, h * coarse_stride, ...)``.
+    Each finer level adds a 1x1 projection of its map to the upsampled coarser one, followed by a residual depthwise
+    3x3 + pointwise block; one level is exactly a :class:`PixelDecoder`.
+    """
+
+    def __init__(self, in_dims: list[int], coarse_stride: int = 32, width: int = 128, out_chans: int = 3):
+        super().__init__()
+        fine_stride = coarse_stride // 2 ** (len(in_dims) - 1)
+        if len(in_dims) == 1:
+            width = in_dims[0]
+        self.inputs = nn.ModuleList([nn.Identity() if len(in_dims) == 1 else nn.Conv2d(dim, width, 1)
+                                     for dim in in_dims])
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width),
+                                                   nn.GELU(), nn.Conv2d(width, width, 1))
+                                     for _ in in_dims[1:]])
+        self.pixels = PixelDecoder(width, fine_stride, out_chans)
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        x = self.inputs[0](maps[0])
+        for project, block, fine in zip(self.inputs[1:], self.blocks, maps[1:]):
+            x = F.interpolate(x, size=fine.shape[-2:], mode="nearest") + project(fine)
+            x = x + block(x)
+        return self.pixels(x)
+
+
 class MAMIM(nn.Module):
     """Masked image modelling around an :class:`SSMamba` encoder.
 
@@ -71,15 +103,21 @@ class MAMIM(nn.Module):
     multiples of 32 and of the mask patch size.
     """
 
-    def __init__(self, encoder: SSMamba, mask_ratio: float = 0.6, patch_size: int = 32, norm_pix_loss: bool = True):
+    def __init__(self, encoder: SSMamba, mask_ratio: float = 0.6, patch_size: int = 32, norm_pix_loss: bool = True,
+                 decoder_levels: int = 1, decoder_width: int = 128):
         super().__init__()
+        n_stages = len(encoder.cfg.dims)
+        if not 1 <= decoder_levels <= n_stages:
+            raise ValueError(f"decoder_levels must be in 1..{n_stages}, got {decoder_levels}")
         self.encoder = encoder
         self.masker = MaskGenerator(mask_ratio, patch_size)
         self.norm_pix_loss = norm_pix_loss
         self.mask_token = nn.Parameter(torch.zeros(1, encoder.cfg.dims[0], 1, 1))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.stride = 4 * 2 ** (len(encoder.cfg.dims) - 1)
-        self.decoder = PixelDecoder(encoder.num_features, self.stride, encoder.in_chans)
+        self.decoder_levels = decoder_levels
+        self.decoder = PyramidDecoder(list(encoder.cfg.dims[::-1][:decoder_levels]), self.stride, decoder_width,
+                                      encoder.in_chans)
 
     def no_weight_decay(self) -> set[str]:
         return set(self.encoder.no_weight_decay()) | {"mask_token"}
@@ -88,14 +126,20 @@ class MAMIM(nn.Module):
         """``(B, gh, gw)`` bool -> ``(B, 1, height, width)`` float, nearest."""
         return F.interpolate(mask[:, None].float(), size=(height, width), mode="nearest")
 
-    def encode(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Masked images -> ``(B, num_features, H/32, W/32)``."""
+    def encode(self, images: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Masked images -> the last ``decoder_levels`` stage maps, coarse first: ``(B, num_features, H/32, W/32)``
+        (normalised, as the classifier sees it), then ``(B, dims[-2], H/16, W/16)``, ..."""
         h, w = images.shape[-2:]
         images = images * (1 - self.upsample_mask(mask, h, w))  # no masked pixel reaches the stem
-        tokens = self.encoder.forward_stem(images)  # (B, C0, H/4, W/4)
-        m = self.upsample_mask(mask, *tokens.shape[-2:])
-        tokens = tokens * (1 - m) + self.mask_token.to(tokens.dtype) * m
-        return self.encoder.forward_stages(tokens)
+        x = self.encoder.forward_stem(images)  # (B, C0, H/4, W/4)
+        m = self.upsample_mask(mask, *x.shape[-2:])
+        x = x * (1 - m) + self.mask_token.to(x.dtype) * m
+        maps = []
+        for stage in self.encoder.stages:
+            x = stage(x)
+            maps.append(x)
+        maps[-1] = self.encoder.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return maps[::-1][: self.decoder_levels]
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
         """Pixels normalised per mask patch (over its pixels and channels, as MAE): ``(B, 3, H, W)``."""

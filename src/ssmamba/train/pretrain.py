@@ -41,6 +41,7 @@ class PretrainConfig:
     crop_size: int = 64  # nucleus-points CSVs: side of the crop read around each point, before the view
     mask_ratio: float = 0.6
     mask_patch_size: int = 16
+    decoder_levels: int = 2  # stage maps the pixel decoder reads, coarsest first (1 = the stride-32 map only)
     zoom_min: float = 0.25  # views span this range of zoom relative to native resolution (magnification shift)
     zoom_max: float = 1.0
     hed: bool = True  # stain (HED) jitter
@@ -119,7 +120,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         sort_keys=False))
 
     encoder = create_model(cfg.model, num_classes=0, **cfg.model_args)
-    mamim = MAMIM(encoder, mask_ratio=cfg.mask_ratio, patch_size=cfg.mask_patch_size)
+    mamim = MAMIM(encoder, mask_ratio=cfg.mask_ratio, patch_size=cfg.mask_patch_size,
+                  decoder_levels=cfg.decoder_levels)
     loader = make_loader(dataset, cfg.batch_size, cfg.seed, shuffle=True, num_workers=cfg.num_workers,
                          drop_last=len(dataset) > cfg.batch_size)
     if len(loader) == 0:
