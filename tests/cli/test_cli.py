@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -95,3 +96,10 @@ def test_demo_end_to_end_reduced(tmp_path):
     assert "balanced accuracy" in report
     for image in ("pretrain/loss.png", "finetune/curves.png", "finetune/test/confusion_matrix.png"):
         assert (tmp_path / "demo" / image).is_file(), image
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_missing_gpu_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(tmp_path), "--data", str(tmp_path),
+                                       "--device", "cuda"])
+    assert result.exit_code == 2 and "no CUDA GPU" in result.output

@@ -80,3 +80,16 @@ def test_bf16_precision_runs_the_forward_under_autocast(image_folder, tmp_path, 
     assert "precision: bf16" in saved
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert all(np.isfinite(row["loss"]) for row in history if "loss" in row)
+
+
+@pytest.mark.gpu
+def test_finetune_and_pretrain_on_a_gpu(image_folder, tmp_path):
+    from ssmamba.train.pretrain import PretrainConfig, pretrain
+
+    encoder = pretrain(PretrainConfig(data=str(image_folder), out=str(tmp_path / "pre"), model="ssmamba_test",
+                                      img_size=32, crop_size=32, mask_patch_size=8, epochs=1, batch_size=8,
+                                      device="cuda", precision="bf16"), progress=False)
+    best = finetune(_config(image_folder, tmp_path / "run", checkpoint=str(encoder), epochs=2, device="cuda",
+                            ema=True, balance=Balancing.LOSS), progress=False)
+    model = create_model(checkpoint=best)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2)

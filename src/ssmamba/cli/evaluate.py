@@ -8,15 +8,18 @@ from pathlib import Path
 
 import click
 
+from ssmamba.cli.options import device_option
+
 _DATA_HELP = "Image folder, CSV manifest or nucleus-points CSV."
 
 
-def _checkpoint_transform(checkpoint: Path):
-    """The model and eval transform a checkpoint was trained with (size, mean, std from its config.json)."""
+def _checkpoint_transform(checkpoint: Path, device: str = "cpu"):
+    """The model (on ``device``) and eval transform a checkpoint was trained with (size, mean, std from its
+    config.json)."""
     from ssmamba import create_model
     from ssmamba.data.transforms import eval_transform
 
-    model = create_model(checkpoint=checkpoint).eval()
+    model = create_model(checkpoint=checkpoint).eval().to(device)
     cfg = model.pretrained_cfg
     return model, eval_transform(cfg["input_size"][-1], cfg["mean"], cfg["std"]), cfg
 
@@ -41,14 +44,16 @@ def _loader(dataset, batch_size: int, workers: int):
 @click.option("--seed", default=0, show_default=True, help="Seed of the split (if made) and the bootstrap.")
 @click.option("--tta/--no-tta", default=False, show_default=True,
               help="Average over the 8 rotations/flips of each image (8x slower inference).")
-def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, batch_size, num_workers, seed, tta):
+@device_option()
+def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, batch_size, num_workers, seed, tta,
+             device):
     """Metrics with bootstrap 95% CIs, confusion matrix and ROC curves for one split."""
     from ssmamba.data import load_dataset
     from ssmamba.eval.inference import predict_proba
     from ssmamba.eval.metrics import compute_metrics
     from ssmamba.eval.report import write_report
 
-    model, transform, cfg = _checkpoint_transform(checkpoint)
+    model, transform, cfg = _checkpoint_transform(checkpoint, device)
     classes = cfg.get("class_names")
     if not classes:
         raise click.ClickException(f"{checkpoint}/config.json has no class_names: is it a fine-tuned checkpoint?")
@@ -69,13 +74,14 @@ def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, bat
 @click.option("--num-workers", default=0, show_default=True)
 @click.option("--tta/--no-tta", default=False, show_default=True,
               help="Average over the 8 rotations/flips of each image (8x slower inference).")
-def predict(checkpoint, inputs, out, batch_size, num_workers, tta):
+@device_option()
+def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device):
     """Class probabilities for a folder, a CSV or a single image, written to a CSV."""
     from ssmamba.data import load_unlabelled
     from ssmamba.data.imageio import read_rgb
     from ssmamba.eval.inference import class_probabilities, predict_proba
 
-    model, transform, cfg = _checkpoint_transform(checkpoint)
+    model, transform, cfg = _checkpoint_transform(checkpoint, device)
     classes = cfg.get("class_names") or [str(i) for i in range(model.num_classes)]
     if inputs.is_file() and inputs.suffix.lower() != ".csv":
         names = [str(inputs)]
@@ -107,7 +113,8 @@ def predict(checkpoint, inputs, out, batch_size, num_workers, tta):
 @click.option("--out", default="runs/probe", show_default=True, type=click.Path(path_type=Path))
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def probe(encoder, checkpoint, data, img_size, crop_size, group_column, k, out, batch_size, seed):
+@device_option()
+def probe(encoder, checkpoint, data, img_size, crop_size, group_column, k, out, batch_size, seed, device):
     """Linear probe and kNN on frozen features (train -> val for model selection -> test)."""
     from ssmamba.data import load_dataset
     from ssmamba.data.transforms import eval_transform
@@ -118,6 +125,7 @@ def probe(encoder, checkpoint, data, img_size, crop_size, group_column, k, out, 
     from ssmamba.wsi.encoders import load_encoder
 
     enc = load_encoder(encoder, checkpoint=checkpoint)
+    enc.model.to(device)
     size = img_size or enc.input_size or 224
     transform = eval_transform(size, enc.mean, enc.std)
     options = dict(crop_size=crop_size, group_column=group_column, seed=seed)

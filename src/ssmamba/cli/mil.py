@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 import yaml
 
+from ssmamba.cli.options import device_option
+
 
 def _head_kwargs(pairs: tuple[str, ...]) -> dict:
     """``--head-arg dim=256 --head-arg order=given`` -> {"dim": 256, "order": "given"} (values parsed as YAML)."""
@@ -37,16 +39,11 @@ def _bag_options(function):
         click.option("--allow-missing", is_flag=True, help="Leave out bags without a feature file."),
         click.option("--bootstrap", "n_bootstrap", default=1000, show_default=True,
                      help="Bootstrap resamples for confidence intervals."),
-        click.option("--device", default="auto", show_default=True),
+        device_option(),
     ]):
         function = option(function)
     return function
 
-
-def _device(name: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
 @click.group()
@@ -88,7 +85,7 @@ def train(csv_path, features_dir, id_column, label_column, patient_column, allow
     settings = ExperimentSettings(
         head_name=head_name, head_kwargs=_head_kwargs(head_args),
         train=MILTrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, max_instances=max_instances or None,
-                             balance_classes=balance, chunk_size=chunk_size, seed=seed, device=_device(device)),
+                             balance_classes=balance, chunk_size=chunk_size, seed=seed, device=device),
         val_fraction=val_fraction, n_bootstrap=n_bootstrap)
     extra = {"features_dir": str(features_dir.resolve()), "csv": str(csv_path.resolve())}
     use_folds = folds is not None or all(r.fold is not None for r in table.records)
@@ -124,7 +121,7 @@ def evaluate(csv_path, features_dir, id_column, label_column, patient_column, al
         p.parent for p in model_dir.glob(f"fold_*/{CONFIG_NAME}"))
     if not model_dirs:
         raise click.UsageError(f"{model_dir}: neither a trained head ({CONFIG_NAME}) nor a CV run with fold_*/")
-    heads = [load_mil_model(d, device=_device(device)) for d in model_dirs]
+    heads = [load_mil_model(d, device=device) for d in model_dirs]
     class_names = heads[0][1]["class_names"]
     if any(config["class_names"] != class_names for _, config in heads):
         raise click.UsageError(f"the heads in {model_dir} were trained with different class lists")
@@ -134,7 +131,7 @@ def evaluate(csv_path, features_dir, id_column, label_column, patient_column, al
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from error
     dataset = BagDataset(table.records)
-    runs = [predict(head, dataset, chunk_size=chunk_size, device=_device(device)) for head, _ in heads]
+    runs = [predict(head, dataset, chunk_size=chunk_size, device=device) for head, _ in heads]
     predictions = BagPredictions(runs[0].slide_ids, runs[0].y_true, np.mean([r.probs for r in runs], axis=0),
                                  [np.mean(a, axis=0) for a in zip(*(r.attention for r in runs))])
     out_dir.mkdir(parents=True, exist_ok=True)

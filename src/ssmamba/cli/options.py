@@ -18,7 +18,22 @@ from pathlib import Path
 import click
 import yaml
 
-__all__ = ["config_options", "build_config"]
+__all__ = ["config_options", "build_config", "device_option"]
+
+
+def _parse_device(_ctx, param, value: str) -> str:
+    from ssmamba.train.setup import resolve_device
+
+    try:
+        return str(resolve_device(value))
+    except (ValueError, RuntimeError) as error:
+        raise click.BadParameter(str(error), param=param) from error
+
+
+def device_option():
+    """``--device auto|cpu|cuda|cuda:N``, resolved (``auto`` -> ``cuda`` or ``cpu``) before the command runs."""
+    return click.option("--device", default="auto", show_default=True, callback=_parse_device,
+                        help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...")
 
 
 def _parse_pairs(_ctx, param, value) -> dict:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from ssmamba.cli.options import device_option
+
 
 def _target_mpp(mpp: float | None, magnification: float | None) -> float:
     from ssmamba.wsi.tiling import magnification_to_mpp
@@ -21,11 +23,6 @@ def _target_mpp(mpp: float | None, magnification: float | None) -> float:
         return magnification_to_mpp(magnification)
     return 0.5 if mpp is None else mpp
 
-
-def _device(name: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
 def _report_failures(outcome, error_log: Path) -> None:
@@ -106,7 +103,7 @@ def tile(inputs, out_dir, patch_size, mpp, magnification, stride, slide_mpp, min
               help="Output folder [default: the folder holding patches_*/].")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--num-workers", default=0, show_default=True, help="Tile-reading worker processes.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@device_option()
 @click.option("--slide-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Where the slides are now, if they moved since tiling.")
 @click.option("--skip-errors", is_flag=True, help="Log failing slides to errors.log and go on.")
@@ -127,7 +124,6 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
         model = load_encoder(encoder, checkpoint=checkpoint, pretrained=pretrained, input_size=input_size)
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from error
-    device = _device(device)
     click.echo(f"encoder {model.name} ({model.weights} weights, {model.num_features} features, input "
                f"{model.input_size or 'tile size'}) on {device}; {len(patch_files)} slide(s)")
     error_log = (out_dir or patch_files[0].parent.parent) / "extract_errors.log"
@@ -162,7 +158,7 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
 @click.option("--colormap", default="jet", show_default=True, help="A matplotlib colormap name.")
 @click.option("--scaling", type=click.Choice(["rank", "minmax"]), default="rank", show_default=True,
               help="rank: colour by percentile (CLAM's default); minmax: linear.")
-@click.option("--device", default="auto", show_default=True)
+@device_option()
 def heatmap(slide, features_path, model_dir, scores_path, out_path, slide_mpp, thumbnail_size, alpha, colormap,
             scaling, device) -> None:
     """Draw per-tile attention (of a trained MIL head) or given scores over the slide thumbnail."""
@@ -180,7 +176,7 @@ def heatmap(slide, features_path, model_dir, scores_path, out_path, slide_mpp, t
     if scores_path is not None:
         scores = np.load(scores_path).reshape(-1)
     else:
-        head, config = load_mil_model(model_dir, device=_device(device))
+        head, config = load_mil_model(model_dir, device=device)
         if head.in_dim != bag.features.shape[1]:
             raise click.UsageError(f"{model_dir} expects {head.in_dim}-d features but {features_path} has "
                                    f"{bag.features.shape[1]}-d: use the encoder the head was trained on")

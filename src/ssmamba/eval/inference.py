@@ -15,6 +15,11 @@ from tqdm.auto import tqdm
 __all__ = ["predict_proba", "embed", "dihedral_views", "class_probabilities"]
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights are (inputs follow them); CPU for a model without parameters."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
     """The eight rotations/reflections of a batch ``(B, C, H, W)``; ``H != W`` gives ``(B, C, W, H)`` for odd turns."""
     turns = [torch.rot90(images, k, dims=(2, 3)) for k in range(4)]
@@ -24,8 +29,9 @@ def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
 @torch.no_grad()
 def class_probabilities(model: nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """Softmax ``(B, n_classes)`` float32 of one batch; with ``tta`` the mean over :func:`dihedral_views`."""
+    images = images.to(_device_of(model))
     views = dihedral_views(images) if tta else [images]
-    return torch.stack([torch.softmax(model(view).float(), dim=1) for view in views]).mean(0)
+    return torch.stack([torch.softmax(model(view).float(), dim=1) for view in views]).mean(0).cpu()
 
 
 @torch.no_grad()
@@ -50,6 +56,6 @@ def embed(model: nn.Module, loader, progress: bool = True) -> tuple[np.ndarray, 
     model.eval()
     feats, labels = [], []
     for images, target in tqdm(loader, disable=not progress, desc="embed", unit="batch"):
-        feats.append(model(images).float().flatten(1).numpy())
+        feats.append(model(images.to(_device_of(model))).float().flatten(1).cpu().numpy())
         labels.append(np.asarray(target))
     return np.concatenate(feats), np.concatenate(labels).astype(np.int64)

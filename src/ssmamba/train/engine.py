@@ -54,12 +54,18 @@ class RunState:
 
 
 class Trainer:
-    """Step-based training loop. Subclasses implement :meth:`compute_loss` and may override the hooks."""
+    """Step-based training loop. Subclasses implement :meth:`compute_loss` and may override the hooks.
+
+    The model moves to ``device`` here, before the optimiser takes its first step, and each batch (a tuple of
+    tensors) follows it. A resumed run restores the CPU random state; on a GPU it continues, but bit-identical
+    resumption is only tested on the CPU.
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, loader, out_dir: Path,
                  epochs: int, checkpoint_every: int = 0, grad_clip: float | None = 1.0, log_every: int = 10,
-                 progress: bool = True, precision: Precision = Precision.FP32):
-        self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
+                 progress: bool = True, precision: Precision = Precision.FP32, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model, self.optimizer, self.scheduler, self.loader = model.to(self.device), optimizer, scheduler, loader
         self.precision = Precision(precision)
         self.out_dir = Path(out_dir)
         self.epochs, self.checkpoint_every, self.grad_clip = epochs, checkpoint_every, grad_clip
@@ -139,7 +145,9 @@ class Trainer:
             set_epoch(self.loader, epoch, start_batch)
             self.model.train()
             for batch in self.loader:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision is Precision.BF16):
+                batch = [part.to(self.device, non_blocking=True) for part in batch]
+                with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                    enabled=self.precision is Precision.BF16):
                     loss = self.compute_loss(batch)
                 loss = self._optimise(loss.float())
                 self.state.step += 1

@@ -28,7 +28,7 @@ from ssmamba.train.engine import Precision, Trainer
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves
 from ssmamba.train.sampling import make_loader
-from ssmamba.train.setup import add_file_log, seed_everything
+from ssmamba.train.setup import add_file_log, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class FinetuneConfig:
     grad_clip: float = 3.0
     max_train: int | None = None  # subsample training samples (seeded), e.g. for a budget experiment
     precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in the training forward pass
+    device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
     num_workers: int = 0
     seed: int = 0
     strict: bool = False
@@ -90,7 +91,8 @@ class FinetuneTrainer(Trainer):
                  **kwargs):
         super().__init__(model, **kwargs)
         self.cfg, self.classes, self.val_loader = cfg, classes, val_loader
-        self.loss_weights, self.pretrained_cfg = loss_weights, pretrained_cfg
+        self.loss_weights = None if loss_weights is None else loss_weights.to(self.device)
+        self.pretrained_cfg = pretrained_cfg
         self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
             if cfg.ema else None
 
@@ -203,7 +205,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
                               weights if cfg.balance is Balancing.LOSS else None, pretrained_cfg,
                               optimizer=optimizer, scheduler=scheduler, loader=loader, out_dir=out, epochs=cfg.epochs,
                               checkpoint_every=len(loader), grad_clip=cfg.grad_clip, progress=progress,
-                              precision=cfg.precision)
+                              precision=cfg.precision, device=resolve_device(cfg.device))
     trainer.fit(resume=resume)
     return out / "best"
 

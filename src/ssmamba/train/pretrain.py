@@ -23,7 +23,7 @@ from ssmamba.train.engine import Precision, Trainer
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves, save_reconstruction_grid
 from ssmamba.train.sampling import make_loader
-from ssmamba.train.setup import add_file_log, seed_everything
+from ssmamba.train.setup import add_file_log, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class PretrainConfig:
     checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
     max_images: int | None = None  # subsample the data set (seeded) for a quick run
     precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in the training forward pass
+    device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
     num_workers: int = 0
     seed: int = 0
     strict: bool = False  # fail on an unreadable file instead of skipping it
@@ -86,7 +87,8 @@ class PretrainTrainer(Trainer):
             "pretraining": "mamim", "pretraining_steps": self.state.step})
         mamim.eval()
         with torch.no_grad():
-            _, prediction, mask = mamim(self.preview, generator=torch.Generator().manual_seed(0))
+            _, prediction, mask = mamim(self.preview.to(self.device), generator=torch.Generator().manual_seed(0))
+            prediction, mask = prediction.float().cpu(), mask.cpu()
             masked = self.preview * (1 - mamim.upsample_mask(mask, *self.preview.shape[-2:]))
             recon = mamim.reconstruction(self.preview, prediction, mask)
         mamim.train()
@@ -136,7 +138,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     trainer = PretrainTrainer(mamim, cfg, mean, std, preview, optimizer=optimizer, scheduler=scheduler,
                               loader=loader, out_dir=out, epochs=cfg.epochs,
                               checkpoint_every=cfg.checkpoint_every or len(loader), grad_clip=cfg.grad_clip,
-                              progress=progress, precision=cfg.precision)
+                              progress=progress, precision=cfg.precision, device=resolve_device(cfg.device))
     trainer.fit(resume=resume)
     logger.info("encoder saved to %s", out / "checkpoint")
     return out / "checkpoint"

@@ -1,4 +1,4 @@
-"""Run set-up shared by every command: seeding, logging to the run folder, threads."""
+"""Run set-up shared by every command: seeding, logging to the run folder, the device."""
 
 from __future__ import annotations
 
@@ -9,7 +9,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "add_file_log"]
+__all__ = ["seed_everything", "add_file_log", "resolve_device"]
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> the first CUDA GPU when there is one, else the CPU; anything else as ``torch.device`` reads it
+    (``"cpu"``, ``"cuda"``, ``"cuda:1"``). Asking for CUDA on a machine without it is an error that says so."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this PyTorch build sees no CUDA GPU; use --device cpu")
+    return device
 
 
 def seed_everything(seed: int) -> None:
