@@ -164,7 +164,7 @@ def write(args, spec: dict, stages: list[dict], results: dict) -> None:
     lines = [f"# {args.dataset}: MAMIM -> fine-tune vs random init -> fine-tune", "",
              f"{date.today()}, `python benchmarks/roi_real_data.py {' '.join(sys.argv[1:])}`, seed {args.seed}, "
              f"{args.model} at {args.img_size} px, {args.precision}, "
-             f"{'one torch thread per run' if args.parallel else '2 torch threads'}. "
+             f"{os.environ.get('OMP_NUM_THREADS', os.cpu_count())} torch thread(s) per run. "
              f"Published anchor: {spec['anchor']}.", "",
              f"Training budget of the two-stage run: **{budget_mamim:.1f} CPU-minutes** (pretraining "
              f"{cpu['MAMIM pretraining']:.1f} + fine-tuning {cpu['fine-tuning (mamim)']:.1f}); the random-init run "
