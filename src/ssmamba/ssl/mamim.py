@@ -6,8 +6,9 @@ A light decoder maps the encoder's features back to pixels, and the loss is the 
 per-patch-normalised pixels, on masked patches only (SimMIM-style, which suits a hierarchical encoder that cannot drop
 tokens as a plain ViT can). The decoder reads the last ``decoder_levels`` stage maps (see :class:`PyramidDecoder`):
 with one level, the stride-32 map alone must carry every pixel of a 32 x 32 area through one linear layer, which
-pushes the deepest stage towards pixel detail; with two, the stride-16 map supplies local detail and the deepest stage
-can stay contextual (as in SparK's hierarchical decoder).
+pushes the deepest stage towards pixel detail; with two (the default), the stride-16 map supplies local detail, as in
+SparK's hierarchical decoder. On crchp, two levels reconstruct better (loss 0.43 vs 0.51 after 956 steps) and
+fine-tuned equally well (docs/results.md).
 
 How the scan treats masked positions: mask tokens stay in the sequence, so the spatial layout that the directional
 scans rely on is intact. Δ, B and C are functions of each token, so the model can learn, for the mask token, a small
@@ -104,7 +105,7 @@ class MAMIM(nn.Module):
     """
 
     def __init__(self, encoder: SSMamba, mask_ratio: float = 0.6, patch_size: int = 32, norm_pix_loss: bool = True,
-                 decoder_levels: int = 1, decoder_width: int = 128):
+                 decoder_levels: int = 2, decoder_width: int = 128):
         super().__init__()
         n_stages = len(encoder.cfg.dims)
         if not 1 <= decoder_levels <= n_stages:
