@@ -149,9 +149,14 @@ def main() -> None:
         for tta in (False, True):
             label = name + (" + 8-view TTA" if tta else "")
             test_dir = out / f"test_{name}{'_tta' if tta else ''}"
-            stages[f"evaluation ({label})"] = run_stage(f"evaluation ({label})", [
-                "evaluate", "--checkpoint", str(out / f"finetune_{name}" / "best"), "--data", data, "--split", "test",
-                "--out", str(test_dir), "--seed", str(args.seed)] + (["--tta"] if tta else []), log)
+            command = ["evaluate", "--checkpoint", str(out / f"finetune_{name}" / "best"), "--data", data,
+                       "--split", "test", "--out", str(test_dir), "--seed", str(args.seed)] + (["--tta"] if tta else [])
+            if args.reuse and (test_dir / "metrics.json").is_file():
+                stages[f"evaluation ({label})"] = {"stage": f"evaluation ({label})", "wall_s": float("nan"),
+                                                   "cpu_s": float("nan"), "command": "(reused) ssmamba " +
+                                                   " ".join(command)}
+            else:
+                stages[f"evaluation ({label})"] = run_stage(f"evaluation ({label})", command, log)
             results[label] = json.loads((test_dir / "metrics.json").read_text())
     write(args, spec, list(stages.values()), results)
 
