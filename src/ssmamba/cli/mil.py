@@ -45,7 +45,6 @@ def _bag_options(function):
     return function
 
 
-
 @click.group()
 def mil() -> None:
     """Multiple-instance learning on slide (or image) bags of tile features."""

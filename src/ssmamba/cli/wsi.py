@@ -24,7 +24,6 @@ def _target_mpp(mpp: float | None, magnification: float | None) -> float:
     return 0.5 if mpp is None else mpp
 
 
-
 def _report_failures(outcome, error_log: Path) -> None:
     if outcome.failed:
         click.echo(f"{len(outcome.failed)} slide(s) failed and were skipped; see {error_log}", err=True)
