@@ -93,10 +93,12 @@ def outputs_and_grads(problem: ScanProblem, scan: Callable, seed: int = 1, **kwa
     result = problem.run(scan, **kwargs)
     out, last_state = result if problem.return_last_state else (result, None)
     g = torch.Generator().manual_seed(seed)
-    loss = (out.double() * torch.randn(out.shape, generator=g, dtype=torch.float64)).sum()
+    # weights drawn on the CPU (same numbers for every device), then moved to the outputs' device
+    loss = (out.double() * torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device)).sum()
     named = {"out": out.detach()}
     if last_state is not None:
-        loss = loss + (last_state.double() * torch.randn(last_state.shape, generator=g, dtype=torch.float64)).sum()
+        weights = torch.randn(last_state.shape, generator=g, dtype=torch.float64).to(out.device)
+        loss = loss + (last_state.double() * weights).sum()
         named["last_state"] = last_state.detach()
     grads = torch.autograd.grad(loss, problem.tensors())
     named.update({f"d{name}": grad for name, grad in zip(problem.names(), grads)})

@@ -1,5 +1,5 @@
-"""The cuda backend against the reference on a GPU (skipped without one). Both of its paths are checked: mamba_ssm's
-kernel when installed, and the PyTorch chunked path."""
+"""The cuda backend against the reference on a GPU (skipped without one). Each of its paths is checked: whatever is
+installed (mamba_ssm's kernel if it imports), our Triton kernels, and the plain reference loop."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 
 from scan_problems import make_problem, outputs_and_grads, relative_error
 from ssmamba.ops import choose_backend, scan_cuda, selective_scan, selective_scan_ref
+from ssmamba.ops.scan_ref import scan_steps
 
 pytestmark = pytest.mark.gpu
 
@@ -24,10 +25,17 @@ def cuda_scan(*args, **kwargs):
     return selective_scan(*args, backend="cuda", **kwargs)
 
 
-@pytest.fixture(params=["as-installed", "pytorch-path"])
+@pytest.fixture(params=["as-installed", "triton", "reference-loop"])
 def cuda_path(request, monkeypatch):
-    if request.param == "pytorch-path":
+    if request.param != "as-installed":
         monkeypatch.setattr(scan_cuda, "mamba_ssm_scan", lambda: (None, "disabled by the test"))
+    if request.param == "triton":
+        pytest.importorskip("triton")
+        from ssmamba.ops.scan_triton import triton_scan_steps
+
+        monkeypatch.setattr(scan_cuda, "pytorch_recurrence", lambda: (triton_scan_steps, "Triton, forced by the test"))
+    if request.param == "reference-loop":
+        monkeypatch.setattr(scan_cuda, "pytorch_recurrence", lambda: (scan_steps, "forced by the test"))
     return request.param
 
 

@@ -4,7 +4,8 @@
                        return_last_state=False, backend="auto")
 
 Backends: ``ref`` (readable PyTorch loop, the ground truth), ``cpu`` (fused C++ kernel, compiled on first use),
-``cuda`` (mamba_ssm when installed, else a PyTorch GPU path). Importing this package compiles nothing.
+``cuda`` (mamba_ssm when installed, else Triton kernels, else the reference loop). Importing this package compiles
+nothing.
 """
 
 from ssmamba.ops.contract import ScanShape, check_scan_inputs

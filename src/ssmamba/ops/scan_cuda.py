@@ -1,8 +1,9 @@
-"""Selective scan for CUDA tensors: mamba_ssm's fused kernel when it imports, else a PyTorch path.
+"""Selective scan for CUDA tensors: mamba_ssm's fused kernel when it imports, else our Triton kernels, else PyTorch.
 
-The PyTorch path runs the reference recurrence in chunks of `CHUNK_LENGTH` steps, each chunk one
-``torch.compile``-d graph (when Triton is installed): a sequential form, so no log-space cumulative sums that
-overflow for large Δ. Importing this module touches neither CUDA nor mamba_ssm.
+The Triton path (``scan_triton``) keeps the state in registers and needs no build step, so a user without mamba_ssm
+(which compiles against one exact torch and CUDA) still trains at full sequence length. Without Triton (and for
+float64, which the kernels do not compute in) the reference recurrence runs as is: slow, but a sequential form, so
+no log-space cumulative sums that overflow for large Δ. Importing this module touches neither CUDA, Triton nor mamba_ssm.
 """
 
 from __future__ import annotations
@@ -15,9 +16,6 @@ import torch
 
 from ssmamba.ops.contract import check_scan_inputs
 from ssmamba.ops.scan_ref import StepsFn, run_scan, scan_steps
-
-CHUNK_LENGTH = 16
-
 
 @functools.lru_cache(maxsize=1)
 def mamba_ssm_scan() -> tuple[Callable | None, str]:
@@ -32,20 +30,29 @@ def mamba_ssm_scan() -> tuple[Callable | None, str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _chunk_steps() -> tuple[StepsFn, str]:
-    if importlib.util.find_spec("triton") is None:
-        return scan_steps, f"PyTorch loop in {CHUNK_LENGTH}-step chunks (eager: Triton not installed)"
-    return torch.compile(scan_steps), f"PyTorch loop, torch.compile-d {CHUNK_LENGTH}-step chunks"
+def pytorch_recurrence() -> tuple[StepsFn, str]:
+    """(steps, why) of the path used without mamba_ssm: the Triton kernels if Triton imports, else the reference
+    loop."""
+    if importlib.util.find_spec("triton") is not None:
+        try:
+            from ssmamba.ops.scan_triton import triton_scan_steps
+        except (ImportError, RuntimeError) as error:  # a Triton too old for the kernels' language features
+            why = f"Triton kernels unavailable ({type(error).__name__}: {error})"
+        else:
+            return triton_scan_steps, "Triton selective-scan kernels (forward + backward)"
+    else:
+        why = "Triton not installed"
+    return scan_steps, f"PyTorch reference loop ({why}; slow)"
 
 
 def status() -> tuple[bool, str]:
-    """(available, why) of the cuda backend; imports mamba_ssm but launches nothing."""
+    """(available, why) of the cuda backend; imports mamba_ssm and Triton but launches nothing."""
     if not torch.cuda.is_available():
         return False, "no CUDA device"
     fused, why = mamba_ssm_scan()
     if fused is not None:
         return True, why
-    return True, f"{_chunk_steps()[1]}; {why}"
+    return True, f"{pytorch_recurrence()[1]}; {why}"
 
 
 def _call_mamba_ssm(fused: Callable, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
@@ -76,7 +83,5 @@ def selective_scan_cuda(
     fused, _ = mamba_ssm_scan()
     if fused is not None and u.dtype != torch.float64:  # the fused kernel has no float64 instantiation
         return _call_mamba_ssm(fused, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    steps, _ = _chunk_steps()
-    return run_scan(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, steps=steps, chunk_length=CHUNK_LENGTH
-    )
+    steps = pytorch_recurrence()[0] if u.dtype != torch.float64 else scan_steps  # the kernels compute in float32
+    return run_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, steps=steps)

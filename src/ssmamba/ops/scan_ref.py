@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ssmamba.ops.contract import as_grouped, check_scan_inputs, compute_dtype
 
-# (h, u, delta, A, B, C) -> (y, h): advances the recurrence over the last axis of a chunk; see scan_steps
+# (h, u, delta, A, B, C) -> (y, h): runs the recurrence over the last axis; see scan_steps
 StepsFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -55,10 +55,9 @@ def run_scan(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     steps: StepsFn = scan_steps,
-    chunk_length: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """The scan with a pluggable inner loop: `steps` runs over the whole sequence, or over chunks of
-    `chunk_length` steps (lets a compiled `steps` see fixed, short shapes). Same contract as `selective_scan_ref`."""
+    """The scan with a pluggable recurrence: `steps` (`scan_steps`, or a kernel with its signature) runs over the
+    whole sequence; bias, softplus, D and the z gate are added around it here. Same contract as `selective_scan_ref`."""
     shape = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     out_dtype, dtype = u.dtype, compute_dtype(u)
     batch, dim, length, groups = shape.batch, shape.dim, shape.length, shape.groups
@@ -75,16 +74,7 @@ def run_scan(
     B, C = as_grouped(B).to(dtype), as_grouped(C).to(dtype)  # (batch, G, N, L)
 
     h = u_grouped.new_zeros(batch, groups, channels, shape.state)
-    if chunk_length is None:
-        y, h = steps(h, u_grouped, delta_grouped, A_grouped, B, C)
-    else:
-        pieces = []
-        # split (not slicing in a loop) keeps the backward linear in L
-        for chunk in zip(*(x.split(chunk_length, dim=-1) for x in (u_grouped, delta_grouped, B, C))):
-            u_c, delta_c, B_c, C_c = chunk
-            y_c, h = steps(h, u_c, delta_c, A_grouped, B_c, C_c)
-            pieces.append(y_c)
-        y = torch.cat(pieces, dim=-1)
+    y, h = steps(h, u_grouped, delta_grouped, A_grouped, B, C)
 
     y = y.reshape(batch, dim, length)
     if D is not None:

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU, as one prepared run from the repository root (under 5 minutes on one H200):
+# environment, the gpu-marked tests, benchmarks/gpu_train.py, then as much of the whole suite as fits with a GPU
+# visible (device "auto" then means CUDA; -v names each result as it comes, so a cut-off run still says which
+# tests failed). Logs and results go to $OUT (default runs/gpu_check).
+#     bash benchmarks/gpu_check.sh
+set -uo pipefail
+OUT=${OUT:-runs/gpu_check}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c "import torch, timm, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__, 'triton', triton.__version__)"
+  python3 -c "from ssmamba.ops import backend_report; [print(*row) for row in backend_report()]"
+} 2>&1 | tee "$OUT/env.txt"
+timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_scan_cuda.py tests/train/test_finetune.py \
+  2>&1 | tee "$OUT/gpu_tests.log"
+timeout 90 python3 benchmarks/gpu_train.py --repeats 5 --models resnet50 ssmamba_tiny --sizes 224 64 --out "$OUT" \
+  2>&1 | tee "$OUT/gpu_train.log"
+timeout 100 python3 -m pytest -v -n 8 -m "not gpu" -p no:cacheprovider tests 2>&1 | grep -E "FAILED|ERROR|passed|failed" \
+  | tee "$OUT/suite.log"
