@@ -61,6 +61,17 @@ def test_chunked_inference_equals_the_full_forward_pass(name):
     torch.testing.assert_close(chunked.attention.cpu(), full.attention, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", HEADS)
+def test_predict_bag_runs_a_cpu_bag_on_a_gpu_head(name):
+    # bags are loaded on the CPU; every head's inference must take them to its own device
+    head = create_mil_head(name, in_dim=12, num_classes=2).eval()
+    features, coords = _bag(batch=1)
+    expected = head.predict_bag(features[0], coords[0])
+    on_gpu = head.cuda().predict_bag(features[0], coords[0])
+    torch.testing.assert_close(on_gpu.logits.cpu(), expected.logits, rtol=1e-3, atol=1e-4)
+
+
 def test_abmil_is_permutation_invariant():
     head = create_mil_head("abmil", in_dim=12, num_classes=2).eval()
     features, _ = _bag(batch=1)

@@ -82,9 +82,11 @@ class MILHead(nn.Module, abc.ABC):
                     chunk_size: int = 4096) -> MILOutput:
         """Inference on one bag of (N, D) features with memory bounded by ``chunk_size`` instances.
 
-        Heads override this with an exact streaming computation; this default runs the plain forward pass.
+        Heads override this with an exact streaming computation; this default runs the plain forward pass, on the
+        head's device (bags are loaded on the CPU).
         """
-        return self.forward_with_attention(features, coords)
+        device = next(self.parameters()).device
+        return self.forward_with_attention(features.to(device), None if coords is None else coords.to(device))
 
     def _check(self, features: torch.Tensor, coords: torch.Tensor | None, mask: torch.Tensor | None):
         if features.ndim == 2:
