@@ -10,7 +10,8 @@ import torch
 
 from ssmamba import create_model, save_pretrained
 from ssmamba.train.engine import NonFiniteLossError
-from ssmamba.train.finetune import Balancing, FinetuneConfig, FinetuneTrainer, class_weights, finetune
+from ssmamba.train.finetune import (Balancing, FinetuneConfig, FinetuneTrainer, class_weights, finetune,
+                                    with_recalibrated_batch_norm)
 
 
 def _config(data, out, **kw) -> FinetuneConfig:
@@ -37,6 +38,21 @@ def test_finetune_from_a_pretrained_encoder_with_options(image_folder, tmp_path)
     best = finetune(_config(image_folder, tmp_path / "run", checkpoint=str(encoder_dir), ema=True, ema_decay=0.9,
                             balance=Balancing.SAMPLER, layer_decay=0.7, epochs=2), progress=False)
     assert (best / "model.safetensors").is_file()
+
+
+def test_an_ema_model_gets_batch_norm_statistics_of_its_own_weights_on_a_copy():
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    shift, scale = torch.tensor([5.0, -1.0, 0.0]), torch.tensor([1.0, 2.0, 3.0])
+    images = torch.randn(40, 3, 4, 4) * scale[:, None, None] + shift[:, None, None]
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.zeros(40)), batch_size=8)
+    rng = torch.get_rng_state()
+    copied = with_recalibrated_batch_norm(model, loader, torch.device("cpu"), batches=3)
+    batches = images[:24].view(3, 8, 3, 4, 4)  # only the first 3 batches are read
+    bn = copied[0]
+    torch.testing.assert_close(bn.running_mean, batches.mean((1, 3, 4)).mean(0))
+    torch.testing.assert_close(bn.running_var, batches.transpose(1, 2).reshape(3, 3, -1).var(-1).mean(0))
+    assert torch.equal(model[0].running_mean, torch.zeros(3)) and model[0].momentum == 0.1  # original untouched
+    assert not copied.training and torch.equal(torch.get_rng_state(), rng)
 
 
 def test_early_stopping(image_folder, tmp_path):

@@ -10,6 +10,8 @@ Outputs in ``out``::
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -20,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from ssmamba.eval.inference import predict_proba
 from ssmamba.models import create_model, save_pretrained
@@ -86,6 +89,26 @@ class FinetuneConfig:
         self.precision = Precision(self.precision)
 
 
+BN_RECALIBRATION_BATCHES = 32  # training batches that re-estimate an EMA model's BatchNorm statistics
+
+
+def with_recalibrated_batch_norm(model: nn.Module, loader, device: torch.device,
+                                 batches: int = BN_RECALIBRATION_BATCHES, bf16: bool = False) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm running statistics are re-estimated on ``batches`` batches of ``loader``
+    (``(images, ...)`` tuples); ``model`` and the random state are left as they were.
+
+    An EMA of the weights averages BatchNorm's running statistics too, and those belong to none of the averaged
+    weights: on crchp (ssmamba_tiny, 1,434 steps at decay 0.999) the EMA model scored val weighted F1 0.40 against
+    0.74 for the live weights, and 0.73 once its statistics were re-estimated like this.
+    """
+    copied = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), \
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        # inside fork_rng: even starting a DataLoader's iterator draws from the global random state
+        update_bn((batch[0].to(device) for batch in itertools.islice(loader, batches)), copied)  # returns at once, reading nothing, when the model has no BatchNorm
+    return copied.eval()
+
+
 class FinetuneTrainer(Trainer):
     def __init__(self, model, cfg: FinetuneConfig, classes: list[str], val_loader, loss_weights, pretrained_cfg,
                  **kwargs):
@@ -95,6 +118,7 @@ class FinetuneTrainer(Trainer):
         self.pretrained_cfg = pretrained_cfg
         self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
             if cfg.ema else None
+        self._ema_eval: tuple[int, nn.Module] | None = None  # (step, EMA copy with re-estimated BatchNorm stats)
 
     def compute_loss(self, batch) -> torch.Tensor:
         images, labels = batch
@@ -109,7 +133,15 @@ class FinetuneTrainer(Trainer):
 
     @property
     def eval_model(self) -> torch.nn.Module:
-        return self.ema.module if self.ema is not None else self.model
+        """What is validated and saved: the live model, or the EMA with its BatchNorm statistics re-estimated (on a
+        copy, once per step count, so the EMA state that --resume restores is untouched)."""
+        if self.ema is None:
+            return self.model
+        if self._ema_eval is None or self._ema_eval[0] != self.state.step:
+            model = with_recalibrated_batch_norm(self.ema.module, self.loader, self.device,
+                                                 bf16=self.precision is Precision.BF16)
+            self._ema_eval = (self.state.step, model)
+        return self._ema_eval[1]
 
     def save_state(self) -> None:
         super().save_state()
