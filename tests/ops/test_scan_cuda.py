@@ -33,9 +33,9 @@ def cuda_path(request, monkeypatch):
         pytest.importorskip("triton")
         from ssmamba.ops.scan_triton import triton_scan_steps
 
-        monkeypatch.setattr(scan_cuda, "pytorch_recurrence", lambda: (triton_scan_steps, "Triton, forced by the test"))
+        monkeypatch.setattr(scan_cuda, "fallback_recurrence", lambda: (triton_scan_steps, "Triton, forced by the test"))
     if request.param == "reference-loop":
-        monkeypatch.setattr(scan_cuda, "pytorch_recurrence", lambda: (scan_steps, "forced by the test"))
+        monkeypatch.setattr(scan_cuda, "fallback_recurrence", lambda: (scan_steps, "forced by the test"))
     return request.param
 
 

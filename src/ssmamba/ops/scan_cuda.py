@@ -3,7 +3,8 @@
 The Triton path (``scan_triton``) keeps the state in registers and needs no build step, so a user without mamba_ssm
 (which compiles against one exact torch and CUDA) still trains at full sequence length. Without Triton (and for
 float64, which the kernels do not compute in) the reference recurrence runs as is: slow, but a sequential form, so
-no log-space cumulative sums that overflow for large Δ. Importing this module touches neither CUDA, Triton nor mamba_ssm.
+no log-space cumulative sums that overflow for large Δ. Importing this module touches neither CUDA, Triton nor
+mamba_ssm.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from ssmamba.ops.contract import check_scan_inputs
 from ssmamba.ops.scan_ref import StepsFn, run_scan, scan_steps
+
 
 @functools.lru_cache(maxsize=1)
 def mamba_ssm_scan() -> tuple[Callable | None, str]:
@@ -30,7 +32,7 @@ def mamba_ssm_scan() -> tuple[Callable | None, str]:
 
 
 @functools.lru_cache(maxsize=1)
-def pytorch_recurrence() -> tuple[StepsFn, str]:
+def fallback_recurrence() -> tuple[StepsFn, str]:
     """(steps, why) of the path used without mamba_ssm: the Triton kernels if Triton imports, else the reference
     loop."""
     if importlib.util.find_spec("triton") is not None:
@@ -52,7 +54,7 @@ def status() -> tuple[bool, str]:
     fused, why = mamba_ssm_scan()
     if fused is not None:
         return True, why
-    return True, f"{pytorch_recurrence()[1]}; {why}"
+    return True, f"{fallback_recurrence()[1]}; {why}"
 
 
 def _call_mamba_ssm(fused: Callable, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
@@ -83,5 +85,5 @@ def selective_scan_cuda(
     fused, _ = mamba_ssm_scan()
     if fused is not None and u.dtype != torch.float64:  # the fused kernel has no float64 instantiation
         return _call_mamba_ssm(fused, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    steps = pytorch_recurrence()[0] if u.dtype != torch.float64 else scan_steps  # the kernels compute in float32
+    steps = fallback_recurrence()[0] if u.dtype != torch.float64 else scan_steps  # the kernels compute in float32
     return run_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, steps=steps)

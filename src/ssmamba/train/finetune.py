@@ -104,8 +104,9 @@ def with_recalibrated_batch_norm(model: nn.Module, loader, device: torch.device,
     copied = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]), torch.no_grad(), \
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        # inside fork_rng: even starting a DataLoader's iterator draws from the global random state
-        update_bn((batch[0].to(device) for batch in itertools.islice(loader, batches)), copied)  # returns at once, reading nothing, when the model has no BatchNorm
+        # inside fork_rng: even starting a DataLoader's iterator draws from the global random state. update_bn
+        # returns at once, reading no batch, when the model has no BatchNorm.
+        update_bn((batch[0].to(device) for batch in itertools.islice(loader, batches)), copied)
     return copied.eval()
 
 
