@@ -4,6 +4,12 @@
 # visible (device "auto" then means CUDA; -v names each result as it comes, so a cut-off run still says which
 # tests failed). Logs and results go to $OUT (default runs/gpu_check).
 #     bash benchmarks/gpu_check.sh
+# On the device tool's H200 image (torch, Triton, timm present; no openslide/tiffslide, no internet), first fetch the
+# WSI readers here as wheels into the ignored .whl/ (pip download --no-deps --only-binary=:all: --python-version 3.12
+# --platform manylinux_2_28_x86_64 ... openslide-python openslide-bin tiffslide zarr numcodecs imagecodecs donfig
+# google-crc32c), carry .whl, and start the command with
+#     pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+#     pip install -q --no-index --no-deps --no-build-isolation -e .
 set -uo pipefail
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT"
