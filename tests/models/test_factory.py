@@ -77,3 +77,46 @@ def test_loading_into_a_different_architecture_fails_loudly(tmp_path):
 def test_missing_checkpoint_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         create_model(checkpoint=tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "convnext_atto", "mambaout_femto", "vit_tiny_patch16_224"])
+def test_timm_architecture_round_trip(tmp_path, arch):
+    """A timm architecture is built with random weights (nothing downloaded), saved in the ssmamba checkpoint format
+    with its constructor arguments, and loads back bit-identically, as a classifier or as an embedder."""
+    model = create_model(arch, num_classes=3, img_size=48, pretrained_cfg={"class_names": ["a", "b", "c"]}).eval()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (2, 3)
+    save_pretrained(model, tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["architecture"] == arch and config["library"] == "timm" and config["num_classes"] == 3
+    assert ("img_size" in config["model_args"]) == arch.startswith("vit")  # only fixed-size models need it
+    loaded = create_model(checkpoint=tmp_path / "ckpt").eval()
+    assert loaded.pretrained_cfg["class_names"] == ["a", "b", "c"]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), logits)
+        embedder = create_model(checkpoint=tmp_path / "ckpt", num_classes=0).eval()
+        assert embedder(x).shape == (2, embedder.num_features if not arch.startswith("mambaout")
+                                     else embedder.head_hidden_size)
+    # a new head keeps the body: the first parameter is shared, the classifier is new
+    retargeted = create_model(checkpoint=tmp_path / "ckpt", num_classes=5)
+    first = next(iter(model.state_dict()))
+    torch.testing.assert_close(retargeted.state_dict()[first], model.state_dict()[first])
+    assert retargeted(x).shape == (2, 5)
+
+
+def test_timm_checkpoint_mismatch_is_loud(tmp_path):
+    save_pretrained(create_model("resnet18", num_classes=2), tmp_path / "r18")
+    with pytest.raises(CheckpointMismatchError, match="holds a 'resnet18' model, not 'convnext_atto'"):
+        create_model("convnext_atto", checkpoint=tmp_path / "r18")
+    with pytest.raises(ValueError, match="not an ssmamba variant .* and not a timm architecture"):
+        create_model("resnet_does_not_exist")
+
+
+def test_classifier_of_finetuned_ssmamba_is_dropped_for_embeddings(tmp_path):
+    model = create_model("ssmamba_test", num_classes=3)
+    save_pretrained(model, tmp_path / "ft")
+    embedder = create_model(checkpoint=tmp_path / "ft", num_classes=0).eval()
+    assert embedder(torch.randn(1, 3, 32, 32)).shape == (1, 64)
+    torch.testing.assert_close(embedder.stem[0].weight, model.stem[0].weight)

@@ -1,4 +1,4 @@
-"""Build, save and load SSMamba models; register them with timm when timm is importable.
+"""Build, save and load SSMamba models and any timm architecture; register SSMamba with timm.
 
 A checkpoint is a directory with ``model.safetensors`` (weights) and ``config.json``::
 
@@ -6,6 +6,10 @@ A checkpoint is a directory with ``model.safetensors`` (weights) and ``config.js
      "pretrained_cfg": {"mean": [...], "std": [...], "input_size": [3, 224, 224], "mpp": 0.5,
                         "class_names": [...], ...},
      "ssmamba_version": "0.1.0"}
+
+A timm architecture (``resnet18``, ``convnext_atto``, ``mambaout_femto``, ``vit_tiny_patch16_224``, ...) is saved
+the same way with ``"library": "timm"`` and its constructor arguments as ``model_args``, so every command that
+takes an ssmamba checkpoint takes a timm one too. timm models are built with random weights: nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -39,6 +43,19 @@ def list_models() -> list[str]:
     return sorted(variant_configs())
 
 
+def is_ssmamba(arch: str) -> bool:
+    """Whether ``arch`` names an SSMamba variant (rather than a timm architecture)."""
+    return arch in variant_configs()
+
+
+def _classifier_prefix(model: nn.Module) -> str | None:
+    """State-dict prefix of the classifier (``"head."``, ``"fc."``, ``"head.fc."``), or None if it has none."""
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if classifier is None:
+        return None
+    return next((f"{name}." for name, module in model.named_modules() if module is classifier and name), None)
+
+
 def load_config(checkpoint: str | Path) -> dict:
     """Read ``config.json`` of a checkpoint directory (or the directory of a ``model.safetensors`` file)."""
     path = Path(checkpoint)
@@ -53,10 +70,11 @@ def _load_weights(model: nn.Module, checkpoint: Path, expected: str, allow_head_
     if not weights_path.is_file():
         raise FileNotFoundError(f"no weights file at {weights_path}")
     state = load_file(str(weights_path))
-    if allow_head_mismatch:  # fine-tuning a pretrained encoder with a new number of classes
+    head = _classifier_prefix(model)
+    if allow_head_mismatch and head:  # a new number of classes (or none: embeddings) on a trained encoder
         own = model.state_dict()
-        state = {k: v for k, v in state.items() if not (k.startswith("head.") and own.get(k, v).shape != v.shape)}
-        state.update({k: v for k, v in own.items() if k.startswith("head.") and k not in state})
+        state = {k: v for k, v in state.items() if not k.startswith(head) or (k in own and own[k].shape == v.shape)}
+        state.update({k: v for k, v in own.items() if k.startswith(head) and k not in state})
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointMismatchError(
@@ -68,17 +86,20 @@ def _load_weights(model: nn.Module, checkpoint: Path, expected: str, allow_head_
 
 def create_model(name: str | Path | None = None, *, checkpoint: str | Path | None = None, num_classes: int | None = None,
                  features_only: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3),
-                 pretrained_cfg: dict | None = None, **kwargs) -> nn.Module:
-    """Create a registered variant, or load a checkpoint directory.
+                 pretrained_cfg: dict | None = None, img_size: int | None = None, **kwargs) -> nn.Module:
+    """Create an SSMamba variant or a timm architecture, or load a checkpoint directory.
 
     Examples::
 
         create_model("ssmamba_tiny", num_classes=4)            # random init
         create_model(checkpoint="runs/pretrain/checkpoint")      # the architecture saved with the weights
         create_model("ssmamba_tiny", checkpoint=..., num_classes=2)   # pretrained encoder, new head
+        create_model("convnext_atto", num_classes=2)             # any timm architecture, random init
 
     ``kwargs`` are ``SSMambaConfig`` fields (ablation switches, e.g. ``lpr=False``) or ``SSMamba`` arguments
-    (``drop_path_rate``, ``drop_rate``, ``in_chans``, ``global_pool``). ``num_classes=0`` gives pooled embeddings.
+    (``drop_path_rate``, ``drop_rate``, ``in_chans``, ``global_pool``); for a timm architecture, its
+    constructor's arguments. ``num_classes=0`` gives pooled embeddings. ``img_size`` builds timm models with a
+    fixed input size (ViTs) for that size; models that take any size (SSMamba, CNNs) do not need it.
     """
     if name is not None and Path(name).exists() and checkpoint is None:
         name, checkpoint = None, name
@@ -86,46 +107,95 @@ def create_model(name: str | Path | None = None, *, checkpoint: str | Path | Non
     arch = name or (saved or {}).get("architecture")
     if arch is None:
         raise ValueError("give a model name or a checkpoint")
-    variants = variant_configs()
-    if arch not in variants:
-        raise ValueError(f"unknown model {arch!r}; available: {', '.join(sorted(variants))}")
+    if saved is not None and name is not None and name != saved["architecture"]:
+        raise CheckpointMismatchError(f"checkpoint {checkpoint} holds a {saved['architecture']!r} model, not {name!r}")
+    if is_ssmamba(arch):
+        model, base, arch_kwargs, saved_classes, classes = _build_ssmamba(arch, saved, num_classes, kwargs)
+    else:
+        model, base, arch_kwargs, saved_classes, classes = _build_timm(arch, saved, num_classes, img_size, kwargs)
+    model._architecture = arch
+    merged_cfg = {**(saved or {}).get("pretrained_cfg", {}), **(pretrained_cfg or {})}
+    model.pretrained_cfg = {**DEFAULT_PRETRAINED_CFG, **merged_cfg, "architecture": arch}
+    if checkpoint is not None:
+        changed = sorted(k for k, v in arch_kwargs.items() if _jsonable(v) != base.get(k, _jsonable(v)))
+        if changed:
+            raise CheckpointMismatchError(f"architecture arguments {changed} differ from those saved in "
+                                          f"{checkpoint}/config.json; drop them to load the checkpoint")
+        _load_weights(model, Path(checkpoint), f"{arch} {base}", allow_head_mismatch=classes != saved_classes)
+    if not features_only:
+        return model
+    if is_ssmamba(arch):
+        return FeatureExtractor(model, out_indices)
+    raise ValueError(f"features_only is for ssmamba models; for {arch!r} use timm.create_model(features_only=True)")
+
+
+def _jsonable(value):
+    """``value`` as config.json stores it (tuples become lists), for comparing arguments with saved ones."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _build_ssmamba(arch: str, saved: dict | None, num_classes: int | None, kwargs: dict):
     cfg_fields = set(SSMambaConfig.__dataclass_fields__)
     arch_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in cfg_fields}
     if saved is not None:
-        if name is not None and name != saved["architecture"]:
-            raise CheckpointMismatchError(
-                f"checkpoint {checkpoint} holds a {saved['architecture']!r} model, not {name!r}")
         base = saved["model_args"]
         kwargs.setdefault("in_chans", saved.get("in_chans", 3))
         saved_classes = saved.get("num_classes", 0)
     else:
-        base, saved_classes = variants[arch].to_dict(), 1000
+        base, saved_classes = variant_configs()[arch].to_dict(), 1000
     config = SSMambaConfig(**{**base, **arch_kwargs})
     classes = saved_classes if num_classes is None else num_classes
-    merged_cfg = {**(saved or {}).get("pretrained_cfg", {}), **(pretrained_cfg or {})}
-    model = SSMamba(config, num_classes=classes, **kwargs)
-    model._architecture = arch
-    model.pretrained_cfg = {**DEFAULT_PRETRAINED_CFG, **merged_cfg, "architecture": arch}
-    if checkpoint is not None:
-        changed = sorted(k for k in arch_kwargs if config.to_dict()[k] != base.get(k))
-        if changed:
-            raise CheckpointMismatchError(f"architecture arguments {changed} differ from those saved in "
-                                          f"{checkpoint}/config.json; drop them to load the checkpoint")
-        _load_weights(model, Path(checkpoint), f"{arch} {config.to_dict()}", allow_head_mismatch=classes != saved_classes)
-    return FeatureExtractor(model, out_indices) if features_only else model
+    arch_kwargs = {k: config.to_dict()[k] for k in arch_kwargs}
+    return SSMamba(config, num_classes=classes, **kwargs), base, arch_kwargs, saved_classes, classes
 
 
-def save_pretrained(model: SSMamba, directory: str | Path, pretrained_cfg: dict | None = None) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` into ``directory`` (created). Returns the directory."""
+# Arguments that change how a timm model trains, not what its weights are: never a mismatch with a checkpoint.
+_TIMM_TRAINING_ARGS = {"drop_rate", "drop_path_rate", "drop_block_rate", "proj_drop_rate", "attn_drop_rate",
+                       "pos_drop_rate", "patch_drop_rate"}
+
+
+def _build_timm(arch: str, saved: dict | None, num_classes: int | None, img_size: int | None, kwargs: dict):
+    import timm
+
+    if not timm.is_model(arch):
+        raise ValueError(f"unknown model {arch!r}: not an ssmamba variant ({', '.join(list_models())}) and not a "
+                         "timm architecture (timm.list_models() lists them)")
+    base = dict((saved or {}).get("model_args") or {})
+    default_cfg = timm.models.get_pretrained_cfg(arch)
+    if img_size and getattr(default_cfg, "fixed_input_size", False) and "img_size" not in base:
+        kwargs.setdefault("img_size", int(img_size))
+    saved_classes = (saved or {}).get("num_classes", 1000)
+    classes = saved_classes if num_classes is None else num_classes
+    args = {**base, **kwargs}
+    if saved is not None:
+        args.setdefault("in_chans", saved.get("in_chans", 3))
+    model = timm.create_model(arch, pretrained=False, num_classes=classes, **args)
+    model._model_args = {k: _jsonable(v) for k, v in args.items() if k != "in_chans"}
+    model.in_chans = args.get("in_chans", 3)
+    arch_kwargs = {k: v for k, v in kwargs.items() if k not in _TIMM_TRAINING_ARGS and k != "in_chans"}
+    return model, base, arch_kwargs, saved_classes, classes
+
+
+def save_pretrained(model: nn.Module, directory: str | Path, pretrained_cfg: dict | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``directory`` (created). Returns the directory.
+
+    ``model`` is an SSMamba model or a timm model built by :func:`create_model`."""
     if isinstance(model, FeatureExtractor):
         model = model.model
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     from ssmamba import __version__
 
+    if isinstance(model, SSMamba):
+        library, model_args = {}, model.cfg.to_dict()
+    elif hasattr(model, "_model_args"):
+        library, model_args = {"library": "timm"}, model._model_args
+    else:
+        raise TypeError(f"save_pretrained takes models built by ssmamba.create_model, not {type(model).__name__}")
     config = {
         "architecture": getattr(model, "_architecture", None) or model.pretrained_cfg.get("architecture"),
-        "model_args": model.cfg.to_dict(),
+        **library,
+        "model_args": model_args,
         "num_classes": model.num_classes,
         "in_chans": model.in_chans,
         "pretrained_cfg": {**model.pretrained_cfg, **(pretrained_cfg or {})},

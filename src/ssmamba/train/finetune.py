@@ -50,9 +50,10 @@ class Balancing(str, Enum):
 class FinetuneConfig:
     data: str = ""  # image folder, CSV manifest or nucleus-points CSV with labels (and splits or groups)
     out: str = "runs/finetune"
-    model: str = "ssmamba_tiny"  # architecture when starting from scratch
+    # architecture when starting from scratch: an ssmamba variant or any timm name (resnet18, convnext_atto, ...)
+    model: str = "ssmamba_tiny"
     model_args: dict[str, object] = field(default_factory=dict)  # architecture overrides, e.g. lpr=false
-    checkpoint: str | None = None  # a MAMIM (or any ssmamba) checkpoint directory to start from
+    checkpoint: str | None = None  # a checkpoint directory to start from (MAMIM, or any ssmamba/timm checkpoint)
     img_size: int = 64
     crop_size: int = 64  # nucleus-points CSVs: side of the crop read around each point
     group_column: str | None = None  # CSV column to split by (patient, slide) when the data has no split column
@@ -224,7 +225,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size * 2, num_workers=cfg.num_workers)
 
     model = create_model(cfg.model if cfg.checkpoint is None else None, checkpoint=cfg.checkpoint,
-                         num_classes=len(classes), drop_path_rate=cfg.drop_path, **cfg.model_args)
+                         num_classes=len(classes), drop_path_rate=cfg.drop_path, img_size=cfg.img_size,
+                         **cfg.model_args)
     pretrained_cfg = {"mean": list(mean), "std": list(std), "input_size": [3, cfg.img_size, cfg.img_size],
                       "class_names": classes, "crop_size": cfg.crop_size, "finetuned_from": cfg.checkpoint}
     layer_decay = cfg.layer_decay if cfg.checkpoint else 1.0  # LLRD only makes sense for a pretrained encoder
