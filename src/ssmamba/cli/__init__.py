@@ -18,6 +18,7 @@ _COMMANDS = {
     "predict": ("ssmamba.cli.evaluate", "predict"),
     "probe": ("ssmamba.cli.evaluate", "probe"),
     "demo": ("ssmamba.cli.demo", "demo"),
+    "benchmark": ("ssmamba.cli.benchmark", "benchmark"),
     "wsi": ("ssmamba.cli.wsi", "wsi"),
     "mil": ("ssmamba.cli.mil", "mil"),
 }

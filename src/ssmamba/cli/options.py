@@ -1,6 +1,7 @@
 """Click options generated from a run's config dataclass, plus ``--config FILE.yaml``.
 
-Every field becomes ``--field-name`` (booleans ``--x/--no-x``); a YAML file given with ``--config`` supplies
+Every field becomes ``--field-name`` (booleans ``--x/--no-x``; ``tuple[T, ...]`` fields a repeatable option, e.g.
+``--seed 0 --seed 1``); a YAML file given with ``--config`` supplies
 defaults, and options typed on the command line win. The dataclass stays the one place a setting is defined.
 """
 
@@ -45,6 +46,17 @@ def _parse_pairs(_ctx, param, value) -> dict:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param=param)
         parsed[key.strip().replace("-", "_")] = yaml.safe_load(text)
     return parsed
+
+
+def _items_of(item_type):
+    """Callback of a list option: ``("0,1", "2")`` -> ``(0, 1, 2)``, each item converted by ``item_type``."""
+    converter = click.types.convert_type(item_type)
+
+    def callback(ctx, param, value):
+        items = [part.strip() for item in value or () for part in str(item).split(",") if part.strip()]
+        return tuple(converter.convert(item, param, ctx) for item in items)
+
+    return callback
 
 
 def _option_type(annotation):
@@ -100,6 +112,14 @@ def config_options(cls, skip: tuple[str, ...] = ()):
                                     callback=_parse_pairs, metavar="KEY=VALUE",
                                     help=(help_texts.get(field.name) or "") + " (repeatable)")(func)
                 continue
+            if typing.get_origin(hints[field.name]) is tuple:
+                item_type, _ = _option_type(typing.get_args(hints[field.name])[0])
+                func = click.option(f"--{field.name.replace('_', '-')}", field.name, multiple=True,
+                                    type=str, callback=_items_of(item_type), default=field.default,
+                                    show_default=True,
+                                    metavar="A,B,...",
+                                    help=(help_texts.get(field.name) or "") + " (comma-separated or repeated)")(func)
+                continue
             click_type, is_flag = _option_type(hints[field.name])
             default = field.default.value if isinstance(field.default, enum.Enum) else field.default
             name = field.name.replace("_", "-")
@@ -116,4 +136,4 @@ def config_options(cls, skip: tuple[str, ...] = ()):
 def build_config(cls, values: dict):
     """The dataclass from the parsed option values (extra keys, such as ``resume``, are ignored)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})

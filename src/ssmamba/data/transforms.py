@@ -8,6 +8,9 @@ Small single-purpose transforms (torchvision ``v2.Transform`` s, so they work on
   a quarter of the resolution (like scanning at 10x instead of 40x), ``z > 1`` magnifies. The crop never leaves
   the image: on an image whose short side ``L`` is smaller than ``size / z_min`` the lowest zoom reachable is
   ``size / L`` (the whole short side), and zooms are drawn log-uniformly from what is reachable.
+* :class:`CentreMagnification`: a deterministic zoom about the image centre that keeps the image size, to test a
+  model at another magnification than it was trained at (``factor`` 2 = twice the magnification: the central half
+  of the field, enlarged; 0.5 = half: twice the field, shrunk, the added border mirrored from the image).
 * :class:`RandomRot90`: rotation by 0/90/180/270 degrees (tissue has no up).
 * :class:`RandomHEDJitter`: stain augmentation in HED space (Ruifrok & Johnston colour deconvolution with
   skimage's stain matrix): each stain concentration ``s`` (natural-log optical density) becomes ``s * a + b`` with
@@ -84,6 +87,43 @@ class MultiScaleCrop(v2.Transform):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, zoom_range={self.zoom_range}"
+
+
+class CentreMagnification(v2.Transform):
+    """Show a PIL image at ``factor`` times its magnification, keeping its size and centre.
+
+    The field of view becomes ``(H / factor, W / factor)`` native pixels about the centre: for ``factor > 1`` the
+    central crop of that size, for ``factor < 1`` the image mirrored outward (``numpy.pad(mode="symmetric")``, so
+    any factor works) to that size. The field is then resampled to ``(H, W)`` with antialiased bilinear
+    interpolation. ``factor = 1`` returns the image unchanged. Every later step of an eval pipeline then sees an
+    image of the usual size at another scale: how a scanner or objective at another magnification would show the
+    same tissue.
+    """
+
+    _transformed_types = (Image.Image,)
+
+    def __init__(self, factor: float):
+        super().__init__()
+        if not factor > 0:
+            raise ValueError(f"magnification factor must be > 0, got {factor}")
+        self.factor = float(factor)
+
+    def transform(self, inpt: Image.Image, params: dict[str, Any]) -> Image.Image:
+        if self.factor == 1.0:
+            return inpt
+        width, height = inpt.size
+        field_h, field_w = max(1, round(height / self.factor)), max(1, round(width / self.factor))
+        if self.factor > 1:
+            field = F.center_crop(inpt, [field_h, field_w])
+        else:
+            pixels = np.asarray(inpt.convert("RGB"))
+            top, left = (field_h - height) // 2, (field_w - width) // 2
+            pad = ((top, field_h - height - top), (left, field_w - width - left), (0, 0))
+            field = Image.fromarray(np.pad(pixels, pad, mode="symmetric"))
+        return F.resize(field, [height, width], interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:g}"
 
 
 class RandomRot90(v2.Transform):
@@ -168,6 +208,7 @@ class AugmentationConfig:
         brightness, contrast, saturation, hue: mild ``ColorJitter`` on top of the stain jitter; 0 disables.
         flips, rot90: random horizontal/vertical flips; random quarter turns.
         mean, std: per-channel normalisation of the final [0, 1] tensor.
+        magnification: zoom about the centre applied first (:class:`CentreMagnification`); 1 = none.
     """
 
     size: int
@@ -182,6 +223,7 @@ class AugmentationConfig:
     rot90: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    magnification: float = 1.0  # :class:`CentreMagnification` before everything else (evaluation under shift)
     name: str = field(default="custom", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +231,8 @@ class AugmentationConfig:
 
     def describe(self) -> str:
         parts = [f"{self.name}: {self.size}px"]
+        if self.magnification != 1.0:
+            parts.append(f"{self.magnification:g}x magnification about the centre")
         parts.append(f"zoom {self.zoom_range[0]:g}-{self.zoom_range[1]:g}x" if self.zoom_range
                      else "resize short side + centre crop")
         if self.rot90:
@@ -206,7 +250,7 @@ class AugmentationConfig:
         return ", ".join(parts)
 
     def build(self) -> AugmentationPipeline:
-        steps: list[v2.Transform] = []
+        steps: list[v2.Transform] = [CentreMagnification(self.magnification)] if self.magnification != 1.0 else []
         if self.zoom_range is not None:
             steps.append(MultiScaleCrop(self.size, self.zoom_range))
         else:
@@ -248,9 +292,11 @@ def train_transform(size: int, zoom_range: tuple[float, float] = (0.5, 1.0), hed
     return _augmented("train", size, zoom_range, hed, flips, rot90, hed_sigma, hed_bias, colour_jitter, mean, std)
 
 
-def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> AugmentationPipeline:
-    """Deterministic: resize the short side to ``size``, centre-crop, normalise."""
-    return AugmentationConfig(size=size, mean=tuple(mean), std=tuple(std), name="eval").build()
+def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, magnification: float = 1.0) -> AugmentationPipeline:
+    """Deterministic: resize the short side to ``size``, centre-crop, normalise; with ``magnification != 1`` the
+    image is first shown at that magnification (:class:`CentreMagnification`)."""
+    return AugmentationConfig(size=size, mean=tuple(mean), std=tuple(std), magnification=float(magnification),
+                              name="eval").build()
 
 
 def _augmented(name, size, zoom_range, hed, flips, rot90, hed_sigma, hed_bias, colour_jitter, mean,

@@ -8,6 +8,7 @@ same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -24,9 +25,10 @@ from ssmamba.train.sampling import set_epoch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "RunState", "NonFiniteLossError", "Precision", "STATE_NAME"]
+__all__ = ["Trainer", "RunState", "NonFiniteLossError", "Precision", "STATE_NAME", "SUMMARY_NAME"]
 
 STATE_NAME = "training_state.pt"
+SUMMARY_NAME = "run_state.json"  # step, epoch, CPU seconds and best metric at the last checkpoint, for people and tools
 
 
 class NonFiniteLossError(RuntimeError):
@@ -112,6 +114,11 @@ class Trainer:
 
     def checkpoint(self) -> None:
         self.save_state()
+        summary = {k: v for k, v in self.state.__dict__.items() if k != "history"}
+        summary["total_epochs"] = self.epochs
+        tmp = self.out_dir / (SUMMARY_NAME + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(tmp, self.out_dir / SUMMARY_NAME)
         with torch.random.fork_rng(devices=[]):  # hooks must not shift the RNG a resumed run restores
             self.on_checkpoint()
 

@@ -31,7 +31,7 @@ from ssmamba.train.engine import Precision, Trainer
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves
 from ssmamba.train.sampling import make_loader
-from ssmamba.train.setup import add_file_log, resolve_device, seed_everything
+from ssmamba.train.setup import file_log, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -195,12 +195,17 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> Path:
     """Fine-tune and return the directory of the best checkpoint (by the validation metric)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with file_log(out / "log.txt"):
+        _finetune(cfg, out, resume, progress)
+    return out / "best"
+
+
+def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> None:
     from ssmamba.data import load_dataset
     from ssmamba.data.transforms import eval_transform, train_transform
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    add_file_log(out / "log.txt")
     seed_everything(cfg.seed)
     train_tf = train_transform(cfg.img_size, zoom_range=(cfg.zoom_min, cfg.zoom_max), hed=cfg.hed, flips=cfg.flips,
                                rot90=cfg.rot90)
@@ -242,5 +247,4 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
                               checkpoint_every=len(loader), grad_clip=cfg.grad_clip, progress=progress,
                               precision=cfg.precision, device=resolve_device(cfg.device))
     trainer.fit(resume=resume)
-    return out / "best"
 

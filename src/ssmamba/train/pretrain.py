@@ -23,7 +23,7 @@ from ssmamba.train.engine import Precision, Trainer
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves, save_reconstruction_grid
 from ssmamba.train.sampling import make_loader
-from ssmamba.train.setup import add_file_log, resolve_device, seed_everything
+from ssmamba.train.setup import file_log, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +100,17 @@ class PretrainTrainer(Trainer):
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Run MAMIM pretraining; returns the encoder checkpoint directory."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with file_log(out / "log.txt"):
+        _pretrain(cfg, out, resume, progress)
+    return out / "checkpoint"
+
+
+def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> None:
     from ssmamba.data import load_unlabelled
     from ssmamba.data.transforms import pretrain_transform
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    add_file_log(out / "log.txt")
     seed_everything(cfg.seed)
     transform = pretrain_transform(cfg.img_size, zoom_range=(cfg.zoom_min, cfg.zoom_max), hed=cfg.hed,
                                    flips=cfg.flips, rot90=cfg.rot90)
@@ -141,5 +146,4 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
                               progress=progress, precision=cfg.precision, device=resolve_device(cfg.device))
     trainer.fit(resume=resume)
     logger.info("encoder saved to %s", out / "checkpoint")
-    return out / "checkpoint"
 

@@ -1,0 +1,42 @@
+"""``ssmamba benchmark``: same-budget leaderboards of SSMamba, its ablations and timm baselines."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+from ssmamba.cli.options import build_config, config_options
+from ssmamba.workflows.benchmark.runner import BenchmarkConfig
+
+
+@click.command()
+@config_options(BenchmarkConfig)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar over cells.")
+def benchmark(progress: bool, **values) -> None:
+    """Fine-tune every entry with the same recipe and budget on one data set, over several seeds, and rank them.
+
+    Each (entry, seed) cell is written to OUT/cells/ atomically and never recomputed: rerun the same command
+    after an interruption, or with more --seeds/--entries, and only the missing cells run. Several processes
+    may share one --out (each claims a cell before computing it). Writes OUT/leaderboard.{md,json,png}.
+
+    Example: ssmamba benchmark --data data.csv --entries ssmamba,ssmamba-mamim,resnet18 --seeds 0,1,2 --epochs 10
+    """
+    from ssmamba.cli.console import console_logging
+    from ssmamba.workflows.benchmark import run_benchmark
+    from ssmamba.workflows.benchmark.cells import RecipeMismatchError
+
+    console_logging(progress)
+    command = " ".join(shlex.quote(a) for a in ["ssmamba", *sys.argv[1:]])
+    try:
+        cfg = build_config(BenchmarkConfig, values)
+        if not cfg.data:
+            raise click.UsageError("--data is required: a labelled data set with train/val/test splits")
+        path = run_benchmark(cfg, progress=progress, command=command)
+    except RecipeMismatchError as error:
+        raise click.ClickException(str(error)) from error
+    except (FileNotFoundError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(path.read_text())
+    click.echo(f"leaderboard: {path} (+ .json, .png)")

@@ -1,0 +1,1 @@
+"""Workflows: multi-stage jobs built from the training, evaluation and model layers (e.g. ``benchmark``)."""

@@ -1,0 +1,194 @@
+"""Run a benchmark: the grid of (entry, seed) cells with one shared recipe, then the leaderboard.
+
+Several processes (or jobs on a cluster with a shared file system) can work on one ``--out`` at once: each claims
+a cell with a lock file before computing it and skips cells that others hold or have finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ssmamba.train.engine import Precision
+from ssmamba.train.finetune import Balancing
+from ssmamba.train.setup import file_log
+from ssmamba.workflows.benchmark.cells import Cell, CellBusy
+from ssmamba.workflows.benchmark.entries import Entry, parse_entry
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BenchmarkConfig", "run_benchmark", "DEFAULT_ENTRIES"]
+
+DEFAULT_ENTRIES = ("ssmamba", "ssmamba-mamim", "ssmamba-dms", "ssmamba-lpr", "resnet18", "convnext_atto",
+                   "mambaout_femto")
+# BenchmarkConfig fields that do not change what a cell computes (so they may differ between sittings)
+_NOT_RECIPE = {"data", "out", "entries", "seeds", "magnifications", "bootstrap", "device", "threads", "num_workers"}
+
+
+@dataclass
+class BenchmarkConfig:
+    data: str = ""  # labelled data set with train/val/test splits (folder, CSV manifest, nucleus points, ...)
+    out: str = "runs/benchmark"
+    entries: tuple[str, ...] = DEFAULT_ENTRIES  # presets (ssmamba, ssmamba-mamim, ssmamba-dms, ssmamba-lpr, plain-mamba), ssmamba or timm models, MODEL+mamim
+    seeds: tuple[int, ...] = (0, 1, 2)  # one cell per entry and seed
+    backbone: str = "ssmamba_tiny"  # the SSMamba variant the presets are built on
+    img_size: int = 64  # model input side; a multiple of 32 for entries with a MAMIM stage
+    crop_size: int = 64  # nucleus-points data: side of the crop read around each point
+    epochs: int = 10  # THE budget: fine-tuning epochs, the same for every entry
+    pretrain_epochs: int = 5  # MAMIM epochs of entries with a MAMIM stage (its cost is reported separately)
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    drop_path: float = 0.1
+    # The absolute zoom of training views is these times input size / the training images' median short side.
+    zoom_min: float = 1.0  # smallest zoom of training views relative to the evaluation view (1 = its field of view)
+    zoom_max: float = 1.25  # largest zoom of training views relative to the evaluation view
+    monitor: str = "balanced_accuracy"  # validation metric that picks each run's checkpoint; the leaderboard's first
+    balance: Balancing = Balancing.NONE  # class balancing: none, sampler or loss
+    max_train: int | None = None  # subsample the training split (seeded per seed; the same subset for every entry)
+    mask_patch_size: int = 16  # MAMIM mask patch side
+    pretrain_max_images: int | None = None  # MAMIM on at most this many training images (seeded); None = all
+    magnifications: tuple[float, ...] = (0.5, 2.0)  # test also at these magnifications (0.5 = half, 2 = twice)
+    bootstrap: int = 1000  # test-set resamples for the leaderboard's 95% CIs
+    precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in training (every entry alike)
+    device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
+    threads: int | None = None  # torch CPU threads of this process (default: torch's choice)
+    num_workers: int = 0  # DataLoader workers
+
+    def __post_init__(self):
+        self.entries = _split_items(self.entries)
+        self.seeds = tuple(int(s) for s in _split_items(self.seeds))
+        self.magnifications = tuple(float(m) for m in _split_items(self.magnifications))
+        self.balance, self.precision = Balancing(self.balance), Precision(self.precision)
+        if not self.entries or not self.seeds:
+            raise ValueError("a benchmark needs at least one entry and one seed")
+        if len(set(self.entries)) != len(self.entries) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"entries and seeds must be distinct: {self.entries}, {self.seeds}")
+        if any(m <= 0 for m in self.magnifications):
+            raise ValueError(f"magnification factors must be > 0, got {self.magnifications}")
+        if self.epochs < 1 or not 0 < self.zoom_min <= self.zoom_max:
+            raise ValueError("need epochs >= 1 and 0 < zoom_min <= zoom_max")
+
+
+def _split_items(values) -> tuple:
+    """``("a,b", "c")`` -> ``("a", "b", "c")``: list options take commas as well as repetition."""
+    items = []
+    for value in values:
+        items += [v.strip() for v in str(value).split(",") if v.strip()] if isinstance(value, str) else [value]
+    return tuple(items)
+
+
+def typical_short_side(dataset, samples: int = 32, seed: int = 0) -> int:
+    """Median short side in pixels of up to ``samples`` random images of a dataset without a transform."""
+    order = np.random.default_rng(seed).permutation(len(dataset))[:samples]
+    sides = [min(dataset[int(i)][0].size) for i in order]
+    return int(np.median(sides))
+
+
+def resolve_recipe(cfg: BenchmarkConfig) -> tuple[dict, dict]:
+    """The shared recipe (what every cell trains with, including the absolute training zoom) and facts about the
+    data set (classes, split sizes, native image side). Reads every split once, so bad data fails before work."""
+    from ssmamba.data import load_dataset
+    from ssmamba.data.load import SourceKind, detect_kind
+
+    options = dict(crop_size=cfg.crop_size, seed=0)
+    train = load_dataset(cfg.data, "train", None, **options)
+    classes = list(train.classes)
+    sizes = {split: len(load_dataset(cfg.data, split, None, classes=classes, **options)) for split in ("val", "test")}
+    points = detect_kind(Path(cfg.data)) is SourceKind.POINTS
+    native = cfg.crop_size if points else typical_short_side(train)
+    base_zoom = cfg.img_size / native
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in _NOT_RECIPE}
+    recipe.update(balance=cfg.balance.value, precision=cfg.precision.value,
+                  train_zoom=[round(base_zoom * cfg.zoom_min, 4), round(base_zoom * cfg.zoom_max, 4)])
+    facts = {"classes": classes, "n_train": len(train), **{f"n_{k}": v for k, v in sizes.items()},
+             "native_side": native, "eval_zoom": round(base_zoom, 4), "kind": "points" if points else "images"}
+    return recipe, facts
+
+
+def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, command: str | None = None) -> Path:
+    """Compute every missing cell and write the leaderboard; returns the path of ``leaderboard.md``.
+
+    ``command``: the command line that started the run, recorded in ``commands.txt`` (the CLI passes it)."""
+    from ssmamba.train.setup import resolve_device
+    from ssmamba.workflows.benchmark.leaderboard import build_leaderboard, write_leaderboard
+
+    entries = [parse_entry(name, cfg.backbone) for name in cfg.entries]  # unknown entries fail before any work
+    if any(e.mamim for e in entries) and (cfg.img_size % 32 or cfg.img_size % cfg.mask_patch_size):
+        raise ValueError(f"--img-size {cfg.img_size} must be a multiple of 32 and of --mask-patch-size "
+                         f"{cfg.mask_patch_size} for entries with a MAMIM stage")
+    device = str(resolve_device(cfg.device))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with file_log(out / "benchmark.log"):
+        recipe, facts = resolve_recipe(cfg)
+        _record_invocation(out, cfg, recipe, facts, command)
+        cells = [Cell(out / "cells" / entry.name / f"seed_{seed}", entry, seed, cfg.data, recipe)
+                 for seed in cfg.seeds for entry in entries]
+        def publish() -> Path:  # after every cell, so a long benchmark can be read (and committed) as it goes
+            return write_leaderboard(build_leaderboard(out, entries, cfg, recipe, facts), out)["md"]
+
+        _run_cells(cells, cfg, device, progress, publish)
+        return publish()
+
+
+def _run_cells(cells: list[Cell], cfg: BenchmarkConfig, device: str, progress: bool, publish) -> None:
+    done = [c for c in cells if c.is_done(cfg.magnifications)]
+    for cell in done:
+        cell.check_key()  # a finished cell from another recipe is an error, not a silent reuse
+    logger.info("benchmark: %d cells (%d entries x %d seeds), %d finished already and reused", len(cells),
+                len(cfg.entries), len(cfg.seeds), len(done))
+    todo = [c for c in cells if c not in done]
+    bar = tqdm(total=len(cells), initial=len(done), unit="cell", desc="benchmark", disable=not progress,
+               dynamic_ncols=True)
+    busy, timings = [], []
+    for cell in todo:
+        try:
+            cell.acquire()
+        except CellBusy as error:
+            logger.info("skipping: %s", error)
+            busy.append(cell)
+            continue
+        try:
+            started = time.perf_counter()
+            result = cell.run(cfg.magnifications, device, cfg.num_workers)
+            timings.append(time.perf_counter() - started)
+        finally:
+            cell.release()
+        bar.update(1)
+        finished = len(done) + len(timings)
+        remaining = len(todo) - len(timings) - len(busy)
+        eta = np.mean(timings) * remaining / 60
+        native = result["test"]["x1"]
+        logger.info("cell %d/%d done: %s seed %d, test %s %.4f, %.1f CPU-min; about %.0f min left",
+                    finished, len(cells), cell.entry.name, cell.seed, cfg.monitor, native[cfg.monitor],
+                    sum(result["cpu_s"].values()) / 60, eta)
+        bar.set_postfix(last=f"{cell.entry.name}/s{cell.seed}", eta_min=f"{eta:.0f}")
+        publish()
+    bar.close()
+    if busy:
+        logger.warning("%d cell(s) are being computed by other processes; rerun to include them", len(busy))
+
+
+def _record_invocation(out: Path, cfg: BenchmarkConfig, recipe: dict, facts: dict, command: str | None) -> None:
+    """``benchmark.yaml`` (this configuration) and one line per invocation in ``commands.txt``."""
+    config = {**asdict(cfg), "balance": cfg.balance.value, "precision": cfg.precision.value,
+              "entries": list(cfg.entries), "seeds": list(cfg.seeds), "magnifications": list(cfg.magnifications)}
+    (out / "benchmark.yaml").write_text(yaml.safe_dump({"benchmark": config, "recipe": recipe, "data": facts},
+                                                       sort_keys=False))
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    with open(out / "commands.txt", "a") as handle:
+        handle.write(f"# {stamp}, load average {load}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads\n")
+        handle.write((command or "(run from Python: ssmamba.workflows.benchmark.run_benchmark)") + "\n")
