@@ -103,3 +103,24 @@ def test_asking_for_a_missing_gpu_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(tmp_path), "--data", str(tmp_path),
                                        "--device", "cuda"])
     assert result.exit_code == 2 and "no CUDA GPU" in result.output
+
+
+def test_a_timm_architecture_through_finetune_evaluate_predict_and_probe(image_folder, tmp_path):
+    """`--model` takes any timm name: the same recipe, checkpoint format and reports as an ssmamba model."""
+    invoke("finetune", "--data", image_folder, "--model", "test_convnext", "--out", tmp_path / "ft", "--img-size", 32,
+           "--epochs", 1, "--batch-size", 8, "--no-progress")
+    config = json.loads((tmp_path / "ft" / "best" / "config.json").read_text())
+    assert config["architecture"] == "test_convnext" and config["library"] == "timm"
+    assert config["pretrained_cfg"]["class_names"] == ["benign", "tumour"]
+    invoke("evaluate", "--checkpoint", tmp_path / "ft" / "best", "--data", image_folder, "--split", "test",
+           "--out", tmp_path / "eval", "--bootstrap", 0)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["classes"] == ["benign", "tumour"] and sum(map(sum, metrics["confusion_matrix"])) == metrics["n"]
+    invoke("predict", "--checkpoint", tmp_path / "ft" / "best", image_folder, "--out", tmp_path / "pred.csv")
+    rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
+    assert len(rows) == 26
+    assert all(abs(float(r["prob_benign"]) + float(r["prob_tumour"]) - 1) < 1e-4 for r in rows)
+    invoke("probe", "--encoder", tmp_path / "ft" / "best", "--data", image_folder, "--img-size", 32,
+           "--out", tmp_path / "probe", "--k", 3)
+    probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert probe["encoder"].startswith("test_convnext-")  # architecture + weights hash

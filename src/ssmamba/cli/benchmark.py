@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import shlex
-import sys
 
 import click
 
@@ -28,15 +29,29 @@ def benchmark(progress: bool, **values) -> None:
     from ssmamba.workflows.benchmark.cells import RecipeMismatchError
 
     console_logging(progress)
-    command = " ".join(shlex.quote(a) for a in ["ssmamba", *sys.argv[1:]])
     try:
         cfg = build_config(BenchmarkConfig, values)
         if not cfg.data:
             raise click.UsageError("--data is required: a labelled data set with train/val/test splits")
-        path = run_benchmark(cfg, progress=progress, command=command)
+        path = run_benchmark(cfg, progress=progress, command=command_line(cfg))
     except RecipeMismatchError as error:
         raise click.ClickException(str(error)) from error
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(path.read_text())
     click.echo(f"leaderboard: {path} (+ .json, .png)")
+
+
+def command_line(cfg: BenchmarkConfig) -> str:
+    """The ``ssmamba benchmark`` command that reproduces ``cfg``: every option that differs from its default."""
+    default = BenchmarkConfig(data=cfg.data)
+    words = ["ssmamba", "benchmark"]
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if field.name in ("data", "out") or value != getattr(default, field.name):
+            if isinstance(value, tuple):
+                value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            words += [f"--{field.name.replace('_', '-')}", str(value)]
+    return " ".join(shlex.quote(w) for w in words)

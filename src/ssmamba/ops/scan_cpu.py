@@ -9,6 +9,7 @@ O(batch·dim·L·N). Environment: ``SSMAMBA_NO_BUILD=1`` never compiles (the ker
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import platform
@@ -121,17 +122,38 @@ class _KernelLoader:
         cflags, ldflags = _compiler_flags()
         with _quiet_cpp_extension_logger():
             from torch.utils.cpp_extension import load
+        # One build per source *content*, compiled from a copy inside its own build folder: installs of the same
+        # version in different places (checkouts, virtual environments) share it, and two different versions never
+        # rebuild over each other (ninja rebuilds whenever the source path in its build file changes).
+        code = _SOURCE.read_bytes()
+        name = f"ssmamba_selective_scan_cpu_{flavour}_{hashlib.sha256(code).hexdigest()[:12]}"
+        build_dir = _extensions_root() / name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        source = build_dir / _SOURCE.name
+        if not source.is_file() or source.read_bytes() != code:
+            tmp = source.with_name(f"{source.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(code)
+            os.replace(tmp, source)  # atomic: a concurrent build never sees half a file
         try:
             return load(
-                name=f"ssmamba_selective_scan_cpu_{flavour}",
-                sources=[str(_SOURCE)],
+                name=name,
+                sources=[str(source)],
                 extra_cflags=cflags + isa_flags,
                 extra_ldflags=ldflags,
+                build_directory=str(build_dir),
                 verbose=False,  # quiet on success; on failure torch puts the compiler output in the exception
             )
         except (RuntimeError, OSError, ImportError, subprocess.CalledProcessError) as error:
             summary = f"compiling {_SOURCE.name} failed ({type(error).__name__})"
             raise ExtensionBuildError(summary, str(error)) from error
+
+
+def _extensions_root() -> Path:
+    """Where torch keeps JIT-compiled extensions: ``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``
+    (``$XDG_CACHE_HOME`` honoured), as ``torch.utils.cpp_extension`` does by default."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch_extensions"
 
 
 _loader = _KernelLoader()

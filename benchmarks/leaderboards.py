@@ -1,0 +1,75 @@
+"""The committed leaderboards: `ssmamba benchmark` on the real ROI data sets in ../shared/data, 7 entries x 3 seeds.
+
+Each data set runs as one `ssmamba benchmark` over a shared output folder, by ``--jobs`` processes of one torch
+thread each (they split the cells between them through the cells' lock files). Rerunning continues where a run
+stopped; finished cells are never recomputed. The leaderboard files are copied to
+``benchmarks/results/leaderboard_<dataset>.{md,json,png}``.
+
+    python benchmarks/leaderboards.py pcam1000 idc crchp --jobs 2     # the matrix (hours on 2 CPU cores)
+    python benchmarks/leaderboards.py pcam1000 --seeds 0 --epochs 1 --out /tmp/lb --results /tmp/lb   # smoke run
+
+Budgets (the same for every entry of a data set; chosen so the whole matrix fits on a 2-core machine, not tuned
+on test data): fine-tuning epochs and the number of labelled training samples per seed below; MAMIM entries first
+pretrain on the training images, labels unused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+
+ENTRIES = "ssmamba,ssmamba-mamim,ssmamba-dms,ssmamba-lpr,resnet18,convnext_atto,mambaout_femto"
+COMMON = ["--img-size", "64", "--batch-size", "64", "--precision", "bf16", "--threads", "1", "--no-progress"]
+DATASETS = {
+    # all 600 training patches; the 96-px patch is shown whole at 64 px
+    "pcam1000": ["--data", str(DATA / "pcam1000" / "labels.csv"), "--epochs", "10", "--pretrain-epochs", "10"],
+    # 1,000 labelled training patches per seed (of 6,293); MAMIM on all 6,293 training images, labels unused
+    "idc": ["--data", str(DATA / "idc" / "labels.csv"), "--max-train", "1000", "--epochs", "8",
+            "--pretrain-epochs", "1", "--balance", "loss"],
+    # 1,000 labelled training nuclei per seed (of 15,330); MAMIM on 6,000 training-image crops, labels unused
+    "crchp": ["--data", str(DATA / "crchp" / "nuclei.csv"), "--crop-size", "64", "--max-train", "1000",
+              "--epochs", "8", "--pretrain-epochs", "1", "--pretrain-max-images", "6000", "--monitor", "weighted_f1"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("datasets", nargs="+", choices=list(DATASETS))
+    parser.add_argument("--entries", default=ENTRIES)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--jobs", type=int, default=2, help="processes sharing the cells (one thread each)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "leaderboards")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args, extra = parser.parse_known_args()  # anything else is passed on to `ssmamba benchmark`
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    for name in args.datasets:
+        if not Path(DATASETS[name][1]).exists():
+            sys.exit(f"{DATASETS[name][1]} not found: this benchmark needs ../shared/data beside the checkout")
+        out = args.out / name
+        command = ["ssmamba", "benchmark", *DATASETS[name], *COMMON, "--entries", args.entries, "--seeds",
+                   args.seeds, "--out", str(out), *extra]
+        print(" ".join(command), flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        logs = [open(out / f"job{j}.log", "a") for j in range(args.jobs)]
+        jobs = [subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env) for log in logs]
+        codes = [job.wait() for job in jobs]
+        for log in logs:
+            log.close()
+        if any(codes):
+            sys.exit(f"{name}: a benchmark process failed (exit codes {codes}); see {out}/job*.log")
+        args.results.mkdir(parents=True, exist_ok=True)
+        for suffix in ("md", "json", "png"):
+            shutil.copyfile(out / f"leaderboard.{suffix}", args.results / f"leaderboard_{name}.{suffix}")
+        print(f"{name}: {args.results}/leaderboard_{name}.md", flush=True)
+
+
+if __name__ == "__main__":
+    main()
