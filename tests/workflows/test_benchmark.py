@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +200,20 @@ def test_leaderboard_statistics_are_those_of_the_seeds():
     assert paired["wilcoxon_p"] == pytest.approx(stats.wilcoxon([0.20, 0.11, 0.17]).pvalue) == pytest.approx(0.25)
     assert paired["sign_p"] == pytest.approx(0.25)
     assert paired["ci95"][0] > 0  # the same resampled test sets: the better model wins in nearly all of them
+
+
+def test_the_gpu_recipe_runs_on_the_cpu_at_a_tiny_setting(tiny_data, tmp_path):
+    """benchmarks/gpu_benchmark.sh with its knobs turned down: two processes share the cells of one data set and
+    the leaderboard lands in RESULTS under the data set's name."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_benchmark.sh"
+    env = {**os.environ, "DATASETS": f"tiny={tiny_data}", "ENTRIES": "ssmamba,test_convnext", "SEEDS": "0",
+           "JOBS": "2", "DEVICE": "cpu", "OUT": str(tmp_path / "runs"), "RESULTS": str(tmp_path / "results"),
+           "OMP_NUM_THREADS": "1",
+           "EXTRA": "--backbone ssmamba_test --img-size 32 --epochs 1 --pretrain-epochs 1 --batch-size 16 "
+                    "--bootstrap 50 --num-workers 0 --threads 1"}
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    board = json.loads((tmp_path / "results" / "leaderboard_tiny_gpu.json").read_text())
+    assert board["n_cells"] == {"done": 2, "total": 2}
+    logs = "".join(p.read_text() for p in (tmp_path / "runs" / "tiny").glob("job*.log"))
+    assert len(re.findall(r"cell \d/2 done:", logs)) == 2  # each cell computed once, by one of the two processes

@@ -160,6 +160,10 @@ def _run_cells(cells: list[Cell], cfg: BenchmarkConfig, device: str, progress: b
             logger.info("skipping: %s", error)
             busy.append(cell)
             continue
+        if cell.is_done(cfg.magnifications):  # another process finished it since this one started
+            cell.release()
+            busy.append(cell)
+            continue
         try:
             started = time.perf_counter()
             result = cell.run(cfg.magnifications, device, cfg.num_workers)
@@ -178,7 +182,7 @@ def _run_cells(cells: list[Cell], cfg: BenchmarkConfig, device: str, progress: b
         publish()
     bar.close()
     if busy:
-        logger.warning("%d cell(s) are being computed by other processes; rerun to include them", len(busy))
+        logger.info("%d cell(s) were computed by other processes sharing %s", len(busy), cfg.out)
 
 
 def _record_invocation(out: Path, cfg: BenchmarkConfig, recipe: dict, facts: dict, command: str | None) -> None:
