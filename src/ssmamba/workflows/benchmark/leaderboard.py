@@ -71,8 +71,10 @@ def _entry_row(entry: Entry, cells: list[tuple[int, dict, dict]], factors: tuple
         row["metrics"][metric] = summary
     for factor in (1.0, *factors):
         key = f"x{factor:g}"
-        row["magnification"][key] = {m: _mean_std([r["test"][key][m] for _, r, _ in cells if key in r["test"]])
-                                     for m in ("accuracy", "balanced_accuracy")}
+        row["magnification"][key] = {}
+        for metric in ("accuracy", "balanced_accuracy"):
+            per_seed = {seed: r["test"][key][metric] for seed, r, _ in cells if key in r["test"]}
+            row["magnification"][key][metric] = {**_mean_std(list(per_seed.values())), "per_seed": per_seed}
     row["cost"] = {
         "params_m": _mean_std([r["params_m"] for _, r, _ in cells])["mean"],
         "pretrain_cpu_min": _mean_std([r["cpu_s"]["pretrain"] / 60 for _, r, _ in cells])["mean"],
@@ -86,6 +88,8 @@ def _entry_row(entry: Entry, cells: list[tuple[int, dict, dict]], factors: tuple
 
 
 def _paired(row: dict, base: dict, metric: str) -> dict:
+    """``row`` minus ``base`` over their common seeds: per-seed differences of ``metric``, their tests, a paired
+    bootstrap CI, and the mean difference of accuracy at every magnification factor."""
     seeds = [s for s in row["seeds"] if s in base["seeds"]]
     diffs = [row["metrics"][metric]["per_seed"][s] - base["metrics"][metric]["per_seed"][s] for s in seeds]
     result = {"vs": base["name"], "metric": metric, "seeds": seeds, "per_seed_diff": diffs,
@@ -99,7 +103,18 @@ def _paired(row: dict, base: dict, metric: str) -> dict:
     if seeds and row["_boots"] and base["_boots"]:
         paired = _nanmean([row["_boots"][s][metric] - base["_boots"][s][metric] for s in seeds])
         result["ci95"] = _ci(paired)
+    result["accuracy_diff"] = {}
+    for key, values in row["magnification"].items():
+        ours, theirs = values["accuracy"]["per_seed"], base["magnification"].get(key, {}).get("accuracy", {})
+        common = [s for s in seeds if s in ours and s in theirs.get("per_seed", {})]
+        result["accuracy_diff"][key] = (float(np.mean([ours[s] - theirs["per_seed"][s] for s in common]))
+                                        if common else None)
     return result
+
+
+# ablation preset -> the part of SSMamba it removes (the full method is the "ssmamba" preset)
+ABLATIONS = {"ssmamba-mamim": "MAMIM pretraining", "ssmamba-dms": "DMS (4 directions, 2 scales)",
+             "ssmamba-lpr": "LPR", "plain-mamba": "all three"}
 
 
 def build_leaderboard(out: Path, entries: list[Entry], cfg, recipe: dict, facts: dict) -> dict:
@@ -120,12 +135,15 @@ def build_leaderboard(out: Path, entries: list[Entry], cfg, recipe: dict, facts:
     best = baselines[0] if baselines else None
     for row in rows:
         row["paired"] = _paired(row, best, metric) if best is not None and row is not best else None
+    full = next((r for r in rows if r["name"] == "ssmamba"), None)
+    parts = [{"part": ABLATIONS[r["name"]], "entry": r["name"], **_paired(full, r, metric)}
+             for r in rows if full is not None and r["name"] in ABLATIONS]
     for row in rows:
         row.pop("_boots")
     return {"data": cfg.data, "metric": metric, "magnifications": list(cfg.magnifications), "recipe": recipe,
             "data_facts": facts, "seeds": list(cfg.seeds), "entries": [e.name for e in entries],
             "n_cells": {"done": sum(len(r["seeds"]) for r in rows), "total": len(entries) * len(cfg.seeds)},
-            "best_baseline": best["name"] if best else None, "rows": rows,
+            "best_baseline": best["name"] if best else None, "rows": rows, "parts": parts,
             "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                         "load_average": list(os.getloadavg()), "processor": platform.processor() or platform.machine(),
                         "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0)
@@ -179,6 +197,21 @@ def leaderboard_markdown(board: dict, commands: str = "") -> str:
                          + ", ".join(f"{d:+.3f}" for d in paired["per_seed_diff"])
                          + f" | {ci} | {_p(paired['wilcoxon_p'])} | {_p(paired['sign_p'])} |")
         lines += ["", "With 3 seeds, neither test over seeds can go below p = 0.25; read the CI and the spread."]
+    if board.get("parts"):
+        shifted = [f for f in factors if f != "x1"]
+        lines += ["", f"## What each SSMamba part buys (`ssmamba` minus the entry without it, {_LABELS[metric]})", "",
+                  "Positive: the full method is better with the part. Same seeds, same test resamples.", "",
+                  "| part removed | entry | mean difference | per-seed | 95% bootstrap CI | "
+                  + " | ".join(f"acc. diff at {f[1:]}x" for f in shifted) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(shifted)]
+        for part in board["parts"]:
+            if part["mean_diff"] is None:
+                continue
+            ci = f"{part['ci95'][0]:+.3f} to {part['ci95'][1]:+.3f}" if part["ci95"] else "n/a"
+            lines.append(f"| {part['part']} | {part['entry']} | {part['mean_diff']:+.3f} | "
+                         + ", ".join(f"{d:+.3f}" for d in part["per_seed_diff"]) + f" | {ci} | "
+                         + " | ".join("n/a" if part["accuracy_diff"].get(f) is None
+                                      else f"{part['accuracy_diff'][f]:+.3f}" for f in shifted) + " |")
     lines += ["", "## Entries", ""] + [f"- `{r['name']}`: {r['description']}" for r in rows]
     lines += ["", "## Budget and recipe (the same for every entry)", "",
               f"- Budget: **{recipe['epochs']} fine-tuning epochs** for every entry (equal epochs, not equal time; "
