@@ -27,7 +27,8 @@ DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 
 ENTRIES = "ssmamba,ssmamba-mamim,ssmamba-dms,ssmamba-lpr,resnet18,convnext_atto,mambaout_femto"
-COMMON = ["--img-size", "64", "--batch-size", "64", "--precision", "bf16", "--threads", "1", "--no-progress"]
+COMMON = ["--img-size", "64", "--batch-size", "64", "--precision", "bf16", "--zoom-min", "1.0", "--zoom-max", "1.25",
+          "--threads", "1", "--no-progress"]
 DATASETS = {
     # all 600 training patches; the 96-px patch is shown whole at 64 px
     "pcam1000": ["--data", str(DATA / "pcam1000" / "labels.csv"), "--epochs", "10", "--pretrain-epochs", "10"],

@@ -121,3 +121,14 @@ def test_config_describes_and_rebuilds_the_pipeline():
     rebuilt = AugmentationConfig(**{k: v for k, v in config.to_dict().items()}).build()
     assert [type(t) for t in rebuilt.transforms] == [type(t) for t in pipeline.transforms]
     assert not any(isinstance(t, RandomHEDJitter) for t in pipeline.transforms)
+
+
+def test_multiscale_crop_with_pad_out_zooms_out_past_the_image_with_a_mirrored_border():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    crop = MultiScaleCrop(16, zoom_range=(0.5, 0.5), pad_out=True)
+    params = crop.make_params([image])
+    assert params["side"] == 32 and params["top"] == params["left"] == 0
+    out = np.asarray(crop(image)).astype(float)
+    shrunk = np.asarray(image.resize((8, 8), Image.BILINEAR, reducing_gap=None)).astype(float)
+    assert np.abs(out[4:12, 4:12] - shrunk).mean() < 25  # the image, shrunk, in the middle
+    assert MultiScaleCrop(16, zoom_range=(0.5, 0.5)).make_params([image])["side"] == 16  # default: clamped

@@ -109,3 +109,48 @@ def test_finetune_and_pretrain_on_a_gpu(image_folder, tmp_path):
                             ema=True, balance=Balancing.LOSS), progress=False)
     model = create_model(checkpoint=best)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+
+
+def _image_sources(tmp_path):
+    """The same kind of 48-px tissue images as a class folder, a CSV manifest and nucleus points (crops of 40)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "folder"
+    rows, points = [], []
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+        for i in range(6):
+            path = folder / label / f"{i}.png"
+            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(path)
+            rows.append(f"{path},{label},{'train' if i < 4 else 'val'}")
+            points.append(f"{path},{label},{'train' if i < 4 else 'val'},24,24")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    nuclei = tmp_path / "nuclei.csv"
+    nuclei.write_text("image,label,split,x,y\n" + "\n".join(points) + "\n")
+    return {"folder": (folder, 48), "manifest": (manifest, 48), "points": (nuclei, 40)}
+
+
+@pytest.mark.parametrize("kind", ["folder", "manifest", "points"])
+def test_training_views_are_on_average_at_the_evaluation_scale(tmp_path, kind):
+    """The field of view is defined once: evaluation shows each image whole at img_size, and the training crops'
+    zooms are drawn about that zoom, so their mean (log) scale equals it, for every kind of data."""
+    from ssmamba.data import load_dataset
+    from ssmamba.data.transforms import FieldOfView, MultiScaleCrop
+
+    source, native = _image_sources(tmp_path)[kind]
+    train = load_dataset(source, "train", None, crop_size=40)
+    view = FieldOfView.of(train, 32, (0.8, 1.25))
+    assert view.native_side == native and view.eval_zoom == pytest.approx(32 / native)
+    crop = MultiScaleCrop(32, view.train_zoom, pad_out=True)
+    image = train[0][0]
+    zooms = [32 / crop.make_params([image])["side"] for _ in range(3000)]
+    assert np.exp(np.mean(np.log(zooms))) == pytest.approx(view.eval_zoom, rel=0.02)
+    assert crop(image).size == (32, 32)
+
+    run = finetune(_config(source, tmp_path / "run", crop_size=40, epochs=1, zoom_min=0.8, zoom_max=1.25),
+                   progress=False)
+    saved = create_model(checkpoint=run).pretrained_cfg
+    assert saved["native_side"] == native and saved["eval_zoom"] == pytest.approx(32 / native)
+    assert f"median short side {native} px) at 32 px" in (tmp_path / "run" / "log.txt").read_text()

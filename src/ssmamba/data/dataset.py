@@ -111,6 +111,23 @@ class ImageDataset(torch.utils.data.Dataset):
         raise RuntimeError(f"{self.name}: {_MAX_REPLACEMENTS} consecutive samples from index {index} are "
                            "unreadable; run dataset.verify() and check the files listed in dataset.skipped")
 
+    def median_short_side(self, samples: int = 32, seed: int = 0) -> int:
+        """Median short side in pixels of up to ``samples`` random readable images, as read (before the
+        transform): the native field that an evaluation transform shows whole at the model's input size."""
+        order = np.random.default_rng(seed).permutation(len(self.records))[:samples]
+        sides = []
+        for index in order:
+            try:
+                image = self.pixels.read(self.records[int(index)].image)
+            except IMAGE_ERRORS:  # skipped and logged when the sample is used
+                continue
+            if self.min_size:
+                image = pad_to_min_size(image, self.min_size, self.padding)
+            sides.append(min(image.size))
+        if not sides:
+            raise ValueError(f"{self.name}: none of {len(order)} sampled images could be read")
+        return int(np.median(sides))
+
     def class_counts(self) -> dict[str, int]:
         counts = Counter(r.label for r in self.records)
         return {name: counts.get(index, 0) for index, name in enumerate(self.classes)}

@@ -51,14 +51,28 @@ def _uniform(low: float, high: float, size: int = 1) -> torch.Tensor:
     return low + (high - low) * torch.rand(size)
 
 
+def mirror_to(image: Image.Image, height: int, width: int) -> Image.Image:
+    """``image`` centred in a ``height`` x ``width`` field (at least its own size), the border mirrored outward
+    (``numpy.pad(mode="symmetric")``, so any size works)."""
+    pixels = np.asarray(image.convert("RGB"))
+    grow_h, grow_w = max(0, height - pixels.shape[0]), max(0, width - pixels.shape[1])
+    if not grow_h and not grow_w:
+        return image
+    pad = ((grow_h // 2, grow_h - grow_h // 2), (grow_w // 2, grow_w - grow_w // 2), (0, 0))
+    return Image.fromarray(np.pad(pixels, pad, mode="symmetric"))
+
+
 class MultiScaleCrop(v2.Transform):
     """Random square crop at a zoom drawn log-uniformly from ``zoom_range``, resized to ``size`` x ``size``.
 
-    See the module docstring for what zoom means and how small images are handled.
+    See the module docstring for what zoom means and how small images are handled. With ``pad_out=True`` (PIL
+    images) zooms below the whole short side are kept: the image is first mirrored outward (:func:`mirror_to`) to
+    the crop's side, so the zooms drawn are exactly those of ``zoom_range``, e.g. symmetric about the zoom of an
+    evaluation view.
     """
 
     def __init__(self, size: int, zoom_range: tuple[float, float] = (0.25, 1.0),
-                 interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR):
+                 interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR, pad_out: bool = False):
         super().__init__()
         low, high = zoom_range
         if size < 1 or not 0 < low <= high:
@@ -66,27 +80,33 @@ class MultiScaleCrop(v2.Transform):
         self.size = size
         self.zoom_range = (float(low), float(high))
         self.interpolation = interpolation
+        self.pad_out = pad_out
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = v2.query_size(flat_inputs)
         short_side = min(height, width)
         low, high = self.zoom_range
-        reachable_low = max(low, self.size / short_side)
+        reachable_low = low if self.pad_out else max(low, self.size / short_side)
         if reachable_low >= high:
             zoom = reachable_low  # the image is too small for every zoom asked: take all of its short side
         else:
             zoom = math.exp(_uniform(math.log(reachable_low), math.log(high)).item())
-        side = max(1, min(short_side, round(self.size / zoom)))
-        top = int(torch.randint(0, height - side + 1, (1,)))
-        left = int(torch.randint(0, width - side + 1, (1,)))
+        side = max(1, round(self.size / zoom))
+        if not self.pad_out:
+            side = min(short_side, side)
+        top = int(torch.randint(0, max(height, side) - side + 1, (1,)))
+        left = int(torch.randint(0, max(width, side) - side + 1, (1,)))
         return {"top": top, "left": left, "side": side}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return F.resized_crop(inpt, params["top"], params["left"], params["side"], params["side"],
+        side = params["side"]
+        if self.pad_out and isinstance(inpt, Image.Image):
+            inpt = mirror_to(inpt, side, side)
+        return F.resized_crop(inpt, params["top"], params["left"], side, side,
                               [self.size, self.size], interpolation=self.interpolation, antialias=True)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, zoom_range={self.zoom_range}"
+        return f"size={self.size}, zoom_range={self.zoom_range}, pad_out={self.pad_out}"
 
 
 class CentreMagnification(v2.Transform):
@@ -113,13 +133,7 @@ class CentreMagnification(v2.Transform):
             return inpt
         width, height = inpt.size
         field_h, field_w = max(1, round(height / self.factor)), max(1, round(width / self.factor))
-        if self.factor > 1:
-            field = F.center_crop(inpt, [field_h, field_w])
-        else:
-            pixels = np.asarray(inpt.convert("RGB"))
-            top, left = (field_h - height) // 2, (field_w - width) // 2
-            pad = ((top, field_h - height - top), (left, field_w - width - left), (0, 0))
-            field = Image.fromarray(np.pad(pixels, pad, mode="symmetric"))
+        field = F.center_crop(inpt, [field_h, field_w]) if self.factor > 1 else mirror_to(inpt, field_h, field_w)
         return F.resize(field, [height, width], interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
 
     def extra_repr(self) -> str:
@@ -204,6 +218,7 @@ class AugmentationConfig:
         size: output side in pixels.
         zoom_range: (min, max) zoom of :class:`MultiScaleCrop`; ``None`` = no random crop: resize the short side
             to ``size`` and centre-crop (evaluation).
+        zoom_pad: :class:`MultiScaleCrop`'s ``pad_out``: zooms below the whole image mirror its border outward.
         hed_sigma, hed_bias: :class:`RandomHEDJitter` strength; both 0 disables it.
         brightness, contrast, saturation, hue: mild ``ColorJitter`` on top of the stain jitter; 0 disables.
         flips, rot90: random horizontal/vertical flips; random quarter turns.
@@ -213,6 +228,7 @@ class AugmentationConfig:
 
     size: int
     zoom_range: tuple[float, float] | None = None
+    zoom_pad: bool = False
     hed_sigma: float = 0.0
     hed_bias: float = 0.0
     brightness: float = 0.0
@@ -233,7 +249,8 @@ class AugmentationConfig:
         parts = [f"{self.name}: {self.size}px"]
         if self.magnification != 1.0:
             parts.append(f"{self.magnification:g}x magnification about the centre")
-        parts.append(f"zoom {self.zoom_range[0]:g}-{self.zoom_range[1]:g}x" if self.zoom_range
+        parts.append(f"zoom {self.zoom_range[0]:.3g}-{self.zoom_range[1]:.3g}x"
+                     + (" (mirrored border when zoomed out)" if self.zoom_pad else "") if self.zoom_range
                      else "resize short side + centre crop")
         if self.rot90:
             parts.append("rot90")
@@ -252,7 +269,7 @@ class AugmentationConfig:
     def build(self) -> AugmentationPipeline:
         steps: list[v2.Transform] = [CentreMagnification(self.magnification)] if self.magnification != 1.0 else []
         if self.zoom_range is not None:
-            steps.append(MultiScaleCrop(self.size, self.zoom_range))
+            steps.append(MultiScaleCrop(self.size, self.zoom_range, pad_out=self.zoom_pad))
         else:
             steps += [v2.Resize(self.size, antialias=True), v2.CenterCrop(self.size)]
         if self.rot90:
@@ -287,9 +304,45 @@ def pretrain_transform(size: int, zoom_range: tuple[float, float] = (0.25, 1.0),
 
 def train_transform(size: int, zoom_range: tuple[float, float] = (0.5, 1.0), hed: bool = True,
                     flips: bool = True, rot90: bool = True, hed_sigma: float = 0.1, hed_bias: float = 0.02,
-                    colour_jitter: float = 0.1, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> AugmentationPipeline:
-    """Supervised fine-tuning: a narrower zoom range than pretraining, same geometric and stain augmentation."""
-    return _augmented("train", size, zoom_range, hed, flips, rot90, hed_sigma, hed_bias, colour_jitter, mean, std)
+                    colour_jitter: float = 0.1, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                    zoom_pad: bool = False) -> AugmentationPipeline:
+    """Supervised fine-tuning: a narrower zoom range than pretraining, same geometric and stain augmentation.
+    ``zoom_pad``: zooms below the whole image are kept, its border mirrored (see :class:`MultiScaleCrop`)."""
+    return _augmented("train", size, zoom_range, hed, flips, rot90, hed_sigma, hed_bias, colour_jitter, mean, std,
+                      zoom_pad)
+
+
+@dataclass(frozen=True)
+class FieldOfView:
+    """How a model sees its images, shared by training and evaluation and saved with the checkpoint.
+
+    Evaluation shows each image whole, its short side resized to ``size``: zoom ``eval_zoom = size /
+    native_side``, with ``native_side`` the training images' median short side. Training views are drawn at
+    ``train_zoom``, the relative range ``relative`` times ``eval_zoom`` (log-uniform: with a range symmetric about 1
+    in log scale, such as 0.8-1.25, the mean scale of training views is the evaluation scale).
+    """
+
+    size: int
+    native_side: int
+    relative: tuple[float, float]
+
+    @property
+    def eval_zoom(self) -> float:
+        return self.size / self.native_side
+
+    @property
+    def train_zoom(self) -> tuple[float, float]:
+        return (self.eval_zoom * self.relative[0], self.eval_zoom * self.relative[1])
+
+    def describe(self) -> str:
+        return (f"field of view: each image whole (median short side {self.native_side} px) at {self.size} px, zoom "
+                f"{self.eval_zoom:.3g}; training views at zoom {self.train_zoom[0]:.3g}-{self.train_zoom[1]:.3g} "
+                f"({self.relative[0]:g}-{self.relative[1]:g}x that)")
+
+    @classmethod
+    def of(cls, dataset, size: int, relative: tuple[float, float]) -> FieldOfView:
+        """The field of view of ``dataset`` (anything with ``median_short_side()``, e.g. an ImageDataset)."""
+        return cls(int(size), int(dataset.median_short_side()), (float(relative[0]), float(relative[1])))
 
 
 def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, magnification: float = 1.0) -> AugmentationPipeline:
@@ -300,9 +353,9 @@ def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, magnificatio
 
 
 def _augmented(name, size, zoom_range, hed, flips, rot90, hed_sigma, hed_bias, colour_jitter, mean,
-               std) -> AugmentationPipeline:
+               std, zoom_pad: bool = False) -> AugmentationPipeline:
     return AugmentationConfig(
-        size=size, zoom_range=tuple(zoom_range), hed_sigma=hed_sigma if hed else 0.0, hed_bias=hed_bias if hed else 0.0,
+        size=size, zoom_range=tuple(zoom_range), zoom_pad=zoom_pad, hed_sigma=hed_sigma if hed else 0.0, hed_bias=hed_bias if hed else 0.0,
         # no hue jitter: stain jitter already moves hue the way staining does, and PIL's hue shift costs 2 ms
         brightness=colour_jitter, contrast=colour_jitter, saturation=colour_jitter,
         flips=flips, rot90=rot90, mean=tuple(mean), std=tuple(std), name=name).build()

@@ -57,8 +57,11 @@ class FinetuneConfig:
     img_size: int = 64
     crop_size: int = 64  # nucleus-points CSVs: side of the crop read around each point
     group_column: str | None = None  # CSV column to split by (patient, slide) when the data has no split column
-    zoom_min: float = 0.5
-    zoom_max: float = 1.0
+    # Field of view: evaluation shows each image whole at img_size (zoom = img_size / the training images' median
+    # short side, saved in the checkpoint); training views are drawn at these zooms *relative to that one*, log-
+    # uniformly, so their mean scale is the evaluation scale (zooms below it mirror the image border outward).
+    zoom_min: float = 0.8  # smallest zoom of training views, relative to the evaluation view
+    zoom_max: float = 1.25  # largest zoom of training views, relative to the evaluation view
     hed: bool = True
     flips: bool = True
     rot90: bool = True
@@ -204,14 +207,16 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
 
 def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> None:
     from ssmamba.data import load_dataset
-    from ssmamba.data.transforms import eval_transform, train_transform
+    from ssmamba.data.transforms import FieldOfView, eval_transform, train_transform
 
     seed_everything(cfg.seed)
-    train_tf = train_transform(cfg.img_size, zoom_range=(cfg.zoom_min, cfg.zoom_max), hed=cfg.hed, flips=cfg.flips,
-                               rot90=cfg.rot90)
-    mean, std = train_tf.config.mean, train_tf.config.std
     options = dict(crop_size=cfg.crop_size, group_column=cfg.group_column, seed=cfg.seed, strict=cfg.strict)
-    train_set = load_dataset(cfg.data, "train", train_tf, **options)
+    train_set = load_dataset(cfg.data, "train", None, **options)
+    view = FieldOfView.of(train_set, cfg.img_size, (cfg.zoom_min, cfg.zoom_max))
+    train_set.transform = train_tf = train_transform(cfg.img_size, zoom_range=view.train_zoom, hed=cfg.hed,
+                                                     flips=cfg.flips, rot90=cfg.rot90, zoom_pad=cfg.zoom_min < 1)
+    logger.info("%s", view.describe())
+    mean, std = train_tf.config.mean, train_tf.config.std
     classes = list(train_set.classes)
     val_set = load_dataset(cfg.data, "val", eval_transform(cfg.img_size, mean, std), classes=classes, **options)
     labels = train_set.labels
@@ -233,13 +238,16 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> N
                          num_classes=len(classes), drop_path_rate=cfg.drop_path, img_size=cfg.img_size,
                          **cfg.model_args)
     pretrained_cfg = {"mean": list(mean), "std": list(std), "input_size": [3, cfg.img_size, cfg.img_size],
-                      "class_names": classes, "crop_size": cfg.crop_size, "finetuned_from": cfg.checkpoint}
+                      "class_names": classes, "crop_size": cfg.crop_size, "finetuned_from": cfg.checkpoint,
+                      "native_side": view.native_side, "eval_zoom": view.eval_zoom}
     layer_decay = cfg.layer_decay if cfg.checkpoint else 1.0  # LLRD only makes sense for a pretrained encoder
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, layer_decay), lr=cfg.lr)
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * len(loader)), cfg.epochs * len(loader))
     (out / "config.yaml").write_text(yaml.safe_dump({
         "finetune": {**asdict(cfg), "balance": cfg.balance.value, "precision": cfg.precision.value},
         "augmentation": asdict(train_tf.config),
+        "field_of_view": {"native_side": view.native_side, "eval_zoom": view.eval_zoom,
+                          "train_zoom": list(view.train_zoom)},
         "classes": classes, "n_train": len(train_set), "n_val": len(val_set)}, sort_keys=False))
     trainer = FinetuneTrainer(model, cfg, classes, val_loader,
                               weights if cfg.balance is Balancing.LOSS else None, pretrained_cfg,

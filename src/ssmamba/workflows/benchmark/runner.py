@@ -49,8 +49,8 @@ class BenchmarkConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     drop_path: float = 0.1
-    # The absolute zoom of training views is these times input size / the training images' median short side.
-    zoom_min: float = 1.0  # smallest zoom of training views relative to the evaluation view (1 = its field of view)
+    # as in `ssmamba finetune`: the absolute zoom is these times input size / the training images' median short side
+    zoom_min: float = 0.8  # smallest zoom of training views relative to the evaluation view (1 = its field of view)
     zoom_max: float = 1.25  # largest zoom of training views relative to the evaluation view
     monitor: str = "balanced_accuracy"  # validation metric that picks each run's checkpoint; the leaderboard's first
     balance: Balancing = Balancing.NONE  # class balancing: none, sampler or loss
@@ -87,31 +87,25 @@ def _split_items(values) -> tuple:
     return tuple(items)
 
 
-def typical_short_side(dataset, samples: int = 32, seed: int = 0) -> int:
-    """Median short side in pixels of up to ``samples`` random images of a dataset without a transform."""
-    order = np.random.default_rng(seed).permutation(len(dataset))[:samples]
-    sides = [min(dataset[int(i)][0].size) for i in order]
-    return int(np.median(sides))
-
-
 def resolve_recipe(cfg: BenchmarkConfig) -> tuple[dict, dict]:
     """The shared recipe (what every cell trains with, including the absolute training zoom) and facts about the
     data set (classes, split sizes, native image side). Reads every split once, so bad data fails before work."""
     from ssmamba.data import load_dataset
     from ssmamba.data.load import SourceKind, detect_kind
+    from ssmamba.data.transforms import FieldOfView
 
     options = dict(crop_size=cfg.crop_size, seed=0)
     train = load_dataset(cfg.data, "train", None, **options)
     classes = list(train.classes)
     sizes = {split: len(load_dataset(cfg.data, split, None, classes=classes, **options)) for split in ("val", "test")}
     points = detect_kind(Path(cfg.data)) is SourceKind.POINTS
-    native = cfg.crop_size if points else typical_short_side(train)
-    base_zoom = cfg.img_size / native
+    view = FieldOfView.of(train, cfg.img_size, (cfg.zoom_min, cfg.zoom_max))  # what fine-tuning will use
     recipe = {k: v for k, v in asdict(cfg).items() if k not in _NOT_RECIPE}
     recipe.update(balance=cfg.balance.value, precision=cfg.precision.value,
-                  train_zoom=[round(base_zoom * cfg.zoom_min, 4), round(base_zoom * cfg.zoom_max, 4)])
+                  train_zoom=[round(z, 4) for z in view.train_zoom])
     facts = {"classes": classes, "n_train": len(train), **{f"n_{k}": v for k, v in sizes.items()},
-             "native_side": native, "eval_zoom": round(base_zoom, 4), "kind": "points" if points else "images"}
+             "native_side": view.native_side, "eval_zoom": round(view.eval_zoom, 4),
+             "kind": "points" if points else "images"}
     return recipe, facts
 
 
