@@ -82,6 +82,7 @@ class FinetuneConfig:
     patience: int = 5  # epochs without improvement before stopping (0 = never stop early)
     grad_clip: float = 3.0
     max_train: int | None = None  # subsample training samples (seeded), e.g. for a budget experiment
+    max_val: int | None = None  # validate on this many samples (the same random subset for every seed and model)
     precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in the training forward pass
     device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
     num_workers: int = 0
@@ -225,6 +226,9 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> N
                       [: cfg.max_train].tolist())
         labels = labels[keep]
         train_set = torch.utils.data.Subset(train_set, keep)
+    if cfg.max_val and len(val_set) > cfg.max_val:  # per-epoch validation is most of the cost on large splits
+        keep = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(0))[: cfg.max_val]
+        val_set = torch.utils.data.Subset(val_set, sorted(keep.tolist()))
     logger.info("fine-tuning on %d training and %d validation samples, classes %s", len(train_set), len(val_set),
                 classes)
 

@@ -115,7 +115,11 @@ class Cell:
         path = self.root / "cell.json"
         if path.is_file():
             saved = json.loads(path.read_text())
-            if saved != json.loads(json.dumps(self.key, default=str)):
+            current = json.loads(json.dumps(self.key, default=str))
+            # an option added in a later version, left off (None), does not change what an older cell computed
+            added = {k for k, v in current["recipe"].items() if k not in saved.get("recipe", {}) and v is None}
+            current["recipe"] = {k: v for k, v in current["recipe"].items() if k not in added}
+            if saved != current:
                 changed = sorted(k for k in self.recipe if saved.get("recipe", {}).get(k) != self.recipe[k])
                 raise RecipeMismatchError(
                     f"{self.root} was computed with another recipe or data set (differs in: "
@@ -174,7 +178,7 @@ class Cell:
             model_args=dict(self.entry.model_args), checkpoint=str(checkpoint) if checkpoint else None,
             img_size=r["img_size"], crop_size=r["crop_size"], zoom_min=r["zoom_min"], zoom_max=r["zoom_max"], epochs=r["epochs"], batch_size=r["batch_size"], lr=r["lr"],
             weight_decay=r["weight_decay"], drop_path=r["drop_path"], balance=r["balance"], monitor=r["monitor"],
-            patience=0, max_train=r["max_train"], precision=r["precision"], device=device, num_workers=num_workers,
+            patience=0, max_train=r["max_train"], max_val=r.get("max_val"), precision=r["precision"], device=device, num_workers=num_workers,
             seed=self.seed)
         return self._stage("finetune", finetune, cfg, progress) / "best"
 

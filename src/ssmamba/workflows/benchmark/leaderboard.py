@@ -226,8 +226,9 @@ def leaderboard_markdown(board: dict, commands: str = "") -> str:
               f"- Views: training crops at zoom {recipe['train_zoom'][0]:g}-{recipe['train_zoom'][1]:g} of the native "
               f"{facts['native_side']}-px images (evaluation: the whole image at zoom {facts['eval_zoom']:g}), "
               "flips, 90° rotations, HED stain and colour jitter.",
-              f"- Selection: each run keeps the epoch with the best validation {_LABELS.get(metric, metric)}; the "
-              "test split is evaluated once per cell, after training.",
+              f"- Selection: each run keeps the epoch with the best validation {_LABELS.get(metric, metric)}"
+              + (f" (on a fixed random {recipe['max_val']} of the validation samples)" if recipe.get("max_val") else "")
+              + "; the test split is evaluated once per cell, after training.",
               f"- Data: {facts['n_train']} training, {facts['n_val']} validation, {facts['n_test']} test samples; "
               f"classes {facts['classes']}.",
               "", "## Magnification shift", "",

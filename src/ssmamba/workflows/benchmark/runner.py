@@ -55,6 +55,7 @@ class BenchmarkConfig:
     monitor: str = "balanced_accuracy"  # validation metric that picks each run's checkpoint; the leaderboard's first
     balance: Balancing = Balancing.NONE  # class balancing: none, sampler or loss
     max_train: int | None = None  # subsample the training split (seeded per seed; the same subset for every entry)
+    max_val: int | None = None  # select checkpoints on this many validation samples (one subset for all cells)
     mask_patch_size: int = 16  # MAMIM mask patch side
     pretrain_max_images: int | None = None  # MAMIM on at most this many training images (seeded); None = all
     magnifications: tuple[float, ...] = (0.5, 2.0)  # test also at these magnifications (0.5 = half, 2 = twice)
