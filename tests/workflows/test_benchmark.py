@@ -217,3 +217,12 @@ def test_the_gpu_recipe_runs_on_the_cpu_at_a_tiny_setting(tiny_data, tmp_path):
     assert board["n_cells"] == {"done": 2, "total": 2}
     logs = "".join(p.read_text() for p in (tmp_path / "runs" / "tiny").glob("job*.log"))
     assert len(re.findall(r"cell \d/2 done:", logs)) == 2  # each cell computed once, by one of the two processes
+
+
+def test_every_benchmark_option_is_documented():
+    from ssmamba.cli.benchmark import benchmark
+
+    assert [p.name for p in benchmark.params if not getattr(p, "help", None)] == []
+    text = CliRunner().invoke(main, ["benchmark", "--help"]).output
+    for option in ("--entries", "--seeds", "--epochs", "--pretrain-epochs", "--magnifications", "--max-val"):
+        assert option in text

@@ -37,7 +37,7 @@ _NOT_RECIPE = {"data", "out", "entries", "seeds", "magnifications", "bootstrap",
 @dataclass
 class BenchmarkConfig:
     data: str = ""  # labelled data set with train/val/test splits (folder, CSV manifest, nucleus points, ...)
-    out: str = "runs/benchmark"
+    out: str = "runs/benchmark"  # benchmark folder: cells/, leaderboard.{md,json,png}, benchmark.log, commands.txt
     entries: tuple[str, ...] = DEFAULT_ENTRIES  # presets (ssmamba, ssmamba-mamim, ssmamba-dms, ssmamba-lpr, plain-mamba), ssmamba or timm models, MODEL+mamim
     seeds: tuple[int, ...] = (0, 1, 2)  # one cell per entry and seed
     backbone: str = "ssmamba_tiny"  # the SSMamba variant the presets are built on
@@ -45,10 +45,10 @@ class BenchmarkConfig:
     crop_size: int = 64  # nucleus-points data: side of the crop read around each point
     epochs: int = 10  # THE budget: fine-tuning epochs, the same for every entry
     pretrain_epochs: int = 5  # MAMIM epochs of entries with a MAMIM stage (its cost is reported separately)
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    drop_path: float = 0.1
+    batch_size: int = 64  # training batch size of every entry (evaluation uses twice this)
+    lr: float = 1e-3  # AdamW peak learning rate (1 warm-up epoch, then cosine), the same for every entry
+    weight_decay: float = 0.05  # AdamW weight decay (not on norms, biases and SSM dynamics)
+    drop_path: float = 0.1  # stochastic depth rate of every entry that has residual blocks
     # as in `ssmamba finetune`: the absolute zoom is these times input size / the training images' median short side
     zoom_min: float = 0.8  # smallest zoom of training views relative to the evaluation view (1 = its field of view)
     zoom_max: float = 1.25  # largest zoom of training views relative to the evaluation view
