@@ -1,20 +1,32 @@
 """SSMamba: a self-supervised hybrid state-space model for pathology image classification.
 
-``import ssmamba`` gives ``ssmamba.create_model`` and, when timm is installed, registers the SSMamba variants with
-``timm.create_model``.
+``import ssmamba`` is cheap and changes nothing outside the package: no environment variable, no matplotlib
+backend, no logging handler, and it imports neither torch nor timm. ``ssmamba.create_model`` and the other entry
+points below load :mod:`ssmamba.models` on first use; importing :mod:`ssmamba.models` (which any of them does)
+registers the SSMamba variants with ``timm.create_model``.
 """
 
-import os
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-# OpenMP threads that spin while they wait steal the cores that other processes (or a DataLoader) need; on a busy
-# 2-core machine that made training 5-10x slower (benchmarks/results/scan.md). Passive waiting costs little when
-# the machine is idle. Only takes effect if torch is not imported yet (the CLI); a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from ssmamba.models import create_model, list_models, load_config, register_with_timm, save_pretrained  # noqa: E402
-
-register_with_timm()
+# name -> module that defines it, imported on first access (PEP 562)
+_LAZY_ATTRIBUTES = {name: "ssmamba.models" for name in ("create_model", "list_models", "load_config",
+                                                        "save_pretrained")}
+_SUBPACKAGES = ("cli", "data", "eval", "mil", "models", "ops", "ssl", "train", "wsi")
 
 __all__ = ["__version__", "create_model", "list_models", "load_config", "save_pretrained"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY_ATTRIBUTES:
+        return getattr(importlib.import_module(_LAZY_ATTRIBUTES[name]), name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES) | set(_SUBPACKAGES))

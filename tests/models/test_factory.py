@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,3 +121,60 @@ def test_classifier_of_finetuned_ssmamba_is_dropped_for_embeddings(tmp_path):
     embedder = create_model(checkpoint=tmp_path / "ft", num_classes=0).eval()
     assert embedder(torch.randn(1, 3, 32, 32)).shape == (1, 64)
     torch.testing.assert_close(embedder.stem[0].weight, model.stem[0].weight)
+
+
+def test_a_folder_named_like_a_model_does_not_hijack_the_name(tmp_path, monkeypatch):
+    """A registered name means that architecture; a folder of the same name in the working directory is loaded only
+    when asked for as a path (``./ssmamba_test``, a ``Path``, or ``checkpoint=``)."""
+    monkeypatch.chdir(tmp_path)
+    save_pretrained(create_model("ssmamba_test", num_classes=3, lpr=False), tmp_path / "ssmamba_test")
+    (tmp_path / "resnet18").mkdir()  # not even a checkpoint
+    fresh = create_model("ssmamba_test")
+    assert fresh.num_classes == 1000 and fresh.cfg.lpr is True
+    assert create_model("resnet18", num_classes=2).num_classes == 2
+    for spec in ("./ssmamba_test", Path("ssmamba_test"), str(tmp_path / "ssmamba_test")):
+        loaded = create_model(spec)
+        assert loaded.num_classes == 3 and loaded.cfg.lpr is False, spec
+    assert create_model(checkpoint="ssmamba_test").num_classes == 3
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        create_model("./resnet18")  # a path that is not a model name is a checkpoint, and this one is not
+
+
+def test_save_pretrained_keeps_every_constructor_argument(tmp_path):
+    model = create_model("ssmamba_test", num_classes=3, global_pool="max", drop_rate=0.25, drop_path_rate=0.1,
+                         in_chans=4)
+    save_pretrained(model, tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert (config["global_pool"], config["drop_rate"], config["drop_path_rate"], config["in_chans"]) == (
+        "max", 0.25, 0.1, 4)
+    loaded = create_model(checkpoint=tmp_path / "ckpt").eval()
+    assert loaded.global_pool.pool_type == "max" and loaded.head_drop.p == 0.25 and loaded.drop_path_rate == 0.1
+    x = torch.randn(2, 4, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), loaded.head(loaded.forward_features(x).amax((2, 3))))
+        assert torch.equal(loaded(x), model.eval()(x))
+    # a caller's own value still wins over the saved one
+    assert create_model(checkpoint=tmp_path / "ckpt", global_pool="avg").global_pool.pool_type == "avg"
+
+
+def test_checkpoint_saved_before_timm_native_models_still_loads(tmp_path):
+    """The state-dict names did not change when the models moved onto timm's layers and builder: a config.json
+    without the newer constructor arguments loads with their defaults."""
+    model = create_model("ssmamba_test", num_classes=3, attn_blocks=1, depths=(1, 1, 2, 2)).eval()
+    save_pretrained(model, tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    for key in ("global_pool", "drop_rate", "drop_path_rate"):
+        del config[key]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = create_model(checkpoint=tmp_path / "old").eval()
+    assert loaded.global_pool.pool_type == "avg"
+    before = json.loads((Path(__file__).parent / "data" / "state_dict_f508e87.json").read_text())["shapes"]
+    assert {k: list(v.shape) for k, v in loaded.state_dict().items()} == before
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_features_only_wrappers_are_not_saved_as_models(tmp_path):
+    with pytest.raises(TypeError, match="save_pretrained takes models built by ssmamba.create_model"):
+        save_pretrained(create_model("ssmamba_test", features_only=True), tmp_path / "f")

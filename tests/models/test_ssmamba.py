@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from timm.layers import Attention, DropPath
 
 from ssmamba import create_model
 from ssmamba.models.dms import DirectionalMultiScaleMixer, ScanDirection, scan_order
-from ssmamba.models.ssmamba import HybridBlock, LocalPerceptionResidual, SSMambaConfig
+from ssmamba.models.ssmamba import ConvBlock, HybridBlock, LocalPerceptionResidual, SSMambaConfig
 
 SIZES = [(32, 32), (50, 50), (64, 64), (96, 96), (224, 224), (333, 517)]
 
@@ -97,14 +98,74 @@ ABLATIONS = {
 }
 
 
-@pytest.mark.parametrize("switch", ABLATIONS.values(), ids=list(ABLATIONS))
-def test_ablation_switches_build_and_run(switch):
-    model = create_model("ssmamba_test", num_classes=2, **switch)
+def _mixers(model):
+    return [m for m in model.modules() if isinstance(m, DirectionalMultiScaleMixer)]
+
+
+def _check_single_direction(model):
+    assert all(scan.directions == (ScanDirection.ROW,) for m in _mixers(model) for scan in m.scans)
+
+
+def _check_single_scale(model):
+    for mixer in _mixers(model):
+        assert mixer.scales == (1,) and len(mixer.scans) == 1
+        assert [conv.kernel_size for conv in mixer.local_conv.convs] == [(3, 3)]
+
+
+def _check_diagonals(model):
+    for mixer in _mixers(model):
+        for scan in mixer.scans:
+            assert {ScanDirection.DIAGONAL, ScanDirection.DIAGONAL_REVERSE} <= set(scan.directions)
+            assert scan.A_log.shape[0] == 6 * mixer.out_norm.normalized_shape[0]  # one (Δ, A, B, C, D) per direction
+
+
+def _check_no_lpr(model):
+    assert not any(isinstance(m, LocalPerceptionResidual) for m in model.modules())
+
+
+def _check_attention(model):
+    for stage in model.stages[model.cfg.conv_stages:]:
+        kinds = [block.use_attention for block in stage.blocks]
+        assert kinds == [False] * (len(kinds) - 1) + [True]
+        assert isinstance(stage.blocks[-1].mixer, Attention)
+
+
+def _check_all_state_space(model):
+    assert not any(isinstance(m, ConvBlock) for m in model.modules())
+    assert all(isinstance(block, HybridBlock) for stage in model.stages for block in stage.blocks)
+
+
+ABLATION_CHECKS = {"single_direction": _check_single_direction, "single_scale": _check_single_scale,
+                   "diagonals": _check_diagonals, "no_lpr": _check_no_lpr, "attention": _check_attention,
+                   "all_state_space": _check_all_state_space}
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_ablation_switches_build_run_and_change_what_they_name(name):
+    model = create_model("ssmamba_test", num_classes=2, depths=(1, 1, 2, 2), **ABLATIONS[name])
     out = model(torch.randn(2, 3, 64, 64))
     out.sum().backward()
-    assert out.shape == (2, 2)
-    reference = create_model("ssmamba_test", num_classes=2)
-    assert sum(p.numel() for p in model.parameters()) != sum(p.numel() for p in reference.parameters())
+    assert out.shape == (2, 2) and torch.isfinite(out).all()
+    ABLATION_CHECKS[name](model)
+    reference = create_model("ssmamba_test", num_classes=2, depths=(1, 1, 2, 2))
+    for check in ABLATION_CHECKS.values():  # the default model is none of the ablations
+        with pytest.raises(AssertionError):
+            check(reference)
+
+
+def test_single_direction_mixer_is_causal_in_raster_order():
+    """With one forward row scan and a pointwise local conv, a token's output depends on no later token."""
+    torch.manual_seed(0)
+    mixer = DirectionalMultiScaleMixer(8, directions=("row",), scales=(1,), conv_kernels=(1,), d_state=4)
+    x = torch.randn(1, 4, 5, 8, requires_grad=True)
+    t = 2 * 5 + 2  # the token at row 2, column 2
+    mixer(x).flatten(1, 2)[0, t].sum().backward()
+    influence = x.grad.flatten(1, 2)[0].abs().sum(-1)
+    assert (influence[t + 1:] == 0).all() and (influence[: t + 1] > 0).all()
+    both = DirectionalMultiScaleMixer(8, directions=("row", "row_reverse"), scales=(1,), conv_kernels=(1,), d_state=4)
+    x.grad = None
+    both(x).flatten(1, 2)[0, t].sum().backward()
+    assert (x.grad.flatten(1, 2)[0, t + 1:].abs().sum(-1) > 0).all()
 
 
 def test_no_lpr_removes_the_branch():
@@ -198,3 +259,37 @@ def test_sequence_reordering_matches_scan_order_and_inverts(direction):
     seq = to_sequence(t, direction, 5, 7)
     torch.testing.assert_close(seq, t[..., scan_order(direction, 5, 7)])
     torch.testing.assert_close(from_sequence(seq, direction, 5, 7), t)
+
+
+def test_drop_path_rates_grow_linearly_over_the_blocks():
+    model = create_model("ssmamba_test", num_classes=2, depths=(1, 2, 2, 1), drop_path_rate=0.5)
+    blocks = [block for stage in model.stages for block in stage.blocks]
+    rates = [block.drop_path.drop_prob if isinstance(block.drop_path, DropPath) else 0.0 for block in blocks]
+    assert rates == pytest.approx(torch.linspace(0, 0.5, 6).tolist())
+    assert isinstance(blocks[0].drop_path, torch.nn.Identity)  # rate 0: no module to run
+
+
+def test_drop_path_drops_whole_samples_of_the_residual_branch_and_keeps_the_expectation():
+    """In training each sample's branch is dropped (x) or kept and scaled by 1/keep; at eval it is always kept."""
+    torch.manual_seed(0)
+    cfg = SSMambaConfig(dims=(8, 16), depths=(1, 1), d_state=4, lpr=False, layer_scale_init=1.0)
+    block = HybridBlock(16, cfg, drop_path=0.5)
+    x = torch.randn(400, 2, 3, 16)
+    with torch.no_grad():
+        block.eval()
+        full = block(x)
+        mixed = x + block.gamma1 * block.mixer(block.norm1(x))
+        block.train()
+        out = block(x)
+    # per sample: the mixer branch is dropped or doubled, then the MLP branch likewise, on what came out of it
+    candidates = []
+    for mixer_scale in (0.0, 2.0):
+        y = x + mixer_scale * (mixed - x)
+        for mlp_scale in (0.0, 2.0):
+            candidates.append(y + mlp_scale * block.gamma2 * block.mlp(block.norm2(y)))
+    matches = torch.stack([(out - c).flatten(1).abs().amax(1) < 1e-5 for c in candidates])  # (4, samples)
+    assert matches.any(0).all()  # every sample is one of the four
+    assert (matches.float().mean(1) - 0.25).abs().max() < 0.08  # each about as often
+    assert not torch.allclose(out, full)
+    with torch.no_grad():
+        torch.testing.assert_close(block.eval()(x), full)

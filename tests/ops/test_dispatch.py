@@ -19,6 +19,7 @@ from ssmamba.ops import (
     ScanFallbackWarning,
     backend_report,
     choose_backend,
+    dispatch,
     fallback,
     scan_cpu,
     selective_scan,
@@ -67,9 +68,31 @@ def test_env_forced_cpu_does_not_fall_back(fresh_fallback_state, monkeypatch):
 
 
 def test_explicit_backend_beats_env(cpu_kernel, monkeypatch):
-    monkeypatch.setenv(BACKEND_ENV, "ref")
+    """With the variable forcing one backend, an explicit ``backend=`` still runs the other: spies on both say
+    which ran."""
+    ran = []
+
+    def spy(name, function):
+        def run(*args):
+            ran.append(name)
+            return function(*args)
+        return run
+
+    monkeypatch.setattr(dispatch, "selective_scan_cpu", spy("cpu", dispatch.selective_scan_cpu))
+    monkeypatch.setitem(dispatch._IMPLEMENTATIONS, Backend.CPU, spy("cpu", dispatch._IMPLEMENTATIONS[Backend.CPU]))
+    monkeypatch.setitem(dispatch._IMPLEMENTATIONS, Backend.REF, spy("ref", dispatch._IMPLEMENTATIONS[Backend.REF]))
     p = make_problem(requires_grad=False)
-    assert torch.equal(p.run(selective_scan, backend=Backend.CPU)[0], p.run(selective_scan, backend="cpu")[0])
+    monkeypatch.setenv(BACKEND_ENV, "ref")
+    p.run(selective_scan)
+    assert ran == ["ref"]  # the variable is in force
+    for explicit in (Backend.CPU, "cpu"):
+        ran.clear()
+        p.run(selective_scan, backend=explicit)
+        assert ran == ["cpu"], explicit
+    monkeypatch.setenv(BACKEND_ENV, "cpu")
+    ran.clear()
+    p.run(selective_scan, backend="ref")
+    assert ran == ["ref"]
 
 
 def test_disabled_build_falls_back_to_ref_with_one_warning(fresh_fallback_state, monkeypatch):

@@ -48,6 +48,16 @@ def test_matches_ref(cuda_path, length, state):
     assert max(errors.values()) <= 1e-5, errors
 
 
+@pytest.mark.parametrize("dim, groups, state, length", [(128, 2, 16, 300), (320, None, 4, 37), (1024, 4, 16, 65)])
+def test_matches_ref_with_several_channel_blocks(cuda_path, dim, groups, state, length):
+    """More channels per group than one Triton program holds: dB and dC are sums over the channel blocks."""
+    p = on_cuda(make_problem(batch=2, dim=dim, length=length, state=state, groups=groups))
+    expected = outputs_and_grads(p, selective_scan_ref)
+    actual = outputs_and_grads(p, cuda_scan)
+    errors = {name: relative_error(actual[name], expected[name]) for name in expected}
+    assert max(errors.values()) <= 1e-5, errors
+
+
 def test_float64_uses_the_pytorch_path(cuda_path):
     p = on_cuda(make_problem(length=20, groups=2, dtype=torch.float64))
     assert p.run(cuda_scan)[0].dtype == torch.float64

@@ -3,6 +3,8 @@ element by element, and against identities that must hold."""
 
 from __future__ import annotations
 
+import collections
+
 import math
 
 import pytest
@@ -86,10 +88,31 @@ def test_output_dtype_follows_u_and_low_precision_is_computed_in_float32(problem
     assert p64.run(selective_scan_ref)[0].dtype == torch.float64
 
 
+def _graph_nodes(output: torch.Tensor) -> collections.Counter:
+    """Autograd nodes behind ``output``, counted by type."""
+    seen, stack, counts = set(), [output.grad_fn], collections.Counter()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        counts[type(node).__name__] += 1
+        stack.extend(child for child, _ in node.next_functions)
+    return counts
+
+
 def test_backward_is_linear_in_length(problem_factory):
-    """Stepping with unbind, not indexing: the autograd graph has O(L) nodes (an O(L²) backward would take
-    minutes here)."""
+    """Stepping with unbind, not indexing: the autograd graph grows by the same number of nodes per step, and no
+    node reads one step out of the full sequence (the backward of such a select writes a full-length zero gradient,
+    O(L) per step and O(L^2) in all: minutes at L = 2048)."""
+    sizes = {}
+    for length in (64, 128, 256):
+        p = problem_factory(batch=1, dim=2, length=length, state=2)
+        graph = _graph_nodes(p.run(selective_scan_ref)[0])
+        assert not {"SelectBackward0", "SliceBackward0", "IndexBackward0"} & set(graph), graph
+        sizes[length] = sum(graph.values())
+    assert sizes[256] - sizes[128] == 2 * (sizes[128] - sizes[64])  # affine in L: a constant cost per step
+    assert sizes[128] - sizes[64] <= 64 * 16
     p = problem_factory(batch=1, dim=2, length=2048, state=2)
-    out = p.run(selective_scan_ref)[0]
-    out.sum().backward()
-    assert all(torch.isfinite(t.grad).all() for t in p.tensors())
+    p.run(selective_scan_ref)[0].sum().backward()
+    assert all(torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0 for t in p.tensors())

@@ -33,11 +33,58 @@ def test_finetune_keeps_best_checkpoint_with_classes(image_folder, tmp_path):
     assert [row["epoch"] for row in history if "val_balanced_accuracy" in row] == [1, 2, 3]
 
 
-def test_finetune_from_a_pretrained_encoder_with_options(image_folder, tmp_path):
-    encoder_dir = save_pretrained(create_model("ssmamba_test", num_classes=0), tmp_path / "encoder")
-    best = finetune(_config(image_folder, tmp_path / "run", checkpoint=str(encoder_dir), ema=True, ema_decay=0.9,
+def test_finetune_from_a_pretrained_encoder_with_options(image_folder, tmp_path, monkeypatch):
+    """EMA, class-balanced sampling and layer-wise LR decay each do what they say, seen from outside the run."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from ssmamba.train import finetune as finetune_module
+    from ssmamba.train.engine import STATE_NAME
+
+    data = tmp_path / "imbalanced"
+    shutil.copytree(image_folder, data)
+    for extra in sorted((data / "tumour").glob("*.png"))[4:]:  # 13 benign images, 4 tumour
+        extra.unlink()
+    loaders = []
+    original_make_loader = finetune_module.make_loader
+    monkeypatch.setattr(finetune_module, "make_loader",
+                        lambda *a, **k: loaders.append(original_make_loader(*a, **k)) or loaders[-1])
+    encoder = create_model("ssmamba_test", num_classes=0)
+    encoder_dir = save_pretrained(encoder, tmp_path / "encoder")
+    run = tmp_path / "run"
+    best = finetune(_config(data, run, checkpoint=str(encoder_dir), ema=True, ema_decay=0.9,
                             balance=Balancing.SAMPLER, layer_decay=0.7, epochs=2), progress=False)
-    assert (best / "model.safetensors").is_file()
+    assert best == run / "best"
+
+    # sampler: weights inverse to the class frequency, so an epoch draws both classes about equally
+    sampler = loaders[0].sampler
+    labels = np.asarray([label for _, label in loaders[0].dataset.dataset])
+    weights = sampler.weights.numpy()
+    assert len(set(labels.tolist())) == 2 and (labels == 1).sum() < (labels == 0).sum() / 2
+    totals = [weights[labels == k].sum() for k in (0, 1)]
+    assert totals[0] == pytest.approx(totals[1])
+    drawn = []
+    for epoch in range(50):
+        sampler.set_epoch(epoch)
+        drawn.append(labels[sampler.order()])
+    drawn = np.concatenate(drawn)
+    assert abs((drawn == 1).mean() - 0.5) < 0.05
+
+    # layer-wise LR decay: one rate per depth, 0.7 ** k below the head's
+    state = torch.load(run / STATE_NAME, weights_only=False)
+    scales = sorted({round(g["lr_scale"], 9) for g in state["optimizer"]["param_groups"]})
+    assert scales[-1] == 1.0 and len(scales) > 3
+    assert scales == pytest.approx([0.7 ** k for k in range(len(scales))][::-1])
+
+    # EMA: the saved model has the averaged weights (norm statistics re-estimated), not the last raw weights
+    saved = load_file(str(run / "last" / "model.safetensors"))
+    ema = torch.load(run / "ema_state.pt", weights_only=True)
+    raw = state["model"]
+    parameters = [n for n, _ in create_model("ssmamba_test", num_classes=2).named_parameters()]
+    for name in parameters:
+        torch.testing.assert_close(saved[name], ema[f"module.{name}"], msg=name)
+    assert any(not torch.allclose(saved[name], raw[name]) for name in parameters)
 
 
 def test_an_ema_model_gets_batch_norm_statistics_of_its_own_weights_on_a_copy():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
@@ -25,6 +26,14 @@ _COMMANDS = {
 
 
 class _LazyGroup(click.Group):
+    def main(self, *args, **kwargs):
+        # OpenMP threads that spin while they wait steal the cores that other processes (or a DataLoader) need; on a
+        # busy 2-core machine that made training 5-10x slower (benchmarks/results/scan.md). Passive waiting costs
+        # little when the machine is idle. OpenMP reads it once, when torch loads it, so it is set here, before any
+        # command is imported (``import ssmamba`` imports no torch); a user's own setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        return super().main(*args, **kwargs)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
 

@@ -3,6 +3,7 @@
 A checkpoint is a directory with ``model.safetensors`` (weights) and ``config.json``::
 
     {"architecture": "ssmamba_tiny", "model_args": {...SSMambaConfig...}, "num_classes": 4, "in_chans": 3,
+     "global_pool": "avg", "drop_rate": 0.0, "drop_path_rate": 0.1,
      "pretrained_cfg": {"mean": [...], "std": [...], "input_size": [3, 224, 224], "mpp": 0.5,
                         "class_names": [...], ...},
      "ssmamba_version": "0.1.0"}
@@ -10,29 +11,36 @@ A checkpoint is a directory with ``model.safetensors`` (weights) and ``config.js
 A timm architecture (``resnet18``, ``convnext_atto``, ``mambaout_femto``, ``vit_tiny_patch16_224``, ...) is saved
 the same way with ``"library": "timm"`` and its constructor arguments as ``model_args``, so every command that
 takes an ssmamba checkpoint takes a timm one too. timm models are built with random weights: nothing is downloaded.
+
+A model name means that architecture, even where a folder of the same name exists: a string is read as a checkpoint
+path only when it is not a registered model name (``create_model("./ssmamba_test")``, ``create_model(
+"runs/ft/best")``); a ``pathlib.Path`` always is. ``checkpoint=`` says it explicitly.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ssmamba.models.ssmamba import FeatureExtractor, SSMamba, SSMambaConfig, variant_configs
+from ssmamba.models.ssmamba import (EVAL_PREPROCESSING, SSMamba, SSMambaConfig, build_ssmamba, feature_extractor,
+                                    variant_configs)
 
 __all__ = ["create_model", "list_models", "save_pretrained", "load_config", "CheckpointMismatchError",
            "DEFAULT_PRETRAINED_CFG"]
 
 WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
 
-# H&E-agnostic defaults (ImageNet statistics), as most pathology encoders use; replaced by what a run trained with.
-DEFAULT_PRETRAINED_CFG = {
-    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "input_size": [3, 224, 224],
-    "interpolation": "bicubic", "mpp": None, "class_names": None,
-}
+# H&E-agnostic defaults (ImageNet statistics), as most pathology encoders use, and ssmamba's eval preprocessing
+# (bilinear short-side resize, centre crop); replaced by what a run trained with.
+DEFAULT_PRETRAINED_CFG = {**EVAL_PREPROCESSING, "mpp": None, "class_names": None}
+
+# SSMamba constructor arguments saved in config.json next to model_args (the SSMambaConfig), with their defaults.
+_SSMAMBA_SAVED_ARGS = {"global_pool": "avg", "drop_rate": 0.0, "drop_path_rate": 0.0}
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -84,9 +92,21 @@ def _load_weights(model: nn.Module, checkpoint: Path, expected: str, allow_head_
             "expects; load it with create_model(checkpoint=PATH) without overriding architecture arguments.")
 
 
+def _names_a_checkpoint(name: str | os.PathLike) -> bool:
+    """Whether ``name`` (given without ``checkpoint=``) is a checkpoint path rather than a model name: a Path
+    always is; a string only when no registry knows it and the path exists (a folder ``./ssmamba_test/`` in the
+    working directory does not hijack ``create_model("ssmamba_test")``)."""
+    if isinstance(name, os.PathLike):
+        return True
+    import timm
+
+    return not (is_ssmamba(name) or timm.is_model(name)) and Path(name).exists()
+
+
 def create_model(name: str | Path | None = None, *, checkpoint: str | Path | None = None, num_classes: int | None = None,
-                 features_only: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3),
-                 pretrained_cfg: dict | None = None, img_size: int | None = None, **kwargs) -> nn.Module:
+                 features_only: bool = False, out_indices: int | tuple[int, ...] = (0, 1, 2, 3),
+                 feature_cls: str | type = "list", pretrained_cfg: dict | None = None, img_size: int | None = None,
+                 **kwargs) -> nn.Module:
     """Create an SSMamba variant or a timm architecture, or load a checkpoint directory.
 
     Examples::
@@ -95,13 +115,16 @@ def create_model(name: str | Path | None = None, *, checkpoint: str | Path | Non
         create_model(checkpoint="runs/pretrain/checkpoint")      # the architecture saved with the weights
         create_model("ssmamba_tiny", checkpoint=..., num_classes=2)   # pretrained encoder, new head
         create_model("convnext_atto", num_classes=2)             # any timm architecture, random init
+        create_model("runs/ft/best")                             # a path that is not a model name: a checkpoint
 
     ``kwargs`` are ``SSMambaConfig`` fields (ablation switches, e.g. ``lpr=False``) or ``SSMamba`` arguments
     (``drop_path_rate``, ``drop_rate``, ``in_chans``, ``global_pool``); for a timm architecture, its
     constructor's arguments. ``num_classes=0`` gives pooled embeddings. ``img_size`` builds timm models with a
     fixed input size (ViTs) for that size; models that take any size (SSMamba, CNNs) do not need it.
+    ``features_only`` returns timm's feature wrapper of an SSMamba model (``feature_cls`` ``'list'``, ``'getter'``,
+    ...; ``out_indices`` stage indices or an int n for the last n stages).
     """
-    if name is not None and Path(name).exists() and checkpoint is None:
+    if name is not None and checkpoint is None and _names_a_checkpoint(name):
         name, checkpoint = None, name
     saved = load_config(checkpoint) if checkpoint is not None else None
     arch = name or (saved or {}).get("architecture")
@@ -116,6 +139,7 @@ def create_model(name: str | Path | None = None, *, checkpoint: str | Path | Non
     model._architecture = arch
     merged_cfg = {**(saved or {}).get("pretrained_cfg", {}), **(pretrained_cfg or {})}
     model.pretrained_cfg = {**DEFAULT_PRETRAINED_CFG, **merged_cfg, "architecture": arch}
+    model.default_cfg = model.pretrained_cfg  # timm's older name for it
     if checkpoint is not None:
         changed = sorted(k for k, v in arch_kwargs.items() if _jsonable(v) != base.get(k, _jsonable(v)))
         if changed:
@@ -125,7 +149,7 @@ def create_model(name: str | Path | None = None, *, checkpoint: str | Path | Non
     if not features_only:
         return model
     if is_ssmamba(arch):
-        return FeatureExtractor(model, out_indices)
+        return feature_extractor(model, out_indices, feature_cls)
     raise ValueError(f"features_only is for ssmamba models; for {arch!r} use timm.create_model(features_only=True)")
 
 
@@ -140,13 +164,15 @@ def _build_ssmamba(arch: str, saved: dict | None, num_classes: int | None, kwarg
     if saved is not None:
         base = saved["model_args"]
         kwargs.setdefault("in_chans", saved.get("in_chans", 3))
+        for key, default in _SSMAMBA_SAVED_ARGS.items():
+            kwargs.setdefault(key, saved.get(key, default))
         saved_classes = saved.get("num_classes", 0)
     else:
         base, saved_classes = variant_configs()[arch].to_dict(), 1000
     config = SSMambaConfig(**{**base, **arch_kwargs})
     classes = saved_classes if num_classes is None else num_classes
     arch_kwargs = {k: config.to_dict()[k] for k in arch_kwargs}
-    return SSMamba(config, num_classes=classes, **kwargs), base, arch_kwargs, saved_classes, classes
+    return build_ssmamba(arch, cfg=config, num_classes=classes, **kwargs), base, arch_kwargs, saved_classes, classes
 
 
 # Arguments that change how a timm model trains, not what its weights are: never a mismatch with a checkpoint.
@@ -179,17 +205,18 @@ def _build_timm(arch: str, saved: dict | None, num_classes: int | None, img_size
 def save_pretrained(model: nn.Module, directory: str | Path, pretrained_cfg: dict | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``directory`` (created). Returns the directory.
 
-    ``model`` is an SSMamba model or a timm model built by :func:`create_model`."""
-    if isinstance(model, FeatureExtractor):
-        model = model.model
+    ``model`` is an SSMamba model or a timm model built by :func:`create_model` (not a ``features_only``
+    wrapper: save the model it was made from)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     from ssmamba import __version__
 
-    if isinstance(model, SSMamba):
+    if isinstance(model, SSMamba):  # model_args is the architecture; the other constructor arguments go beside it
         library, model_args = {}, model.cfg.to_dict()
+        constructor_args = {"global_pool": model.global_pool.pool_type, "drop_rate": model.drop_rate,
+                            "drop_path_rate": model.drop_path_rate}
     elif hasattr(model, "_model_args"):
-        library, model_args = {"library": "timm"}, model._model_args
+        library, model_args, constructor_args = {"library": "timm"}, model._model_args, {}
     else:
         raise TypeError(f"save_pretrained takes models built by ssmamba.create_model, not {type(model).__name__}")
     config = {
@@ -198,6 +225,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, pretrained_cfg: dic
         "model_args": model_args,
         "num_classes": model.num_classes,
         "in_chans": model.in_chans,
+        **constructor_args,
         "pretrained_cfg": {**model.pretrained_cfg, **(pretrained_cfg or {})},
         "ssmamba_version": __version__,
     }
@@ -205,34 +233,3 @@ def save_pretrained(model: nn.Module, directory: str | Path, pretrained_cfg: dic
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
     return directory
-
-
-# ---- timm registration (optional) ---------------------------------------------------------------------------
-def _timm_entrypoint(arch: str):
-    def entrypoint(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None,
-                   **kwargs):
-        if pretrained:
-            raise ValueError(f"{arch} has no published weights to download; load a local checkpoint with "
-                             f"ssmamba.create_model(checkpoint=PATH) or timm's checkpoint_path=")
-        overlay = {**(pretrained_cfg if isinstance(pretrained_cfg, dict) else {}), **(pretrained_cfg_overlay or {})}
-        return create_model(arch, pretrained_cfg=overlay or None, **kwargs)
-
-    entrypoint.__name__ = entrypoint.__qualname__ = arch
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f"SSMamba variant {arch} (see ssmamba.models.ssmamba.variant_configs)."
-    return entrypoint
-
-
-def register_with_timm() -> bool:
-    """Make ``timm.create_model("ssmamba_tiny")`` etc. work. Returns False when timm cannot be imported."""
-    try:
-        from timm.models import register_model
-    except ImportError:  # timm (or the torchvision it needs) is not installed: ssmamba works without it
-        return False
-    import timm
-
-    registered = set(timm.list_models("ssmamba*"))
-    for arch in variant_configs():
-        if arch not in registered:
-            globals()[arch] = register_model(_timm_entrypoint(arch))
-    return True

@@ -11,24 +11,32 @@ Layout (strides 4, 8, 16, 32; no position embedding, so any input size works)::
     with the last ``attn_blocks`` HybridBlocks of stages 3-4 using self-attention instead of DMS (MambaVision-style).
 
 Convolutions are cheap and precise at high resolution where tokens are many; scans give a global receptive field in
-linear time where tokens carry more meaning. The timm interface (``forward_features``, ``forward_head``,
-``reset_classifier``, ``forward_intermediates``, ``set_grad_checkpointing``, ``group_matcher``) is implemented here
-without importing timm; ``ssmamba.models.factory`` registers the variants with timm when it is installed.
+linear time where tokens carry more meaning.
+
+The variants are timm models like timm's own: registered with ``register_model`` and ``generate_default_cfgs`` when
+this module is imported, built by ``build_model_with_cfg`` (so ``features_only``, ``feature_cls`` and
+``pretrained_cfg_overlay`` work as in timm), with the full timm interface (``forward_intermediates``,
+``prune_intermediate_layers``, ``group_matcher``, ``no_weight_decay``, ``reset_classifier``, every ``global_pool``).
+The architecture is an :class:`SSMambaConfig` (timm's ``model_cfg``), so ablations are config values and the
+checkpoint folders of :mod:`ssmamba.models.factory` describe themselves.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import Attention, DropPath, Mlp, create_classifier, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices  # timm exports it from no public module
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ssmamba.models.dms import DirectionalMultiScaleMixer
 
-__all__ = ["SSMamba", "SSMambaConfig", "LocalPerceptionResidual", "HybridBlock", "ConvBlock", "DropPath"]
-
+__all__ = ["SSMamba", "SSMambaConfig", "LocalPerceptionResidual", "HybridBlock", "ConvBlock", "build_ssmamba",
+           "feature_extractor", "variant_configs", "EVAL_PREPROCESSING"]
 
 @dataclass
 class SSMambaConfig:
@@ -64,21 +72,6 @@ class SSMambaConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-class DropPath(nn.Module):
-    """Stochastic depth per sample: ``(B, ...) -> (B, ...)``, identity at eval."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-
 class LocalPerceptionResidual(nn.Module):
     """LPR branch: a depthwise ``k x k`` convolution over the token grid, added residually by the block.
 
@@ -94,31 +87,6 @@ class LocalPerceptionResidual(nn.Module):
         return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Attention(nn.Module):
-    """Global multi-head self-attention over all tokens: ``(B, H, W, C) -> (B, H, W, C)``."""
-
-    def __init__(self, dim: int, head_dim: int = 32):
-        super().__init__()
-        self.num_heads = max(1, dim // head_dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = x.shape
-        qkv = self.qkv(x).view(b, h * w, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, L, C/heads)
-        return self.proj(y.transpose(1, 2).reshape(b, h, w, c))
-
-
 class HybridBlock(nn.Module):
     """LPR + (DMS or attention) + MLP, channels-last: ``(B, H, W, C) -> (B, H, W, C)``."""
 
@@ -126,8 +94,9 @@ class HybridBlock(nn.Module):
         super().__init__()
         self.lpr = LocalPerceptionResidual(dim, cfg.lpr_kernel) if cfg.lpr else None
         self.norm1 = nn.LayerNorm(dim)
-        if use_attention:
-            self.mixer = Attention(dim, cfg.attn_head_dim)
+        self.use_attention = use_attention
+        if use_attention:  # global self-attention over all tokens of the grid
+            self.mixer = Attention(dim, num_heads=max(1, dim // cfg.attn_head_dim), qkv_bias=True)
         else:
             self.mixer = DirectionalMultiScaleMixer(dim, cfg.directions, cfg.scales, cfg.conv_kernels,
                                                     cfg.d_state, cfg.expand)
@@ -135,12 +104,14 @@ class HybridBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
         self.gamma1 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
         self.gamma2 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lpr is not None:
             x = x + self.lpr(x)
-        x = x + self.drop_path(self.gamma1 * self.mixer(self.norm1(x)))
+        y = self.norm1(x)
+        y = self.mixer(y.flatten(1, 2)).view_as(y) if self.use_attention else self.mixer(y)
+        x = x + self.drop_path(self.gamma1 * y)
         return x + self.drop_path(self.gamma2 * self.mlp(self.norm2(x)))
 
 
@@ -157,13 +128,13 @@ class ConvBlock(nn.Module):
         self.norm = nn.BatchNorm2d(dim)
         self.pw1, self.act, self.pw2 = nn.Conv2d(dim, hidden, 1), nn.GELU(), nn.Conv2d(hidden, dim, 1)
         self.gamma = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path(self.gamma * self.pw2(self.act(self.pw1(self.norm(self.dwconv(x))))))
 
 
-def _downsample(in_dim: int, out_dim: int, batch_norm: bool) -> nn.Sequential:
+def _downsample(in_dim: int, out_dim: int, batch_norm: bool) -> nn.Module:
     """Conv3x3/2. Convolutional stages normalise with BN; state-space stages use their own LayerNorm instead,
     which does not depend on the batch (1x1 maps of 32 px crops, single images)."""
     conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1, bias=not batch_norm)
@@ -185,37 +156,35 @@ class Stage(nn.Module):
         x = self.downsample(x)
         if self.channels_last:
             x = self.down_norm(x.permute(0, 2, 3, 1))
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
         return x.permute(0, 3, 1, 2) if self.channels_last else x
 
 
-class FeatureInfo(list):
-    """timm-like feature description: a list of ``{"num_chs", "reduction", "module"}``."""
-
-    def channels(self) -> list[int]:
-        return [f["num_chs"] for f in self]
-
-    def reduction(self) -> list[int]:
-        return [f["reduction"] for f in self]
+# Leaf names of parameters that are never decayed although they are not 1-D: the SSM dynamics (A_log) and the conv
+# blocks' layer scale, shaped (C, 1, 1). ``SSMamba.no_weight_decay`` turns them into full names, as timm expects.
+_NO_DECAY_LEAVES = frozenset({"A_log", "D", "dt_bias", "gamma", "gamma1", "gamma2", "scale_logits"})
 
 
 class SSMamba(nn.Module):
     """The SSMamba encoder with a classification head.
 
-    ``forward(x: (B, in_chans, H, W)) -> (B, num_classes)``, or pooled embeddings ``(B, num_features)`` when
+    ``forward(x: (B, in_chans, H, W)) -> (B, num_classes)``, or pooled embeddings ``(B, head_hidden_size)`` when
     ``num_classes=0``. Any ``H, W >= 1`` works (odd sizes are padded by the strided convs).
+
+    ``global_pool`` is any of timm's (``avg``, ``max``, ``avgmax``, ``catavgmax``, ...); ``''`` pools nothing:
+    the head then classifies every location, ``(B, num_classes, h, w)``, or returns the map itself when
+    ``num_classes=0`` (as timm's ConvNeXt does).
     """
 
     def __init__(self, cfg: SSMambaConfig | None = None, num_classes: int = 1000, in_chans: int = 3,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, global_pool: str = "avg"):
         super().__init__()
         self.cfg = cfg = cfg or SSMambaConfig()
-        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
-        self.drop_rate = drop_rate
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self.drop_rate, self.drop_path_rate = drop_rate, drop_path_rate
         dims = cfg.dims
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, dims[0] // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(dims[0] // 2),
@@ -223,7 +192,7 @@ class SSMamba(nn.Module):
             nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(dims[0]),
         )
         rates = torch.linspace(0, drop_path_rate, sum(cfg.depths)).tolist()
-        stages, self.feature_info, start = [], FeatureInfo(), 0
+        stages, self.feature_info, start = [], [], 0
         for i, (dim, depth) in enumerate(zip(dims, cfg.depths)):
             is_conv = i < cfg.conv_stages
             blocks = []
@@ -238,11 +207,11 @@ class SSMamba(nn.Module):
             stages.append(Stage(blocks, down, channels_last=not is_conv, dim=dim))
             self.feature_info.append({"num_chs": dim, "reduction": 4 * 2 ** i, "module": f"stages.{i}"})
         self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = dims[-1]
+        self.num_features = dims[-1]
         self.norm = nn.LayerNorm(dims[-1])
+        self.global_pool, self.head = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.pretrained_cfg = {}
         self.apply(self._init_weights)
         # Channels-last throughout: depthwise convolutions run ~4x faster on CPU (oneDNN) and the switches to
         # the (B, H, W, C) layout of the state-space stages become free views.
@@ -251,20 +220,25 @@ class SSMamba(nn.Module):
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
+            trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
     # ---- timm interface -------------------------------------------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Parameter names (suffixes) that should not be decayed: SSM dynamics, layer scales and norms."""
-        return {"A_log", "D", "dt_bias", "gamma", "gamma1", "gamma2", "scale_logits"}
+        """Full names of the parameters not to decay: every 1-D tensor (norms, biases, D, Δ biases, layer scales,
+        scale weights), the SSM state matrices ``A_log`` and the conv blocks' layer scales ``gamma``."""
+        return {name for name, param in self.named_parameters()
+                if param.ndim <= 1 or name.rsplit(".", 1)[-1] in _NO_DECAY_LEAVES}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's layer groups: the stem, then each stage (coarse) or each block, a stage's downsampling (conv and
+        its norm) going with its first block, then the final norm; the head is what no pattern matches."""
         return {"stem": r"^stem", "blocks": r"^stages\.(\d+)" if coarse else [
-            (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))]}
+            (r"^stages\.(\d+)\.down(?:sample|_norm)\.", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)\.", None),
+            (r"^norm\.", (99999,))]}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -277,31 +251,37 @@ class SSMamba(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            self._init_weights(self.head)
+        pool_type = self.global_pool.pool_type if global_pool is None else global_pool
+        self.global_pool, self.head = create_classifier(self.num_features, num_classes, pool_type=pool_type)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self._init_weights(self.head)
+        reference = self.stem[0].weight
+        self.head.to(device=reference.device, dtype=reference.dtype)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W) -> (B, dims[0], ceil(H/4), ceil(W/4))``; where MAMIM swaps in mask tokens."""
         return self.stem(x.contiguous(memory_format=torch.channels_last))
 
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
     def forward_stages(self, x: torch.Tensor) -> torch.Tensor:
         """Stem output -> normalised last-stage map ``(B, num_features, H/32, W/32)``."""
-        x = self.stages(x)
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self._final_norm(self.stages(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W) -> (B, num_features, ceil(H/32), ceil(W/32))`` (unpooled)."""
         return self.forward_stages(self.forward_stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Unpooled map ``(B, C, h, w)`` -> logits ``(B, num_classes)`` (or pooled ``(B, C)`` if pre_logits)."""
-        if self.global_pool == "avg":
-            x = x.mean((2, 3))
-        elif self.global_pool == "max":
-            x = x.amax((2, 3))
+        """Unpooled map ``(B, C, h, w)`` -> logits ``(B, num_classes)`` (or pooled ``(B, C)`` if pre_logits).
+
+        With ``global_pool=''`` nothing is pooled and the head classifies each location: ``(B, num_classes, h, w)``.
+        """
+        x = self.global_pool(x)
+        if x.ndim == 4:  # no pooling: the linear head acts on the channels of every location
+            x = self.head_drop(x.permute(0, 2, 3, 1))
+            return (x if pre_logits else self.head(x)).permute(0, 3, 1, 2)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
@@ -310,42 +290,48 @@ class SSMamba(nn.Module):
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """timm-style: returns ``(final_features, [stage maps])`` or only the list when ``intermediates_only``.
+        """timm's intermediates: ``(final_features, [stage maps])``, or only the list when ``intermediates_only``.
 
-        ``indices``: stage indices to return, or an int n for the last n stages (default: all). Maps are NCHW
-        with ``feature_info[i]["num_chs"]`` channels at stride ``feature_info[i]["reduction"]``.
+        ``indices``: stage indices to return (negative ones count from the end), or an int n for the last n stages
+        (default: all). Maps have ``feature_info[i]["num_chs"]`` channels at stride ``feature_info[i]["reduction"]``,
+        NCHW or NHWC (``output_fmt``). ``norm`` applies the final norm to the last stage's map (the other stages
+        have none). ``stop_early`` runs no stage after the last one asked for; the final features are then that
+        stage's map, unnormalised.
         """
-        if output_fmt != "NCHW":
-            raise ValueError(f"only output_fmt='NCHW' is supported, got {output_fmt!r}")
-        n = len(self.stages)
-        take = list(range(n - indices, n)) if isinstance(indices, int) else list(range(n) if indices is None
-                                                                                  else indices)
-        take = [i % n for i in take]
-        intermediates, x = [], self.forward_stem(x)
-        last = max(take) if stop_early or intermediates_only else n - 1
-        for i, stage in enumerate(self.stages[: last + 1]):
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_index = len(self.stages) - 1
+        intermediates = []
+        x = self.forward_stem(x)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        index = -1
+        for index, stage in enumerate(stages):
             x = stage(x)
-            if i in take:
-                is_last = i == n - 1
-                feat = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) if (norm and is_last) else x
-                intermediates.append(feat)
+            if index in take_indices:
+                intermediates.append(self._final_norm(x) if norm and index == last_index else x)
+        if output_fmt == "NHWC":
+            intermediates = [y.permute(0, 2, 3, 1) for y in intermediates]
         if intermediates_only:
             return intermediates
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), intermediates
+        if index == last_index:
+            x = self._final_norm(x)
+        return x, intermediates
 
-
-class FeatureExtractor(nn.Module):
-    """``features_only=True`` wrapper: ``forward(x) -> [stage maps]`` at ``out_indices`` (timm convention)."""
-
-    def __init__(self, model: SSMamba, out_indices: tuple[int, ...] = (0, 1, 2, 3)):
-        super().__init__()
-        self.model = model
-        self.out_indices = tuple(i % len(model.stages) for i in out_indices)
-        self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
-        model.reset_classifier(0)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model.forward_intermediates(x, list(self.out_indices), intermediates_only=True)
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the norm and head that depend on them); timm's
+        ``features_only=True, feature_cls='getter'`` calls it. Returns the absolute indices kept."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm or prune_end:  # the final norm is sized for, and belongs to, the last stage
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
 
 
 def variant_configs() -> dict[str, SSMambaConfig]:
@@ -356,3 +342,81 @@ def variant_configs() -> dict[str, SSMambaConfig]:
         "ssmamba_small": SSMambaConfig(dims=(64, 128, 256, 512), depths=(2, 3, 10, 3)),
         "ssmamba_base": SSMambaConfig(dims=(96, 192, 384, 768), depths=(2, 3, 12, 4)),
     }
+
+
+# What ssmamba's evaluation does to an image (``ssmamba.data.transforms.eval_transform``): resize the short side to
+# the input size (bilinear, antialiased), centre-crop, normalise. Said in timm's terms, so that
+# ``timm.data.create_transform(**timm.data.resolve_model_data_config(model))`` reproduces it.
+EVAL_PREPROCESSING = {
+    "input_size": (3, 224, 224), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
+    "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+}
+
+# Stage outputs at strides 4, 8, 16, 32; the stem and stages are flattened into the feature wrapper (timm's list
+# and dict extractors rebuild the model from its top-level modules).
+_FEATURE_CFG = {"out_indices": (0, 1, 2, 3), "flatten_sequential": True}
+
+
+def _cfg(**kwargs) -> dict:
+    return {"url": "", "num_classes": 1000, "pool_size": (7, 7), "first_conv": "stem.0", "classifier": "head",
+            "license": "apache-2.0", **EVAL_PREPROCESSING, **kwargs}
+
+
+default_cfgs = generate_default_cfgs({name: _cfg() for name in variant_configs()})
+
+
+def build_ssmamba(variant: str, pretrained: bool = False, cfg: SSMambaConfig | None = None, **kwargs) -> nn.Module:
+    """Build ``variant`` with timm's ``build_model_with_cfg``.
+
+    ``cfg`` replaces the variant's architecture (a checkpoint's saved one); ``SSMambaConfig`` fields among
+    ``kwargs`` override single values of it (``lpr=False``); the rest go to :class:`SSMamba` or to timm's builder
+    (``features_only``, ``out_indices``, ``feature_cls``, ``pretrained_cfg_overlay``, ...).
+    """
+    if pretrained:  # timm would warn and go on with random weights
+        raise ValueError(f"{variant} has no published weights to download; load a local checkpoint with "
+                         f"ssmamba.create_model(checkpoint=PATH) or timm's checkpoint_path=")
+    fields = {f.name for f in dataclasses.fields(SSMambaConfig)}
+    overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+    model_cfg = dataclasses.replace(cfg or variant_configs()[variant], **overrides)
+    return build_model_with_cfg(SSMamba, variant, pretrained, model_cfg=model_cfg, feature_cfg=dict(_FEATURE_CFG),
+                                **kwargs)
+
+
+def feature_extractor(model: SSMamba, out_indices: int | tuple[int, ...] = (0, 1, 2, 3),
+                      feature_cls: str | type = "list") -> nn.Module:
+    """timm's ``features_only`` wrapper (``feature_cls`` ``'list'``, ``'dict'``, ``'hook'``, ``'getter'``, ...) around
+    a model that is already built, e.g. with a checkpoint's weights loaded. ``out_indices``: stage indices, or an
+    int n for the last n stages.
+
+    timm's builder is the public place that makes each of these wrappers; it is handed the finished model. It
+    resets the model's ``pretrained_cfg`` to the registry's, so the model's own is put back on both.
+    """
+    pretrained_cfg = dict(model.pretrained_cfg)
+    features = build_model_with_cfg(lambda **_: model, pretrained_cfg["architecture"], False,
+                                    feature_cfg=dict(_FEATURE_CFG), features_only=True, out_indices=out_indices,
+                                    feature_cls=feature_cls)
+    model.pretrained_cfg = model.default_cfg = pretrained_cfg
+    features.pretrained_cfg = features.default_cfg = {
+        k: v for k, v in pretrained_cfg.items() if k not in ("num_classes", "classifier", "global_pool")}
+    return features
+
+
+@register_model
+def ssmamba_test(pretrained: bool = False, **kwargs) -> nn.Module:
+    """0.08 M parameters: for tests and plumbing."""
+    return build_ssmamba("ssmamba_test", pretrained, **kwargs)
+
+
+@register_model
+def ssmamba_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
+    return build_ssmamba("ssmamba_tiny", pretrained, **kwargs)
+
+
+@register_model
+def ssmamba_small(pretrained: bool = False, **kwargs) -> nn.Module:
+    return build_ssmamba("ssmamba_small", pretrained, **kwargs)
+
+
+@register_model
+def ssmamba_base(pretrained: bool = False, **kwargs) -> nn.Module:
+    return build_ssmamba("ssmamba_base", pretrained, **kwargs)

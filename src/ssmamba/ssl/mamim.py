@@ -121,7 +121,8 @@ class MAMIM(nn.Module):
                                       encoder.in_chans)
 
     def no_weight_decay(self) -> set[str]:
-        return set(self.encoder.no_weight_decay()) | {"mask_token"}
+        """Full parameter names, as :meth:`SSMamba.no_weight_decay` gives them."""
+        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()} | {"mask_token"}
 
     def upsample_mask(self, mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """``(B, gh, gw)`` bool -> ``(B, 1, height, width)`` float, nearest."""

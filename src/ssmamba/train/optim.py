@@ -3,40 +3,28 @@
 from __future__ import annotations
 
 import math
-import re
 
 import torch
+from timm.models import group_parameters
 from torch import nn
 
 __all__ = ["param_groups", "warmup_cosine", "layer_ids"]
 
 
 def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
-    """Depth index of every parameter from the model's timm-style ``group_matcher()``: stem 0, then blocks in
-    order, the final norm and head last. Returns ``(name -> layer id, number of layers)``."""
-    matcher = model.group_matcher(coarse=False)
-    blocks = [(re.compile(p), suffix) for p, suffix in matcher["blocks"]]
-    keys = {}
-    for name, _ in model.named_parameters():
-        if re.match(matcher["stem"], name):
-            keys[name] = (0,)
-            continue
-        for pattern, suffix in blocks:
-            match = pattern.match(name)
-            if match:
-                keys[name] = (1,) + tuple(int(g) for g in match.groups()) + tuple(suffix or ())
-                break
-        else:  # head and anything after the last block
-            keys[name] = (math.inf,)
-    order = {key: i for i, key in enumerate(sorted(set(keys.values())))}
-    return {name: order[key] for name, key in keys.items()}, len(order)
+    """Depth index of every parameter from the model's timm-style ``group_matcher()``, grouped by timm's own
+    ``group_parameters``: stem 0, then blocks in order, the head (what no pattern matches) last. Returns
+    ``(name -> layer id, number of layers)``."""
+    groups = group_parameters(model, model.group_matcher(coarse=False))
+    return {name: layer for layer, names in groups.items() for name in names}, len(groups)
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0,
                  extra_modules: dict[str, nn.Module] | None = None) -> list[dict]:
     """AdamW groups. ``layer_decay < 1`` scales the LR of layer ``i`` of ``n`` by ``layer_decay ** (n - 1 - i)``
     (BEiT-style: early layers of a pretrained encoder move least). ``extra_modules`` (e.g. a MAMIM decoder) train
-    at the full LR. 1-d tensors and the encoder's ``no_weight_decay()`` names are not decayed."""
+    at the full LR. 1-d tensors and the parameters that ``model.no_weight_decay()`` names (full names, as timm's
+    models give them) are not decayed."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     ids, n_layers = layer_ids(model) if layer_decay < 1.0 else ({}, 1)
     groups: dict[tuple[int, bool], dict] = {}
@@ -44,7 +32,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: 
     def add(name: str, param: torch.Tensor, layer: int) -> None:
         if not param.requires_grad:
             return
-        no_decay = param.ndim <= 1 or name.split(".")[-1] in skip
+        no_decay = param.ndim <= 1 or name in skip
         scale = layer_decay ** (n_layers - 1 - layer)
         group = groups.setdefault((layer, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
                                                       "lr": lr * scale, "lr_scale": scale})

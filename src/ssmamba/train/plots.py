@@ -1,14 +1,15 @@
-"""PNG figures written during training: loss/metric curves and MAMIM reconstruction grids."""
+"""PNG figures written during training: loss/metric curves and MAMIM reconstruction grids.
+
+Drawn on ``matplotlib.figure.Figure`` objects (rendered by Agg when saved), never through pyplot: no window, and
+importing this module selects no matplotlib backend for the rest of the process.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import torch
+from matplotlib.figure import Figure
 
 __all__ = ["plot_curves", "save_reconstruction_grid"]
 
@@ -17,7 +18,8 @@ def plot_curves(history: list[dict], path: Path, x: str = "step", keys: tuple[st
                 title: str = "") -> Path:
     """One panel per key of ``history`` rows that has values, against ``x``."""
     keys = [k for k in keys if any(k in row for row in history)]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.5 * max(1, len(keys)), 3.2), squeeze=False)
+    fig = Figure(figsize=(4.5 * max(1, len(keys)), 3.2))
+    axes = fig.subplots(1, max(1, len(keys)), squeeze=False)
     for ax, key in zip(axes[0], keys):
         rows = [row for row in history if key in row]
         ax.plot([row[x] for row in rows], [row[key] for row in rows], marker="." if len(rows) < 30 else None)
@@ -27,7 +29,6 @@ def plot_curves(history: list[dict], path: Path, x: str = "step", keys: tuple[st
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -42,7 +43,8 @@ def save_reconstruction_grid(images: torch.Tensor, masked: torch.Tensor, reconst
                              mean, std, title: str = "") -> Path:
     """Rows of original / masked / reconstruction for up to 8 images (each ``(B, 3, H, W)``, normalised)."""
     n = min(8, images.shape[0])
-    fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 5.0), squeeze=False)
+    fig = Figure(figsize=(1.6 * n, 5.0))
+    axes = fig.subplots(3, n, squeeze=False)
     for row, (name, batch) in enumerate([("original", images), ("masked", masked), ("reconstruction", reconstruction)]):
         for i in range(n):
             axes[row][i].imshow(_to_image(batch[i], mean, std))
@@ -52,5 +54,4 @@ def save_reconstruction_grid(images: torch.Tensor, masked: torch.Tensor, reconst
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
