@@ -3,9 +3,12 @@
 Each data set runs as one `ssmamba benchmark` over a shared output folder, by ``--jobs`` processes of one torch
 thread each (they split the cells between them through the cells' lock files). Rerunning continues where a run
 stopped; finished cells are never recomputed. The leaderboard files are copied to
-``benchmarks/results/leaderboard_<dataset>.{md,json,png}``.
+``benchmarks/results/leaderboard_<dataset>.{md,json,png}``, and every finished cell's record (cell.json,
+result.json, predictions.npz: a few kB, no weights) to ``benchmarks/results/cells/<dataset>/``, from where the next
+run on another machine starts: the matrix can span sittings and machines.
 
     python benchmarks/leaderboards.py pcam1000 idc crchp --jobs 2     # the matrix (hours on 2 CPU cores)
+    python benchmarks/leaderboards.py idc --report-only                # leaderboard of the cells finished so far
     python benchmarks/leaderboards.py pcam1000 --seeds 0 --epochs 1 --out /tmp/lb --results /tmp/lb   # smoke run
 
 Budgets (the same for every entry of a data set; chosen so the whole matrix fits on a 2-core machine, not tuned
@@ -45,6 +48,21 @@ DATASETS = {
 }
 
 
+CELL_RECORD = ("cell.json", "predictions.npz", "result.json")  # result.json last: it marks a finished cell
+
+
+def sync_cells(source: Path, target: Path) -> None:
+    """Copy the record of every finished cell under ``source`` that ``target`` lacks (never overwriting)."""
+    for result in sorted(source.glob("*/seed_*/result.json")):
+        cell = result.parent.relative_to(source)
+        if (target / cell / "result.json").exists():
+            continue
+        (target / cell).mkdir(parents=True, exist_ok=True)
+        for name in CELL_RECORD:
+            if (result.parent / name).is_file():
+                shutil.copyfile(result.parent / name, target / cell / name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="+", choices=list(DATASETS))
@@ -53,6 +71,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="processes sharing the cells (one thread each)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "leaderboards")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true", help="train nothing; leaderboard of finished cells")
     args, extra = parser.parse_known_args()  # anything else is passed on to `ssmamba benchmark`
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     for name in args.datasets:
@@ -63,7 +82,11 @@ def main() -> None:
                    args.seeds, "--out", str(out), *extra]
         print(" ".join(command), flush=True)
         out.mkdir(parents=True, exist_ok=True)
-        logs = [open(out / f"job{j}.log", "a") for j in range(args.jobs)]
+        committed = args.results / "cells" / name
+        sync_cells(committed, out / "cells")  # continue from the cells committed by earlier runs
+        if args.report_only:
+            command.append("--report-only")
+        logs = [open(out / f"job{j}.log", "a") for j in range(1 if args.report_only else args.jobs)]
         jobs = [subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env) for log in logs]
         codes = [job.wait() for job in jobs]
         for log in logs:
@@ -71,6 +94,7 @@ def main() -> None:
         if any(codes):
             sys.exit(f"{name}: a benchmark process failed (exit codes {codes}); see {out}/job*.log")
         args.results.mkdir(parents=True, exist_ok=True)
+        sync_cells(out / "cells", committed)
         for suffix in ("md", "json", "png"):
             shutil.copyfile(out / f"leaderboard.{suffix}", args.results / f"leaderboard_{name}.{suffix}")
         print(f"{name}: {args.results}/leaderboard_{name}.md", flush=True)

@@ -15,7 +15,8 @@ from ssmamba.workflows.benchmark.runner import BenchmarkConfig
 @click.command()
 @config_options(BenchmarkConfig)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar over cells.")
-def benchmark(progress: bool, **values) -> None:
+@click.option("--report-only", is_flag=True, help="Compute nothing: write the leaderboard of the finished cells.")
+def benchmark(progress: bool, report_only: bool, **values) -> None:
     """Fine-tune every entry with the same recipe and budget on one data set, over several seeds, and rank them.
 
     Each (entry, seed) cell is written to OUT/cells/ atomically and never recomputed: rerun the same command
@@ -33,7 +34,7 @@ def benchmark(progress: bool, **values) -> None:
         cfg = build_config(BenchmarkConfig, values)
         if not cfg.data:
             raise click.UsageError("--data is required: a labelled data set with train/val/test splits")
-        path = run_benchmark(cfg, progress=progress, command=command_line(cfg))
+        path = run_benchmark(cfg, progress=progress, command=command_line(cfg), report_only=report_only)
     except RecipeMismatchError as error:
         raise click.ClickException(str(error)) from error
     except (FileNotFoundError, ValueError) as error:

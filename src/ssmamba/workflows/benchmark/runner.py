@@ -110,10 +110,12 @@ def resolve_recipe(cfg: BenchmarkConfig) -> tuple[dict, dict]:
     return recipe, facts
 
 
-def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, command: str | None = None) -> Path:
+def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, command: str | None = None,
+                  report_only: bool = False) -> Path:
     """Compute every missing cell and write the leaderboard; returns the path of ``leaderboard.md``.
 
-    ``command``: the command line that started the run, recorded in ``commands.txt`` (the CLI passes it)."""
+    ``command``: the command line that started the run, recorded in ``commands.txt`` (the CLI passes it).
+    ``report_only``: compute nothing; write the leaderboard of the cells that have finished."""
     from ssmamba.train.setup import resolve_device
     from ssmamba.workflows.benchmark.leaderboard import build_leaderboard, write_leaderboard
 
@@ -128,13 +130,19 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, command: str | No
     out.mkdir(parents=True, exist_ok=True)
     with file_log(out / "benchmark.log"):
         recipe, facts = resolve_recipe(cfg)
-        _record_invocation(out, cfg, recipe, facts, command)
         cells = [Cell(out / "cells" / entry.name / f"seed_{seed}", entry, seed, cfg.data, recipe)
                  for seed in cfg.seeds for entry in entries]
+
         def publish() -> Path:  # after every cell, so a long benchmark can be read (and committed) as it goes
             return write_leaderboard(build_leaderboard(out, entries, cfg, recipe, facts), out)["md"]
 
-        _run_cells(cells, cfg, device, progress, publish)
+        if report_only:
+            for cell in cells:
+                if cell.result() is not None:
+                    cell.check_key()
+        else:
+            _record_invocation(out, cfg, recipe, facts, command)
+            _run_cells(cells, cfg, device, progress, publish)
         return publish()
 
 
