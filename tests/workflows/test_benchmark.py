@@ -125,6 +125,13 @@ def test_two_entries_two_seeds_end_to_end_and_reuse(tiny_data, tmp_path):
     assert "6 cells (2 entries x 3 seeds), 4 finished already and reused" in (out / "benchmark.log").read_text()
     assert json.loads((out / "leaderboard.json").read_text())["n_cells"]["done"] == 6
 
+    # --report-only computes nothing: a fourth seed shows up as missing cells
+    args = [a if a != "0,1" else "0,1,2,3" for a in TINY]
+    result = CliRunner().invoke(main, ["benchmark", "--data", str(tiny_data), "--out", str(out), *args,
+                                       "--report-only"], catch_exceptions=False)
+    assert result.exit_code == 0 and "6 of 8 cells" in result.output
+    assert not list(out.glob("cells/*/seed_3"))
+
     # the same folder with another recipe is refused, naming what changed
     args = [a if a != "--epochs" else "--epochs" for a in TINY]
     args[args.index("--epochs") + 1] = "2"
