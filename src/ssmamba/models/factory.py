@@ -112,7 +112,11 @@ def _load_weights(model: nn.Module, checkpoint: Path, expected: str, allow_head_
         own = model.state_dict()
         state = {k: v for k, v in state.items() if not k.startswith(head) or (k in own and own[k].shape == v.shape)}
         state.update({k: v for k, v in own.items() if k.startswith(head) and k not in state})
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of the wrong shape
+        raise CheckpointMismatchError(f"checkpoint {checkpoint} does not fit {expected}: "
+                                      f"{' '.join(str(error).split()[:40])}") from error
     if missing or unexpected:
         raise CheckpointMismatchError(
             f"checkpoint {checkpoint} does not fit {expected}: missing keys {missing[:8]}"
@@ -182,7 +186,10 @@ def _build_ssmamba(arch: str, saved: dict | None, num_classes: int | None, kwarg
     cfg_fields = set(SSMambaConfig.__dataclass_fields__)
     arch_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in cfg_fields}
     if saved is not None:
-        base = saved["model_args"]
+        base = saved.get("model_args") or {}
+        if not isinstance(base, dict) or set(base) - cfg_fields:
+            raise CheckpointError(f"config.json of {arch} has model_args that are not SSMambaConfig fields: "
+                                  f"{sorted(set(base) - cfg_fields) if isinstance(base, dict) else base!r}")
         kwargs.setdefault("in_chans", saved.get("in_chans", 3))
         saved_classes = saved.get("num_classes", 0)
     else:
@@ -255,7 +262,11 @@ def save_pretrained(model: nn.Module, directory: str | Path, pretrained_cfg: dic
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_directory(directory) as partial:  # complete or absent: a failed save keeps the previous one
-        save_file(state, str(partial / WEIGHTS_NAME), metadata={"format": "pt"})
+        try:
+            save_file(state, str(partial / WEIGHTS_NAME), metadata={"format": "pt"})
+        except SafetensorError as error:  # a failed write (full disk, size limit)
+            raise CheckpointError(f"could not write checkpoint {directory} ({error}): is the disk full? The "
+                                  "previous checkpoint there, if any, is intact") from error
         (partial / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
     return directory
 

@@ -38,6 +38,9 @@ def save_tensors(payload: dict, path: Path) -> None:
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
+    except RuntimeError as error:  # torch reports a failed write (full disk, size limit) as a RuntimeError
+        raise CheckpointError(f"could not write {path} ({str(error).splitlines()[0]}): is the disk full? The "
+                              f"previous {path.name}, if any, is intact; free space and rerun with --resume") from error
     finally:
         tmp.unlink(missing_ok=True)
 

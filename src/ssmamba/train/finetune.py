@@ -34,7 +34,7 @@ from ssmamba.train.engine import Precision, Trainer, load_tensors, save_tensors
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves
 from ssmamba.train.sampling import make_loader
-from ssmamba.train.setup import add_file_log, resolve_device, seed_everything
+from ssmamba.train.setup import file_log, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -213,11 +213,16 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, o
 
     ``cfg.out`` must be new or empty unless ``resume`` (continue the run in it) or ``overwrite`` (delete it first).
     """
+
+    out = claim_run_dir(cfg.out, resume=resume, overwrite=overwrite)
+    with file_log(out / "log.txt"):
+        return _finetune(cfg, out, resume, progress)
+
+
+def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> Path:
     from ssmamba.data import load_dataset
     from ssmamba.data.transforms import eval_transform, train_transform
 
-    out = claim_run_dir(cfg.out, resume=resume, overwrite=overwrite)
-    add_file_log(out / "log.txt")
     seed_everything(cfg.seed)
     train_tf = train_transform(cfg.img_size, zoom_range=(cfg.zoom_min, cfg.zoom_max), hed=cfg.hed, flips=cfg.flips,
                                rot90=cfg.rot90)
@@ -254,15 +259,17 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, o
     layer_decay = cfg.layer_decay if cfg.checkpoint else 1.0  # LLRD only makes sense for a pretrained encoder
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, layer_decay), lr=cfg.lr)
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * len(loader)), cfg.epochs * len(loader))
-    (out / "config.yaml").write_text(yaml.safe_dump({
-        "finetune": {**asdict(cfg), "balance": cfg.balance.value, "precision": cfg.precision.value},
-        "augmentation": asdict(train_tf.config),
-        "classes": classes, "n_train": len(train_set), "n_val": len(val_set)}, sort_keys=False))
     trainer = FinetuneTrainer(model, cfg, classes, val_loader,
                               weights if cfg.balance is Balancing.LOSS else None, pretrained_cfg,
                               optimizer=optimizer, scheduler=scheduler, loader=loader, out_dir=out, epochs=cfg.epochs,
                               checkpoint_every=len(loader), grad_clip=cfg.grad_clip, progress=progress,
                               precision=cfg.precision, device=resolve_device(cfg.device))
-    trainer.fit(resume=resume)
+    if resume:  # refuse a damaged or crafted training state before anything in the run folder changes
+        trainer.load_state()
+    atomic_write_text(out / "config.yaml", yaml.safe_dump({
+        "finetune": {**asdict(cfg), "balance": cfg.balance.value, "precision": cfg.precision.value},
+        "augmentation": asdict(train_tf.config),
+        "classes": classes, "n_train": len(train_set), "n_val": len(val_set)}, sort_keys=False))
+    trainer.fit()
     return out / "best"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ssmamba.io.atomic import atomic_write_text
 from ssmamba.io.runs import claim_run_dir, write_skipped
 from ssmamba.models import create_model, save_pretrained
 from ssmamba.ssl import MAMIM
@@ -25,7 +26,7 @@ from ssmamba.train.engine import Precision, Trainer
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves, save_reconstruction_grid
 from ssmamba.train.sampling import make_loader
-from ssmamba.train.setup import add_file_log, resolve_device, seed_everything
+from ssmamba.train.setup import file_log, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +112,16 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
 
     ``cfg.out`` must be new or empty unless ``resume`` (continue the run in it) or ``overwrite`` (delete it first).
     """
+
+    out = claim_run_dir(cfg.out, resume=resume, overwrite=overwrite)
+    with file_log(out / "log.txt"):
+        return _pretrain(cfg, out, resume, progress)
+
+
+def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> Path:
     from ssmamba.data import load_unlabelled
     from ssmamba.data.transforms import pretrain_transform
 
-    out = claim_run_dir(cfg.out, resume=resume, overwrite=overwrite)
-    add_file_log(out / "log.txt")
     seed_everything(cfg.seed)
     transform = pretrain_transform(cfg.img_size, zoom_range=(cfg.zoom_min, cfg.zoom_max), hed=cfg.hed,
                                    flips=cfg.flips, rot90=cfg.rot90)
@@ -127,10 +133,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
         dataset = torch.utils.data.Subset(dataset, sorted(keep.tolist()))
     logger.info("pretraining on %d images", len(dataset))
     mean, std = transform.config.mean, transform.config.std
-    (out / "config.yaml").write_text(yaml.safe_dump(
-        {"pretrain": {**asdict(cfg), "precision": cfg.precision.value}, "augmentation": asdict(transform.config),
-         "n_images": len(dataset)},
-        sort_keys=False))
 
     encoder = create_model(cfg.model, num_classes=0, **cfg.model_args)
     mamim = MAMIM(encoder, mask_ratio=cfg.mask_ratio, patch_size=cfg.mask_patch_size,
@@ -150,7 +152,13 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
                               loader=loader, out_dir=out, epochs=cfg.epochs,
                               checkpoint_every=cfg.checkpoint_every or len(loader), grad_clip=cfg.grad_clip,
                               progress=progress, precision=cfg.precision, device=resolve_device(cfg.device))
-    trainer.fit(resume=resume)
+    if resume:  # refuse a damaged or crafted training state before anything in the run folder changes
+        trainer.load_state()
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(
+        {"pretrain": {**asdict(cfg), "precision": cfg.precision.value}, "augmentation": asdict(transform.config),
+         "n_images": len(dataset)},
+        sort_keys=False))
+    trainer.fit()
     logger.info("encoder saved to %s", out / "checkpoint")
     return out / "checkpoint"
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "add_file_log", "resolve_device"]
+__all__ = ["seed_everything", "add_file_log", "file_log", "resolve_device"]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -29,13 +31,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def add_file_log(path: Path, level: int = logging.INFO) -> None:
-    """Also log ``ssmamba.*`` messages to ``path`` (appending, so a resumed run keeps its history)."""
+def add_file_log(path: Path, level: int = logging.INFO) -> logging.Handler | None:
+    """Also log ``ssmamba.*`` messages to ``path`` (appending, so a resumed run keeps its history). Returns the new
+    handler, or None when ``path`` already had one."""
     root = logging.getLogger("ssmamba")
     root.setLevel(min(root.level or level, level))
     path = Path(path).resolve()
     if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in root.handlers):
-        return
+        return None
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+    return handler
+
+
+@contextmanager
+def file_log(path: Path, level: int = logging.INFO) -> Iterator[None]:
+    """:func:`add_file_log` for the duration of a run: afterwards the handler is removed, so a later run in the
+    same process never writes into this run's log."""
+    handler = add_file_log(path, level)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            logging.getLogger("ssmamba").removeHandler(handler)
+            handler.close()
