@@ -34,9 +34,10 @@ def assets(tmp_path_factory) -> Assets:
     checkpoint = save_pretrained(create_model("ssmamba_test", num_classes=2), root / "ckpt", pretrained_cfg=cfg)
     encoder = save_pretrained(create_model("ssmamba_test", num_classes=0), root / "encoder",
                               pretrained_cfg={"input_size": [3, SIZE, SIZE]})
-    assets = Assets(root, root / "images", manifest, checkpoint, encoder, root / "run")
-    result = cli(*assets.finetune_args(assets.run))
-    assert result.exit_code == 0, result.output
+    assets = Assets(root, root / "images", manifest, checkpoint, encoder, root / "run", root / "pre")
+    for args in (assets.finetune_args(assets.run), assets.pretrain_args(assets.pre)):
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
     return assets
 
 

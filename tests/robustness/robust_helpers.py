@@ -69,6 +69,7 @@ class Assets:
     checkpoint: Path  # ssmamba_test with a 2-class head and class_names
     encoder: Path  # ssmamba_test without a head
     run: Path  # a finished 1-epoch fine-tuning run (best/, last/, training_state.pt, ...)
+    pre: Path  # a finished 1-epoch (2-step) MAMIM pretraining run (checkpoint/, training_state.pt, ...)
 
     def finetune_args(self, out: Path, *extra) -> list:
         return ["finetune", "--data", self.manifest, "--out", out, "--model", "ssmamba_test", "--img-size", SIZE,

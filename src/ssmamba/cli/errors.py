@@ -17,10 +17,12 @@ _FULL_DISK = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "fix the input": ours, the library's bad-value/missing-file errors, OS errors."""
+    from safetensors import SafetensorError  # a failed read or write of weights (truncated file, full disk)
+
     from ssmamba.models.factory import CheckpointMismatchError
     from ssmamba.train.engine import NonFiniteLossError
 
-    return SsmambaError, CheckpointMismatchError, NonFiniteLossError, ValueError, OSError
+    return SsmambaError, CheckpointMismatchError, NonFiniteLossError, SafetensorError, ValueError, OSError
 
 
 def one_line(error: BaseException) -> str:

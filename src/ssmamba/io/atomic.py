@@ -24,6 +24,16 @@ def _sibling(target: Path, kind: str) -> Path:
     return target.with_name(f".{target.name}{kind}{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def _recover(target: Path) -> None:
+    """Tidy what a killed writer left beside ``target``: if it died between the two renames of a swap, put the
+    previous version back; then delete leftover temporaries. (One writer per target at a time is assumed.)"""
+    leftovers = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if leftovers and not target.exists():
+        os.rename(leftovers.pop(), target)
+    for path in leftovers + list(target.parent.glob(f".{target.name}{TEMP_MARK}*")):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _fsync_tree(directory: Path) -> None:
     for path in directory.rglob("*"):
         if path.is_file():
@@ -37,10 +47,12 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     ``target``. When the block raises (or the process dies), ``target`` is left exactly as it was.
 
     The swap is two renames (old folder aside, new one in), so for an instant between them ``target`` is absent
-    (the previous version then sits in a hidden ``.NAME.old-*`` sibling); no reader ever sees a partial folder.
+    (the previous version then sits in a hidden ``.NAME.old-*`` sibling, put back by the next save if the process
+    died there); no reader ever sees a partial folder.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _recover(target)
     temporary = _sibling(target, TEMP_MARK)
     temporary.mkdir()
     finished = False
