@@ -6,9 +6,6 @@ read-only by convention, and each case checks that what it was given is unchange
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -39,18 +36,6 @@ def assets(tmp_path_factory) -> Assets:
         result = cli(*args)
         assert result.exit_code == 0, result.output
     return assets
-
-
-@pytest.fixture
-def copy_of(tmp_path):
-    """``copy_of(path)``: a private copy of an asset folder or file, to break."""
-
-    def copy(path: Path) -> Path:
-        target = tmp_path / ("copy_" + path.name)
-        (shutil.copytree if path.is_dir() else shutil.copy)(path, target)
-        return target
-
-    return copy
 
 
 @pytest.fixture(autouse=True)

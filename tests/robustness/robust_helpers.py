@@ -8,12 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from ssmamba.cli import main
-from ssmamba.models import create_model, save_pretrained
 
 SIZE = 32
 CLASSES = ("benign", "tumour")

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from robust_helpers import SIZE, Assets, cli, digest, error_line, tile, write_manifest
+from robust_helpers import Assets, cli, digest, error_line, write_manifest
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -134,14 +133,12 @@ def _leak_by_path(rows):
     return rows + [(rows[0][0], rows[0][1], "test")]
 
 
-def _leak_by_copy(rows):
-    copy = Path(rows[0][0]).with_name("copy_of_0.png")
-    shutil.copy(rows[0][0], copy)
-    return rows + [(str(copy), rows[0][1], "test")]
-
-
-def _tmp_copy_images(rows, tmp_dir):
-    return rows
+def _leak_by_copy(a: Assets, tmp: Path):
+    """A manifest whose test split holds a renamed copy of a training image."""
+    def edit(rows):
+        copy = shutil.copy(rows[0][0], tmp / "renamed.png")
+        return rows + [(str(copy), rows[0][1], "test")]
+    return _evaluate(a.checkpoint, _manifest(a, tmp, edit), tmp), []
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -248,7 +245,7 @@ CASES = {
     "evaluate-empty-split": Case(_hygiene_manifest(lambda rows: [r for r in rows if r[2] != "test"]),
                                  1, "split 'test' is empty"),
     "evaluate-same-path-in-train-and-test": Case(_hygiene_manifest(_leak_by_path), 1, "more than one split"),
-    "evaluate-copied-image-in-train-and-test": Case(_hygiene_manifest(_leak_by_copy), 1, "more than one split"),
+    "evaluate-copied-image-in-train-and-test": Case(_leak_by_copy, 1, "more than one split"),
     "evaluate-leakage-allowed": Case(lambda a, t: (_evaluate(a.checkpoint, _manifest(a, t, _leak_by_path), t,
                                                              "--allow-leakage"), []), 0, "benign"),
     "finetune-leakage": Case(lambda a, t: (a.finetune_args(t / "ft", "--data", _manifest(a, t, _leak_by_path)), []),
@@ -261,10 +258,10 @@ CASES = {
     "finetune-manifest-without-path-column": Case(lambda a, t: (a.finetune_args(t / "ft", "--data", _write(
         t / "m.csv", b"name,label\na.png,x\n")), []), 1, "path", _not_started),
     "finetune-empty-manifest": Case(lambda a, t: (a.finetune_args(t / "ft", "--data", _write(t / "m.csv", b"")), []),
-                                    1, "m.csv", _not_started),
+                                    1, "m.csv: empty CSV", _not_started),
     "finetune-manifest-of-missing-files": Case(lambda a, t: (a.finetune_args(t / "ft", "--data", _manifest(
         a, t, lambda rows: [(str(t / f"gone{i}.png"), label, s) for i, (_, label, s) in enumerate(rows)])), []),
-        1, "m", _not_started),
+        1, "16 missing file(s) were skipped", _not_started),
     # ---- CLI values (rejected before any data is read) ----
     "finetune-invalid-monitor": Case(lambda a, t: (a.finetune_args(t / "ft", "--monitor", "bogus"), []),
                                      1, "--monitor 'bogus' is not a validation metric; choose one of balanced_accuracy",
@@ -295,7 +292,7 @@ CASES = {
     "pretrain-model-args-without-equals": Case(lambda a, t: (a.pretrain_args(t / "pre", "--model-args", "lpr"), []),
                                                2, "expected KEY=VALUE"),
     "pretrain-empty-folder": Case(lambda a, t: (a.pretrain_args(t / "pre", "--data", _folder_with(t, {})), []),
-                                  1, "inputs", _not_started),
+                                  1, "inputs: no image files", _not_started),
     "demo-invalid-mask-patch": Case(lambda a, t: (["demo", "--out", t / "demo", "--mask-patch-size", 24], []),
                                     1, "mask_patch_size 24", lambda a, t: _absent(t / "demo")),
     # ---- run folders: never silently reused ----
