@@ -172,6 +172,24 @@ def _run_guard(command_args):
     return build
 
 
+def _slides(tmp: Path, name: str, data: bytes | None = None) -> Path:
+    """A folder holding one slide file: ``data`` as is, or (None) a 256 px TIFF without any µm/px metadata."""
+    import numpy as np
+    import tifffile
+
+    path = tmp / "slides" / name
+    path.parent.mkdir()
+    if data is None:
+        tifffile.imwrite(path, np.full((256, 256, 3), 200, np.uint8))
+    else:
+        path.write_bytes(data)
+    return path.parent
+
+
+def _tile(slides: Path, tmp: Path, *extra) -> list:
+    return ["wsi", "tile", slides, "--out", tmp / "wsi", "--mpp", 0.5, *extra]
+
+
 def _cwd_overwrite(a: Assets, tmp: Path):
     work = tmp / "work"
     (work / "keep.txt").parent.mkdir()
@@ -295,6 +313,15 @@ CASES = {
                                   1, "inputs: no image files", _not_started),
     "demo-invalid-mask-patch": Case(lambda a, t: (["demo", "--out", t / "demo", "--mask-patch-size", 24], []),
                                     1, "mask_patch_size 24", lambda a, t: _absent(t / "demo")),
+    # ---- slides ----
+    "wsi-tile-garbage-tiff": Case(lambda a, t: (_tile(_slides(t, "bad.tif", b"II*\x00garbage"), t), []),
+                                  1, "bad.tif: cannot be opened as a slide or image"),
+    "wsi-tile-zero-byte-svs": Case(lambda a, t: (_tile(_slides(t, "empty.svs", b""), t), []),
+                                   1, "empty.svs: cannot be opened as a slide or image"),
+    "wsi-tile-slide-without-mpp": Case(lambda a, t: (_tile(_slides(t, "nompp.tif"), t), []),
+                                       1, "no plausible µm per pixel in the metadata"),
+    "wsi-tile-negative-mpp": Case(lambda a, t: (_tile(_slides(t, "nompp.tif"), t, "--mpp", -1, "--slide-mpp", 0.5),
+                                                []), 2, "target_mpp must be positive"),
     # ---- run folders: never silently reused ----
     "finetune-into-finished-run": Case(_run_guard(lambda a, run, t: a.finetune_args(run)), 1,
                                        "already holds files"),

@@ -267,3 +267,14 @@ def test_overwrite_replaces_a_finished_run(assets, tmp_path):
     result = cli(*assets.finetune_args(run, "--overwrite"))
     assert result.exit_code == 0, result.output
     assert not (run / "from_the_old_run.txt").exists() and (run / "best" / "model.safetensors").is_file()
+
+
+def test_finetune_lists_skipped_files_in_its_run_folder(assets, tmp_path):
+    rows = [line.split(",") for line in assets.manifest.read_text().splitlines()[1:]]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"")
+    manifest = write_manifest(tmp_path / "m.csv", [tuple(r) for r in rows] + [(str(broken), "tumour", "train")])
+    result = cli(*assets.finetune_args(tmp_path / "ft", "--data", manifest))
+    assert result.exit_code == 0, result.output
+    assert str(broken) in (tmp_path / "ft" / "skipped.csv").read_text()
+    assert "skipped 1 unreadable file(s)" in (tmp_path / "ft" / "log.txt").read_text()
