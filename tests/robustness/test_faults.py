@@ -278,3 +278,13 @@ def test_finetune_lists_skipped_files_in_its_run_folder(assets, tmp_path):
     assert result.exit_code == 0, result.output
     assert str(broken) in (tmp_path / "ft" / "skipped.csv").read_text()
     assert "skipped 1 unreadable file(s)" in (tmp_path / "ft" / "log.txt").read_text()
+
+
+def test_an_attempt_that_failed_before_work_does_not_block_the_next(assets, tmp_path):
+    rows = [tuple(line.split(",")) for line in assets.manifest.read_text().splitlines()[1:]]
+    leaky = write_manifest(tmp_path / "m.csv", rows + [(rows[0][0], rows[0][1], "test")])
+    out = tmp_path / "ft"
+    assert "--allow-leakage" in error_line(cli(*assets.finetune_args(out, "--data", leaky)))
+    assert sorted(p.name for p in out.iterdir()) == ["log.txt"]
+    result = cli(*assets.finetune_args(out, "--data", leaky, "--allow-leakage"))
+    assert result.exit_code == 0, result.output

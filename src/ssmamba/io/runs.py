@@ -21,6 +21,13 @@ __all__ = ["claim_run_dir", "check_writable", "write_skipped", "SKIPPED_NAME"]
 SKIPPED_NAME = "skipped.csv"
 
 
+def _holds_a_run(directory: Path) -> list[str]:
+    """Names in ``directory`` that belong to a run; a log and skip lists alone are what an attempt that failed
+    before any work leaves, and do not count."""
+    return sorted(p.name for p in directory.iterdir()
+                  if p.name != "log.txt" and not (p.name.startswith("skipped") and p.suffix == ".csv"))
+
+
 def check_writable(directory: Path, option: str = "--out") -> None:
     """Create ``directory`` (and parents) and write a probe file in it, or raise :class:`RunFolderError`."""
     try:
@@ -43,7 +50,8 @@ def claim_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
     """Make ``out`` the folder of a new run (or of the run being resumed) before any work starts.
 
     * ``resume``: ``out`` must exist; its files are continued, not replaced.
-    * a missing or empty folder is created and used.
+    * a missing or empty folder is created and used (so is one holding only ``log.txt`` / ``skipped*.csv``, left
+      by an attempt that failed before any work: the new attempt appends to that log).
     * a folder holding anything else (another run) is refused, unless ``overwrite``: then its contents are
       deleted first, so files of two runs never mix.
 
@@ -57,10 +65,9 @@ def claim_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
     if resume:
         if not out.is_dir():
             raise RunFolderError(f"cannot resume: {option} {out} does not exist")
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and (held := _holds_a_run(out)):
         if not overwrite:
-            example = sorted(p.name for p in out.iterdir())[:3]
-            raise RunFolderError(f"{option} {out} already holds files ({', '.join(example)}, ...): pass --resume to "
+            raise RunFolderError(f"{option} {out} already holds files ({', '.join(held[:3])}, ...): pass --resume to "
                                  f"continue that run, --overwrite to replace it, or choose another {option}")
         if _protected(out):
             raise RunFolderError(f"--overwrite would delete {out} (the working or home folder); choose a subfolder")
