@@ -34,6 +34,17 @@ class _LazyGroup(click.Group):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         return super().main(*args, **kwargs)
 
+    def invoke(self, ctx: click.Context):
+        """Run the sub-command; a user error becomes one ``Error:`` line (its traceback with ``--debug``)."""
+        from ssmamba.cli.errors import one_line, user_errors
+
+        try:
+            return super().invoke(ctx)
+        except user_errors() as error:
+            if ctx.params.get("debug"):
+                raise
+            raise click.ClickException(one_line(error)) from error
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
 
@@ -46,7 +57,8 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ssmamba")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error instead of one line.")
+def main(debug: bool) -> None:
     """SSMamba: self-supervised hybrid state-space models for pathology images."""
 
 

@@ -10,8 +10,9 @@ from ssmamba.train.pipeline import PipelineConfig
 
 @click.command()
 @config_options(PipelineConfig)
+@click.option("--overwrite", is_flag=True, help="Delete what --out holds (another run) and start afresh.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-def demo(progress: bool, **values) -> None:
+def demo(overwrite: bool, progress: bool, **values) -> None:
     """MAMIM pretraining -> fine-tuning -> evaluation -> report, offline on CPU in a few minutes.
 
     Without --data the images are SYNTHETIC (generated H&E-like tissue), to show the pipeline end to end; give
@@ -25,9 +26,6 @@ def demo(progress: bool, **values) -> None:
     if cfg.data is None:
         click.secho("ssmamba demo: generating a SYNTHETIC H&E-like data set (not real pathology); "
                     "use --data PATH for your own images.", fg="yellow")
-    try:
-        report = run_pipeline(cfg, progress=progress)
-    except (FileNotFoundError, ValueError) as error:
-        raise click.ClickException(str(error)) from error
+    report = run_pipeline(cfg, progress=progress, overwrite=overwrite)
     click.echo(report.read_text())
     click.secho(f"report: {report}", fg="green")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import click
 from ssmamba.cli.options import device_option
 
 _DATA_HELP = "Image folder, CSV manifest or nucleus-points CSV."
+_OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace what --out already holds (refused otherwise).")
+_ALLOW_LEAKAGE = click.option("--allow-leakage", is_flag=True,
+                              help="Accept the same image in more than one split (an error otherwise).")
 
 
 def _checkpoint_transform(checkpoint: Path, device: str = "cpu"):
@@ -21,7 +25,20 @@ def _checkpoint_transform(checkpoint: Path, device: str = "cpu"):
 
     model = create_model(checkpoint=checkpoint).eval().to(device)
     cfg = model.pretrained_cfg
+    if not model.num_classes:
+        raise click.ClickException(f"{checkpoint} has no classification head (an encoder, e.g. from pretrain): "
+                                   "fine-tune it first and pass the fine-tuned checkpoint (e.g. runs/finetune/best)")
     return model, eval_transform(cfg["input_size"][-1], cfg["mean"], cfg["std"]), cfg
+
+
+def _report_skipped(dataset, path: Path) -> None:
+    """Write every file ``dataset`` left out to ``path`` and name the count on the console."""
+    from ssmamba.io.runs import write_skipped
+
+    written = write_skipped(path, dataset.skipped)
+    if written is not None:
+        click.echo(f"skipped {len(dataset.skipped)} unreadable file(s), e.g. {dataset.skipped[0][0]}; "
+                   f"full list in {written}", err=True)
 
 
 def _loader(dataset, batch_size: int, workers: int):
@@ -45,20 +62,25 @@ def _loader(dataset, batch_size: int, workers: int):
 @click.option("--tta/--no-tta", default=False, show_default=True,
               help="Average over the 8 rotations/flips of each image (8x slower inference).")
 @device_option()
+@_OVERWRITE
+@_ALLOW_LEAKAGE
 def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, batch_size, num_workers, seed, tta,
-             device):
+             device, overwrite, allow_leakage):
     """Metrics with bootstrap 95% CIs, confusion matrix and ROC curves for one split."""
     from ssmamba.data import load_dataset
     from ssmamba.eval.inference import predict_proba
     from ssmamba.eval.metrics import compute_metrics
     from ssmamba.eval.report import write_report
+    from ssmamba.io.runs import claim_run_dir
 
+    claim_run_dir(out, overwrite=overwrite)
     model, transform, cfg = _checkpoint_transform(checkpoint, device)
     classes = cfg.get("class_names")
     if not classes:
         raise click.ClickException(f"{checkpoint}/config.json has no class_names: is it a fine-tuned checkpoint?")
     dataset = load_dataset(data, split, transform, classes=classes, crop_size=cfg.get("crop_size") or 32,
-                           group_column=group_column, seed=seed)
+                           group_column=group_column, seed=seed, allow_leakage=allow_leakage)
+    _report_skipped(dataset, Path(out) / "skipped.csv")
     probs, labels = predict_proba(model, _loader(dataset, batch_size, num_workers), tta=tta)
     metrics = compute_metrics(labels, probs, classes, ordinal=ordinal, n_bootstrap=bootstrap, seed=seed)
     write_report(metrics, out, probs=probs, y_true=labels,
@@ -75,29 +97,41 @@ def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, bat
 @click.option("--tta/--no-tta", default=False, show_default=True,
               help="Average over the 8 rotations/flips of each image (8x slower inference).")
 @device_option()
-def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device):
-    """Class probabilities for a folder, a CSV or a single image, written to a CSV."""
+@_OVERWRITE
+def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device, overwrite):
+    """Class probabilities for a folder, a CSV or a single image, written to a CSV (unreadable files are
+    skipped and listed in OUT.skipped.csv)."""
     from ssmamba.data import load_unlabelled
-    from ssmamba.data.imageio import read_rgb
+    from ssmamba.data.imageio import IMAGE_ERRORS, read_rgb
     from ssmamba.eval.inference import class_probabilities, predict_proba
+    from ssmamba.io.atomic import atomic_write_text
+    from ssmamba.io.runs import check_writable
 
+    if out.exists() and not overwrite:
+        raise click.ClickException(f"--out {out} already exists; pass --overwrite to replace it or choose another")
+    if out.is_dir():
+        raise click.ClickException(f"--out {out} is a folder; give the path of a CSV file")
+    check_writable(out.parent, "--out folder")
     model, transform, cfg = _checkpoint_transform(checkpoint, device)
     classes = cfg.get("class_names") or [str(i) for i in range(model.num_classes)]
     if inputs.is_file() and inputs.suffix.lower() != ".csv":
         names = [str(inputs)]
-        probs = class_probabilities(model, transform(read_rgb(inputs))[None], tta).numpy()
+        try:
+            image = read_rgb(inputs)
+        except IMAGE_ERRORS as error:
+            raise click.ClickException(f"cannot read image {inputs}: {error}") from error
+        probs = class_probabilities(model, transform(image)[None], tta).numpy()
     else:
         dataset = load_unlabelled(inputs, crop_size=cfg.get("crop_size") or 32, transform=transform)
         names = [str(record.image) for record in dataset.records]
         probs, _ = predict_proba(model, _loader(dataset, batch_size, num_workers), tta=tta)
-        if dataset.skipped:
-            click.echo(f"skipped {len(dataset.skipped)} unreadable file(s), e.g. {dataset.skipped[0]}", err=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "prediction", *[f"prob_{c}" for c in classes]])
-        for name, row in zip(names, probs):
-            writer.writerow([name, classes[int(row.argmax())], *[f"{p:.6f}" for p in row]])
+        _report_skipped(dataset, out.with_name(out.stem + ".skipped.csv"))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "prediction", *[f"prob_{c}" for c in classes]])
+    for name, row in zip(names, probs):
+        writer.writerow([name, classes[int(row.argmax())], *[f"{p:.6f}" for p in row]])
+    atomic_write_text(out, buffer.getvalue())
     click.echo(f"wrote {len(names)} predictions to {out}")
 
 
@@ -114,7 +148,10 @@ def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device):
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @device_option()
-def probe(encoder, checkpoint, data, img_size, crop_size, group_column, k, out, batch_size, seed, device):
+@_OVERWRITE
+@_ALLOW_LEAKAGE
+def probe(encoder, checkpoint, data, img_size, crop_size, group_column, k, out, batch_size, seed, device,
+          overwrite, allow_leakage):
     """Linear probe and kNN on frozen features (train -> val for model selection -> test)."""
     from ssmamba.data import load_dataset
     from ssmamba.data.transforms import eval_transform
@@ -122,17 +159,20 @@ def probe(encoder, checkpoint, data, img_size, crop_size, group_column, k, out, 
     from ssmamba.eval.metrics import compute_metrics
     from ssmamba.eval.probe import knn_probe, linear_probe
     from ssmamba.eval.report import write_report
+    from ssmamba.io.runs import claim_run_dir
     from ssmamba.wsi.encoders import load_encoder
 
+    claim_run_dir(out, overwrite=overwrite)
     enc = load_encoder(encoder, checkpoint=checkpoint)
     enc.model.to(device)
     size = img_size or enc.input_size or 224
     transform = eval_transform(size, enc.mean, enc.std)
-    options = dict(crop_size=crop_size, group_column=group_column, seed=seed)
+    options = dict(crop_size=crop_size, group_column=group_column, seed=seed, allow_leakage=allow_leakage)
     splits = {}
     classes = None
     for split in ("train", "val", "test"):
         dataset = load_dataset(data, split, transform, classes=classes, **options)
+        _report_skipped(dataset, Path(out) / f"skipped_{split}.csv")
         classes = dataset.classes
         splits[split] = embed(enc.model, _loader(dataset, batch_size, 0), progress=True)
     (tx, ty), (vx, vy), (sx, sy) = splits["train"], splits["val"], splits["test"]

@@ -67,11 +67,15 @@ def mil() -> None:
 @click.option("--balance/--no-balance", default=True, show_default=True, help="Inverse-frequency class weights.")
 @click.option("--chunk-size", default=4096, show_default=True, help="Tiles per chunk at inference.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace what --out already holds (refused otherwise).")
 def train(csv_path, features_dir, id_column, label_column, patient_column, allow_missing, n_bootstrap, device,
           head_name, head_args, out_dir, folds, epochs, lr, weight_decay, max_instances, val_fraction, balance,
-          chunk_size, seed) -> None:
+          chunk_size, seed, overwrite) -> None:
     """Train a MIL head with k-fold cross-validation (or on a fixed split) and report slide-level metrics."""
+    from ssmamba.io.runs import claim_run_dir
     from ssmamba.mil.bags import read_bag_table
+
+    claim_run_dir(out_dir, overwrite=overwrite)
     from ssmamba.mil.cv import ExperimentSettings, run_cross_validation, run_fixed_split
     from ssmamba.mil.engine import MILTrainConfig
 
@@ -106,16 +110,20 @@ def train(csv_path, features_dir, id_column, label_column, patient_column, allow
               help="A trained head folder, or a CV run folder (its fold_* heads are averaged).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--chunk-size", default=4096, show_default=True, help="Tiles per chunk at inference.")
+@click.option("--overwrite", is_flag=True, help="Replace what --out already holds (refused otherwise).")
 def evaluate(csv_path, features_dir, id_column, label_column, patient_column, allow_missing, n_bootstrap, device,
-             model_dir, out_dir, chunk_size) -> None:
+             model_dir, out_dir, chunk_size, overwrite) -> None:
     """Score bags with trained head(s) and write predictions.csv, metrics and a report."""
     import numpy as np
+
+    from ssmamba.io.runs import claim_run_dir
 
     from ssmamba.eval.metrics import compute_metrics
     from ssmamba.eval.report import write_report
     from ssmamba.mil.bags import BagDataset, read_bag_table
     from ssmamba.mil.engine import CONFIG_NAME, BagPredictions, load_mil_model, predict
 
+    claim_run_dir(out_dir, overwrite=overwrite)
     model_dirs = [model_dir] if (model_dir / CONFIG_NAME).is_file() else sorted(
         p.parent for p in model_dir.glob(f"fold_*/{CONFIG_NAME}"))
     if not model_dirs:

@@ -74,7 +74,10 @@ def _option_type(annotation):
 def _load_yaml(ctx: click.Context, _param, value):
     if value is None:
         return None
-    loaded = yaml.safe_load(Path(value).read_text()) or {}
+    try:
+        loaded = yaml.safe_load(Path(value).read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise click.BadParameter(f"{value} is not valid YAML: {' '.join(str(error).split())}") from error
     if not isinstance(loaded, dict):
         raise click.BadParameter(f"{value} must hold a mapping of option names to values")
     section = loaded.get(ctx.info_name, loaded)  # a run's saved config.yaml nests its options under the command

@@ -27,6 +27,7 @@ from ssmamba.data.arrays import is_pcam_folder, read_npz, read_pcam
 from ssmamba.data.catalogue import Catalogue
 from ssmamba.data.dataset import AUTO_VERIFY_MAX_FILES, ImageDataset
 from ssmamba.data.folder import scan_folder
+from ssmamba.data.hygiene import check_hygiene
 from ssmamba.data.imageio import Padding
 from ssmamba.data.records import ArrayItem, Record
 from ssmamba.data.splits import Split, assign_splits, parse_split
@@ -66,7 +67,8 @@ def load_dataset(source: str | Path, split: str | Split | None = None, transform
                  path_column: str | None = None, label_column: str = "label", split_column: str = "split",
                  group_column: str | None = None, crop_size: int = 32, padding: Padding = Padding.REFLECT,
                  split_fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0, verify: bool | None = None,
-                 strict: bool = False, cache_mb: float = 256, min_size: int | None = None) -> ImageDataset:
+                 strict: bool = False, cache_mb: float = 256, min_size: int | None = None,
+                 allow_leakage: bool = False) -> ImageDataset:
     """Load one split (or all, ``split=None``) of an image dataset.
 
     Args:
@@ -87,6 +89,9 @@ def load_dataset(source: str | Path, split: str | Split | None = None, transform
             at most ``AUTO_VERIFY_MAX_FILES`` files.
         strict: raise on a missing or unreadable file instead of skipping it.
         cache_mb: memory for decoded parent images of nucleus crops, per process (each DataLoader worker).
+        allow_leakage: accept the same image in more than one split (logged); by default that raises
+            :class:`~ssmamba.errors.DataLeakageError` when a split is asked for. Duplicate rows and images with
+            two labels are logged (see :mod:`ssmamba.data.hygiene`).
     """
     source = Path(source)
     kind = kind or detect_kind(source)
@@ -99,6 +104,7 @@ def load_dataset(source: str | Path, split: str | Split | None = None, transform
     records = catalogue.records
     if wanted is not None:
         records = _with_splits(catalogue, split_fractions, seed)
+        check_hygiene(catalogue.name, records, allow_leakage)
         records = [r for r in records if r.split == wanted.value]
         if not records:
             present = sorted({r.split for r in catalogue.records if r.split})

@@ -12,12 +12,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["predict_proba", "embed", "dihedral_views", "class_probabilities"]
+from ssmamba.errors import NonFiniteOutputError
+
+__all__ = ["predict_proba", "embed", "dihedral_views", "class_probabilities", "check_finite_output"]
 
 
 def _device_of(model: nn.Module) -> torch.device:
     """Where the model's weights are (inputs follow them); CPU for a model without parameters."""
     return next(model.parameters(), torch.empty(0)).device
+
+
+def check_finite_output(model: nn.Module, output: torch.Tensor) -> torch.Tensor:
+    """``output`` unchanged, or :class:`NonFiniteOutputError` naming the model's checkpoint if it has NaN/inf."""
+    if not bool(torch.isfinite(output).all()):
+        source = getattr(model, "_checkpoint", None) or f"{type(model).__name__} (no checkpoint)"
+        raise NonFiniteOutputError(f"the model from {source} gave non-finite (NaN/inf) outputs; no predictions were "
+                                   "written. Its weights or the inputs are broken: use another checkpoint")
+    return output
 
 
 def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
@@ -31,7 +42,8 @@ def class_probabilities(model: nn.Module, images: torch.Tensor, tta: bool = Fals
     """Softmax ``(B, n_classes)`` float32 of one batch; with ``tta`` the mean over :func:`dihedral_views`."""
     images = images.to(_device_of(model))
     views = dihedral_views(images) if tta else [images]
-    return torch.stack([torch.softmax(model(view).float(), dim=1) for view in views]).mean(0).cpu()
+    probs = torch.stack([torch.softmax(model(view).float(), dim=1) for view in views]).mean(0).cpu()
+    return check_finite_output(model, probs)
 
 
 @torch.no_grad()
@@ -56,6 +68,7 @@ def embed(model: nn.Module, loader, progress: bool = True) -> tuple[np.ndarray, 
     model.eval()
     feats, labels = [], []
     for images, target in tqdm(loader, disable=not progress, desc="embed", unit="batch"):
-        feats.append(model(images.to(_device_of(model))).float().flatten(1).cpu().numpy())
+        output = model(images.to(_device_of(model))).float().flatten(1).cpu()
+        feats.append(check_finite_output(model, output).numpy())
         labels.append(np.asarray(target))
     return np.concatenate(feats), np.concatenate(labels).astype(np.int64)

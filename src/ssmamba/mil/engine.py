@@ -168,14 +168,16 @@ def save_mil_model(head: MILHead, directory: str | Path, *, head_name: str, head
     """Write ``mil_model.safetensors`` + ``mil_config.json`` (everything needed to rebuild the head)."""
     from ssmamba import __version__
 
+    from ssmamba.io.atomic import atomic_directory
+
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_NAME))
     config = {"head": head_name, "in_dim": head.in_dim, "num_classes": head.num_classes,
               "head_kwargs": {k: getattr(v, "value", v) for k, v in head_kwargs.items()},
               "class_names": list(class_names), "ssmamba_version": __version__, **(extra or {})}
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
+    with atomic_directory(directory) as partial:  # complete or absent; a failed save keeps the previous head
+        save_file(state, str(partial / WEIGHTS_NAME))
+        (partial / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
     return directory
 
 
@@ -187,8 +189,21 @@ def load_mil_model(directory: str | Path, device: str = "cpu") -> tuple[MILHead,
         raise FileNotFoundError(f"{directory}: no {CONFIG_NAME}; expected a folder written by `ssmamba mil train`")
     config = json.loads(config_path.read_text())
     head = create_mil_head(config["head"], config["in_dim"], config["num_classes"], **config["head_kwargs"])
-    head.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+    state = load_file(str(directory / WEIGHTS_NAME))
+    _check_loaded(directory, config, state)
+    head.load_state_dict(state)
     return head.to(device).eval(), config
+
+
+def _check_loaded(directory: Path, config: dict, state: dict) -> None:
+    """Finite weights and one class name per output, or a :class:`CheckpointError` naming ``directory``."""
+    from ssmamba.errors import CheckpointError
+    from ssmamba.models.factory import check_finite_state
+
+    check_finite_state(state, directory)
+    if len(config.get("class_names") or []) != config["num_classes"]:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: {len(config.get('class_names') or [])} class_names for "
+                              f"a head with {config['num_classes']} outputs")
 
 
 def train_config_dict(config: MILTrainConfig) -> dict:

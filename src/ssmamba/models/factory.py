@@ -19,14 +19,18 @@ path only when it is not a registered model name (``create_model("./ssmamba_test
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ssmamba.errors import CheckpointError
+from ssmamba.io.atomic import atomic_directory
 from ssmamba.models.ssmamba import (EVAL_PREPROCESSING, SSMamba, SSMambaConfig, build_ssmamba, feature_extractor,
                                     variant_configs)
 
@@ -70,20 +74,57 @@ def load_config(checkpoint: str | Path) -> dict:
     config_path = (path if path.is_dir() else path.parent) / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} next to checkpoint {checkpoint}: expected {config_path}")
-    return json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{config_path} is not valid JSON ({error}); the checkpoint is damaged") from error
+    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+        raise CheckpointError(f"{config_path} has no \"architecture\": not an ssmamba checkpoint config")
+    _check_class_names(config, config_path)
+    return config
+
+
+def _check_class_names(config: dict, config_path: Path) -> None:
+    """``pretrained_cfg.class_names`` must be distinct strings, one per output of the head (when it has one)."""
+    names = (config.get("pretrained_cfg") or {}).get("class_names")
+    if names is None:
+        return
+    n_outputs = config.get("num_classes", 0)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise CheckpointError(f"{config_path}: class_names must be a list of distinct strings, got {names!r}")
+    if n_outputs and len(names) != n_outputs:
+        raise CheckpointError(f"{config_path}: {len(names)} class_names {names} for a head with {n_outputs} "
+                              "outputs; fix class_names or use the config.json saved with these weights")
+
+
+def check_finite_state(state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` if any floating tensor of ``state`` has NaN or inf."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {source} has non-finite (NaN/inf) weights in {len(bad)} tensor(s), e.g. "
+                              f"{bad[0]!r}; it cannot give meaningful predictions. Use an earlier checkpoint.")
 
 
 def _load_weights(model: nn.Module, checkpoint: Path, expected: str, allow_head_mismatch: bool) -> None:
     weights_path = checkpoint / WEIGHTS_NAME if checkpoint.is_dir() else checkpoint
     if not weights_path.is_file():
         raise FileNotFoundError(f"no weights file at {weights_path}")
-    state = load_file(str(weights_path))
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"cannot read weights {weights_path}: {error}; the file is truncated or not "
+                              "safetensors") from error
+    check_finite_state(state, checkpoint)
     head = _classifier_prefix(model)
     if allow_head_mismatch and head:  # a new number of classes (or none: embeddings) on a trained encoder
         own = model.state_dict()
         state = {k: v for k, v in state.items() if not k.startswith(head) or (k in own and own[k].shape == v.shape)}
         state.update({k: v for k, v in own.items() if k.startswith(head) and k not in state})
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of the wrong shape
+        raise CheckpointMismatchError(f"checkpoint {checkpoint} does not fit {expected}: "
+                                      f"{' '.join(str(error).split()[:40])}") from error
     if missing or unexpected:
         raise CheckpointMismatchError(
             f"checkpoint {checkpoint} does not fit {expected}: missing keys {missing[:8]}"
@@ -137,7 +178,10 @@ def create_model(name: str | Path | None = None, *, checkpoint: str | Path | Non
     else:
         model, base, arch_kwargs, saved_classes, classes = _build_timm(arch, saved, num_classes, img_size, kwargs)
     model._architecture = arch
+    model._checkpoint = None if checkpoint is None else str(checkpoint)  # named in errors about its outputs
     merged_cfg = {**(saved or {}).get("pretrained_cfg", {}), **(pretrained_cfg or {})}
+    if saved is not None and classes != saved_classes and "class_names" not in (pretrained_cfg or {}):
+        merged_cfg["class_names"] = None  # a new head: the saved names belong to the old one
     model.pretrained_cfg = {**DEFAULT_PRETRAINED_CFG, **merged_cfg, "architecture": arch}
     model.default_cfg = model.pretrained_cfg  # timm's older name for it
     if checkpoint is not None:
@@ -158,17 +202,28 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
+# SSMamba constructor arguments that are not SSMambaConfig fields (drop_path_rate, in_chans, ...)
+_SSMAMBA_ARGS = frozenset(inspect.signature(SSMamba).parameters) - {"cfg", "num_classes"}
+
+
 def _build_ssmamba(arch: str, saved: dict | None, num_classes: int | None, kwargs: dict):
     cfg_fields = set(SSMambaConfig.__dataclass_fields__)
     arch_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in cfg_fields}
     if saved is not None:
-        base = saved["model_args"]
+        base = saved.get("model_args") or {}
+        if not isinstance(base, dict) or set(base) - cfg_fields:
+            raise CheckpointError(f"config.json of {arch} has model_args that are not SSMambaConfig fields: "
+                                  f"{sorted(set(base) - cfg_fields) if isinstance(base, dict) else base!r}")
         kwargs.setdefault("in_chans", saved.get("in_chans", 3))
         for key, default in _SSMAMBA_SAVED_ARGS.items():
             kwargs.setdefault(key, saved.get(key, default))
         saved_classes = saved.get("num_classes", 0)
     else:
         base, saved_classes = variant_configs()[arch].to_dict(), 1000
+    unknown = sorted(set(kwargs) - _SSMAMBA_ARGS)
+    if unknown:
+        raise ValueError(f"unknown model argument(s) {unknown} for {arch}: valid ones are SSMambaConfig fields "
+                         f"({', '.join(sorted(cfg_fields))}) and {', '.join(sorted(_SSMAMBA_ARGS))}")
     config = SSMambaConfig(**{**base, **arch_kwargs})
     classes = saved_classes if num_classes is None else num_classes
     arch_kwargs = {k: config.to_dict()[k] for k in arch_kwargs}
@@ -195,7 +250,10 @@ def _build_timm(arch: str, saved: dict | None, num_classes: int | None, img_size
     args = {**base, **kwargs}
     if saved is not None:
         args.setdefault("in_chans", saved.get("in_chans", 3))
-    model = timm.create_model(arch, pretrained=False, num_classes=classes, **args)
+    try:
+        model = timm.create_model(arch, pretrained=False, num_classes=classes, **args)
+    except TypeError as error:  # timm passes unknown keyword arguments on to the model's constructor
+        raise ValueError(f"model arguments {sorted(args)} do not fit timm architecture {arch!r}: {error}") from error
     model._model_args = {k: _jsonable(v) for k, v in args.items() if k != "in_chans"}
     model.in_chans = args.get("in_chans", 3)
     arch_kwargs = {k: v for k, v in kwargs.items() if k not in _TIMM_TRAINING_ARGS and k != "in_chans"}
@@ -203,12 +261,13 @@ def _build_timm(arch: str, saved: dict | None, num_classes: int | None, img_size
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, pretrained_cfg: dict | None = None) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` into ``directory`` (created). Returns the directory.
+    """Write ``model.safetensors`` + ``config.json`` into ``directory``, atomically: the folder is built beside
+    ``directory`` and renamed into place, so it is complete or absent and a failed save (a full disk) leaves the
+    previous checkpoint there intact. Other files in an existing ``directory`` are dropped. Returns the directory.
 
     ``model`` is an SSMamba model or a timm model built by :func:`create_model` (not a ``features_only``
     wrapper: save the model it was made from)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     from ssmamba import __version__
 
     if isinstance(model, SSMamba):  # model_args is the architecture; the other constructor arguments go beside it
@@ -230,6 +289,11 @@ def save_pretrained(model: nn.Module, directory: str | Path, pretrained_cfg: dic
         "ssmamba_version": __version__,
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
+    with atomic_directory(directory) as partial:  # complete or absent: a failed save keeps the previous one
+        try:
+            save_file(state, str(partial / WEIGHTS_NAME), metadata={"format": "pt"})
+        except SafetensorError as error:  # a failed write (full disk, size limit)
+            raise CheckpointError(f"could not write checkpoint {directory} ({error}): is the disk full? The "
+                                  "previous checkpoint there, if any, is intact") from error
+        (partial / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
     return directory

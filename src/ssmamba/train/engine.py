@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -21,14 +22,41 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ssmamba.errors import CheckpointError
 from ssmamba.train.sampling import set_epoch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "RunState", "NonFiniteLossError", "Precision", "STATE_NAME", "SUMMARY_NAME"]
+__all__ = ["Trainer", "RunState", "NonFiniteLossError", "Precision", "STATE_NAME", "SUMMARY_NAME",
+           "save_tensors", "load_tensors"]
 
 STATE_NAME = "training_state.pt"
 SUMMARY_NAME = "run_state.json"  # step, epoch, CPU seconds and best metric at the last checkpoint, for people and tools
+
+
+def save_tensors(payload: dict, path: Path) -> None:
+    """``torch.save`` through a temporary sibling and a rename: an interruption or a full disk never leaves a
+    half-written file, and the previous one survives."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except RuntimeError as error:  # torch reports a failed write (full disk, size limit) as a RuntimeError
+        raise CheckpointError(f"could not write {path} ({str(error).splitlines()[0]}): is the disk full? The "
+                              f"previous {path.name}, if any, is intact; free space and rerun with --resume") from error
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_tensors(path: Path) -> dict:
+    """Load a file written by :func:`save_tensors` with ``weights_only=True``: tensors, numbers, strings and
+    containers only, so a crafted file cannot run code. Anything else is refused with a :class:`CheckpointError`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise CheckpointError(f"refusing to load {path}: it is not a plain training state that loads with "
+                              f"weights_only=True ({str(error).splitlines()[0]}). It is damaged or was not written "
+                              "by ssmamba; delete it and start the run again without --resume") from error
 
 
 class NonFiniteLossError(RuntimeError):
@@ -97,14 +125,12 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "run": self.state.__dict__, "torch_rng": torch.get_rng_state(),
         }
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.state_path)  # atomic: an interruption never leaves a half-written state
+        save_tensors(payload, self.state_path)  # atomic: an interruption never leaves a half-written state
 
     def load_state(self) -> None:
         if not self.state_path.is_file():
             raise FileNotFoundError(f"cannot resume: no {STATE_NAME} in {self.out_dir}")
-        payload = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        payload = load_tensors(self.state_path)
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])

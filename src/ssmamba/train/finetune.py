@@ -26,8 +26,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from ssmamba.eval.inference import predict_proba
+from ssmamba.io.atomic import atomic_write_text
+from ssmamba.io.runs import claim_run_dir, write_skipped
 from ssmamba.models import create_model, save_pretrained
-from ssmamba.train.engine import Precision, Trainer
+from ssmamba.train.checks import require_positive
+from ssmamba.train.engine import Precision, Trainer, load_tensors, save_tensors
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves
 from ssmamba.train.sampling import make_loader
@@ -87,11 +90,23 @@ class FinetuneConfig:
     device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
     num_workers: int = 0
     seed: int = 0
-    strict: bool = False
+    strict: bool = False  # fail on an unreadable file instead of skipping it
+    allow_leakage: bool = False  # accept the same image in more than one split (an error otherwise)
 
     def __post_init__(self):
         self.balance = Balancing(self.balance)
         self.precision = Precision(self.precision)
+        require_positive(self, "img_size", "crop_size", "zoom_min", "zoom_max", "epochs", "batch_size",
+                         "max_train", "ema_decay")
+        if self.zoom_min > self.zoom_max:
+            raise ValueError(f"--zoom-min {self.zoom_min} is larger than --zoom-max {self.zoom_max}")
+        if self.monitor not in MONITOR_METRICS:
+            raise ValueError(f"--monitor {self.monitor!r} is not a validation metric; choose one of "
+                             f"{', '.join(MONITOR_METRICS)}")
+
+
+# Validation metrics that --monitor can name (scalars of compute_metrics; larger is better).
+MONITOR_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "weighted_f1", "auroc", "kappa")
 
 
 BN_RECALIBRATION_BATCHES = 32  # training batches that re-estimate an EMA model's BatchNorm statistics
@@ -152,12 +167,12 @@ class FinetuneTrainer(Trainer):
     def save_state(self) -> None:
         super().save_state()
         if self.ema is not None:
-            torch.save(self.ema.state_dict(), self.out_dir / "ema_state.pt")
+            save_tensors(self.ema.state_dict(), self.out_dir / "ema_state.pt")
 
     def load_state(self) -> None:
         super().load_state()
         if self.ema is not None:
-            self.ema.load_state_dict(torch.load(self.out_dir / "ema_state.pt", weights_only=True))
+            self.ema.load_state_dict(load_tensors(self.out_dir / "ema_state.pt"))
 
     def on_checkpoint(self) -> None:
         save_pretrained(self.eval_model, self.out_dir / "last", pretrained_cfg=self.pretrained_cfg)
@@ -187,7 +202,7 @@ class FinetuneTrainer(Trainer):
             self.stop_requested = True
         plot_curves(self.state.history, self.out_dir / "curves.png", x="step",
                     keys=("loss", "val_" + self.cfg.monitor), title="fine-tuning")
-        (self.out_dir / "history.json").write_text(json.dumps(self.state.history, indent=1))
+        atomic_write_text(self.out_dir / "history.json", json.dumps(self.state.history, indent=1))
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -197,21 +212,23 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Fine-tune and return the directory of the best checkpoint (by the validation metric)."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+    """Fine-tune and return the directory of the best checkpoint (by the validation metric).
+
+    ``cfg.out`` must be new or empty unless ``resume`` (continue the run in it) or ``overwrite`` (delete it first).
+    """
+    out = claim_run_dir(cfg.out, resume=resume, overwrite=overwrite)
     with file_log(out / "log.txt"):
-        _finetune(cfg, out, resume, progress)
-    return out / "best"
+        return _finetune(cfg, out, resume, progress)
 
 
-def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> None:
+def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> Path:
     from ssmamba.data import load_dataset
     from ssmamba.data.transforms import FieldOfView, eval_transform, train_transform
 
     seed_everything(cfg.seed)
-    options = dict(crop_size=cfg.crop_size, group_column=cfg.group_column, seed=cfg.seed, strict=cfg.strict)
+    options = dict(crop_size=cfg.crop_size, group_column=cfg.group_column, seed=cfg.seed, strict=cfg.strict,
+                   allow_leakage=cfg.allow_leakage)
     train_set = load_dataset(cfg.data, "train", None, **options)
     view = FieldOfView.of(train_set, cfg.img_size, (cfg.zoom_min, cfg.zoom_max))
     train_set.transform = train_tf = train_transform(cfg.img_size, zoom_range=view.train_zoom, hed=cfg.hed,
@@ -219,7 +236,11 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> N
     logger.info("%s", view.describe())
     mean, std = train_tf.config.mean, train_tf.config.std
     classes = list(train_set.classes)
+    if len(classes) < 2:
+        raise ValueError(f"{cfg.data}: fine-tuning needs at least 2 classes, found {len(classes)} ({classes}); "
+                         "check the label column or class folders")
     val_set = load_dataset(cfg.data, "val", eval_transform(cfg.img_size, mean, std), classes=classes, **options)
+    write_skipped(out / "skipped.csv", list(dict.fromkeys(train_set.skipped + val_set.skipped)))
     labels = train_set.labels
     if cfg.max_train and len(train_set) > cfg.max_train:
         keep = sorted(torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))
@@ -247,16 +268,19 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> N
     layer_decay = cfg.layer_decay if cfg.checkpoint else 1.0  # LLRD only makes sense for a pretrained encoder
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, layer_decay), lr=cfg.lr)
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * len(loader)), cfg.epochs * len(loader))
-    (out / "config.yaml").write_text(yaml.safe_dump({
-        "finetune": {**asdict(cfg), "balance": cfg.balance.value, "precision": cfg.precision.value},
-        "augmentation": asdict(train_tf.config),
-        "field_of_view": {"native_side": view.native_side, "eval_zoom": view.eval_zoom,
-                          "train_zoom": list(view.train_zoom)},
-        "classes": classes, "n_train": len(train_set), "n_val": len(val_set)}, sort_keys=False))
     trainer = FinetuneTrainer(model, cfg, classes, val_loader,
                               weights if cfg.balance is Balancing.LOSS else None, pretrained_cfg,
                               optimizer=optimizer, scheduler=scheduler, loader=loader, out_dir=out, epochs=cfg.epochs,
                               checkpoint_every=len(loader), grad_clip=cfg.grad_clip, progress=progress,
                               precision=cfg.precision, device=resolve_device(cfg.device))
-    trainer.fit(resume=resume)
+    if resume:  # refuse a damaged or crafted training state before anything in the run folder changes
+        trainer.load_state()
+    atomic_write_text(out / "config.yaml", yaml.safe_dump({
+        "finetune": {**asdict(cfg), "balance": cfg.balance.value, "precision": cfg.precision.value},
+        "augmentation": asdict(train_tf.config),
+        "field_of_view": {"native_side": view.native_side, "eval_zoom": view.eval_zoom,
+                          "train_zoom": list(view.train_zoom)},
+        "classes": classes, "n_train": len(train_set), "n_val": len(val_set)}, sort_keys=False))
+    trainer.fit()
+    return out / "best"
 

@@ -39,6 +39,15 @@ class PipelineConfig:
     seed: int = 0
     scratch_baseline: bool = False  # also fine-tune from random init with the same budget, for comparison
 
+    def __post_init__(self):
+        # the stages' own checks, now, so a bad value fails before any data is generated or read
+        PretrainConfig(model=self.model, img_size=self.img_size, crop_size=self.img_size, epochs=self.pretrain_epochs,
+                       batch_size=self.batch_size, mask_patch_size=self.mask_patch_size)
+        FinetuneConfig(model=self.model, img_size=self.img_size, crop_size=self.img_size, epochs=self.finetune_epochs,
+                       batch_size=self.batch_size)
+        if self.n_per_class < 1:
+            raise ValueError(f"--n-per-class must be > 0, got {self.n_per_class}")
+
 
 def _evaluate(checkpoint: Path, data: str, out: Path, crop_size: int, seed: int) -> dict:
     from ssmamba import create_model
@@ -68,10 +77,12 @@ def _metrics_row(name: str, metrics: dict) -> str:
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
-def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Path:
-    """Run every stage into ``cfg.out`` and return the path of ``report.md``."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+def run_pipeline(cfg: PipelineConfig, progress: bool = True, overwrite: bool = False) -> Path:
+    """Run every stage into ``cfg.out`` and return the path of ``report.md``. ``cfg.out`` must be new or empty
+    unless ``overwrite`` (its contents are deleted first)."""
+    from ssmamba.io.runs import claim_run_dir
+
+    out = claim_run_dir(cfg.out, overwrite=overwrite)
     started = time.perf_counter()
     synthetic = cfg.data is None
     data = cfg.data

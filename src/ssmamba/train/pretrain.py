@@ -17,8 +17,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from ssmamba.io.atomic import atomic_write_text
+from ssmamba.io.runs import claim_run_dir, write_skipped
 from ssmamba.models import create_model, save_pretrained
 from ssmamba.ssl import MAMIM
+from ssmamba.train.checks import require_fraction, require_positive
 from ssmamba.train.engine import Precision, Trainer
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves, save_reconstruction_grid
@@ -60,9 +63,15 @@ class PretrainConfig:
     num_workers: int = 0
     seed: int = 0
     strict: bool = False  # fail on an unreadable file instead of skipping it
+    allow_leakage: bool = False  # accept the same image in more than one split (an error otherwise)
 
     def __post_init__(self):
         self.precision = Precision(self.precision)
+        require_positive(self, "img_size", "crop_size", "mask_patch_size", "decoder_levels", "zoom_min", "zoom_max",
+                         "epochs", "batch_size", "max_images")
+        require_fraction(self, "mask_ratio")
+        if self.zoom_min > self.zoom_max:
+            raise ValueError(f"--zoom-min {self.zoom_min} is larger than --zoom-max {self.zoom_max}")
         if self.img_size % 32 or self.img_size % self.mask_patch_size:
             raise ValueError(f"img_size {self.img_size} must be a multiple of 32 and of mask_patch_size "
                              f"{self.mask_patch_size}")
@@ -98,16 +107,18 @@ class PretrainTrainer(Trainer):
             plot_curves(self.state.history, self.out_dir / "loss.png", title="MAMIM reconstruction loss")
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Run MAMIM pretraining; returns the encoder checkpoint directory."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+    """Run MAMIM pretraining; returns the encoder checkpoint directory.
+
+    ``cfg.out`` must be new or empty unless ``resume`` (continue the run in it) or ``overwrite`` (delete it first).
+    """
+
+    out = claim_run_dir(cfg.out, resume=resume, overwrite=overwrite)
     with file_log(out / "log.txt"):
-        _pretrain(cfg, out, resume, progress)
-    return out / "checkpoint"
+        return _pretrain(cfg, out, resume, progress)
 
 
-def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> None:
+def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> Path:
     from ssmamba.data import load_unlabelled
     from ssmamba.data.transforms import pretrain_transform
 
@@ -115,16 +126,13 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> N
     transform = pretrain_transform(cfg.img_size, zoom_range=(cfg.zoom_min, cfg.zoom_max), hed=cfg.hed,
                                    flips=cfg.flips, rot90=cfg.rot90)
     dataset = load_unlabelled(cfg.data, split=cfg.split, transform=transform, crop_size=cfg.crop_size,
-                              strict=cfg.strict, seed=cfg.seed)
+                              strict=cfg.strict, seed=cfg.seed, allow_leakage=cfg.allow_leakage)
+    write_skipped(out / "skipped.csv", dataset.skipped)
     if cfg.max_images and len(dataset) > cfg.max_images:
         keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_images]
         dataset = torch.utils.data.Subset(dataset, sorted(keep.tolist()))
     logger.info("pretraining on %d images", len(dataset))
     mean, std = transform.config.mean, transform.config.std
-    (out / "config.yaml").write_text(yaml.safe_dump(
-        {"pretrain": {**asdict(cfg), "precision": cfg.precision.value}, "augmentation": asdict(transform.config),
-         "n_images": len(dataset)},
-        sort_keys=False))
 
     encoder = create_model(cfg.model, num_classes=0, **cfg.model_args)
     mamim = MAMIM(encoder, mask_ratio=cfg.mask_ratio, patch_size=cfg.mask_patch_size,
@@ -144,6 +152,13 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> N
                               loader=loader, out_dir=out, epochs=cfg.epochs,
                               checkpoint_every=cfg.checkpoint_every or len(loader), grad_clip=cfg.grad_clip,
                               progress=progress, precision=cfg.precision, device=resolve_device(cfg.device))
-    trainer.fit(resume=resume)
+    if resume:  # refuse a damaged or crafted training state before anything in the run folder changes
+        trainer.load_state()
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(
+        {"pretrain": {**asdict(cfg), "precision": cfg.precision.value}, "augmentation": asdict(transform.config),
+         "n_images": len(dataset)},
+        sort_keys=False))
+    trainer.fit()
     logger.info("encoder saved to %s", out / "checkpoint")
+    return out / "checkpoint"
 

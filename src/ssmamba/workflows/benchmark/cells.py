@@ -153,7 +153,8 @@ class Cell:
             resume = (folder / STATE_NAME).is_file()
             logger.info("%s %s seed %d: %s%s", name, self.entry.name, self.seed, "resuming " if resume else "",
                         folder)
-            run(cfg, resume=resume, progress=progress)
+            # the stage folder belongs to this cell: without a training state to resume, start it afresh
+            run(cfg, resume=resume, progress=progress, overwrite=not resume)
             (folder / DONE).write_text("")
         return folder
 
