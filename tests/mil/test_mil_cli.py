@@ -88,8 +88,8 @@ def test_crchp_images_become_bags(shared_data, tmp_path):
     from ssmamba.mil.bags import BagDataset, read_bag_table
 
     with pytest.warns(UserWarning, match="left out"):
-        table = read_bag_table(crchp / "bags.csv", out / "features_0.50mpp_100px" / "ssmamba_test", id_column="image",
-                               allow_missing=True)
+        (folder,) = (out / "features_0.50mpp_100px").iterdir()
+        table = read_bag_table(crchp / "bags.csv", folder, id_column="image", allow_missing=True)
     assert sorted(r.label for r in table.records) == [0, 1]
     features, coords, _ = BagDataset(table.records)[0]
     assert features.shape == (25, 64) and coords.max() == 400

@@ -27,7 +27,10 @@ def test_tile_extract_heatmap_on_the_real_slide(cmu_slide, tmp_path):
     result = runner.invoke(main, ["wsi", "extract", str(out), "--encoder", "ssmamba_test", "--input-size", "64",
                                   "--batch-size", "32", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    features = out / "features_0.50mpp_224px" / "ssmamba_test" / "CMU-1-Small-Region.h5"
+    assert "embedded at 64 px" in result.output and "resized to 64 px (--input-size)" in result.output
+    (folder,) = (out / "features_0.50mpp_224px").iterdir()
+    assert folder.name.startswith("ssmamba_test-random-") and folder.name.endswith("_in64")
+    features = folder / "CMU-1-Small-Region.h5"
     assert features.is_file()
     result = runner.invoke(main, ["wsi", "extract", str(out), "--encoder", "ssmamba_test", "--input-size", "64"])
     assert "already done" in result.output

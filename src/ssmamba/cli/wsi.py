@@ -31,6 +31,15 @@ def _report_failures(outcome, error_log: Path) -> None:
             click.echo(f"  {path}: {message}", err=True)
 
 
+def _input_size_rule(encoder) -> str:
+    """How the tile side the encoder sees is chosen, for the log."""
+    if encoder.requested_input_size is not None:
+        return f"tiles resized to {encoder.requested_input_size} px (--input-size)"
+    if encoder.fixed_input_size and encoder.input_size is not None:
+        return f"tiles resized to {encoder.input_size} px (the model's fixed input size)"
+    return "tiles embedded at their own size (the model takes any size)"
+
+
 @click.group()
 def wsi() -> None:
     """Whole-slide images: tiling, tile embedding, heatmaps."""
@@ -97,7 +106,9 @@ def tile(inputs, out_dir, patch_size, mpp, magnification, stride, slide_mpp, min
 @click.option("--checkpoint", type=click.Path(exists=True, path_type=Path),
               help="Weights for a named encoder (ssmamba checkpoint folder or timm weights file).")
 @click.option("--pretrained", is_flag=True, help="Let timm download the named model's weights (needs network).")
-@click.option("--input-size", type=int, help="Resize tiles to this side before embedding [default: the model's].")
+@click.option("--input-size", type=int,
+              help="Resize tiles to this side before embedding [default: the tile size for encoders that take any "
+                   "size (ssmamba, CNNs); the model's size for fixed-size ones (ViTs)].")
 @click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path),
               help="Output folder [default: the folder holding patches_*/].")
 @click.option("--batch-size", default=64, show_default=True)
@@ -106,16 +117,19 @@ def tile(inputs, out_dir, patch_size, mpp, magnification, stride, slide_mpp, min
 @click.option("--slide-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Where the slides are now, if they moved since tiling.")
 @click.option("--skip-errors", is_flag=True, help="Log failing slides to errors.log and go on.")
-@click.option("--overwrite", is_flag=True, help="Re-extract slides that already have a features file.")
+@click.option("--overwrite", is_flag=True,
+              help="Re-extract slides that already have a features file, also when made with other settings.")
 def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_size, num_workers, device, slide_dir,
             skip_errors, overwrite) -> None:
     """Embed the tiles of tiled slides (patches .h5 files, or the folder given to `wsi tile --out`).
 
-    Writes OUT/features_<mpp>mpp_<size>px/<encoder>/<slide>.h5 with features [N, D] and coords [N, 2].
-    Slides whose features file exists are skipped.
+    Writes OUT/features_<mpp>mpp_<size>px/<encoder>-<hash8>_in<input size>/<slide>.h5 with features [N, D] and
+    coords [N, 2], and feature_key.json (encoder, weights hash, input size, mpp, patch size, normalisation).
+    Slides whose features file exists with the same key are skipped; another key is an error (--overwrite).
     """
     from ssmamba.wsi.batch import SLIDE_FAILURES, run_over_slides
     from ssmamba.wsi.encoders import load_encoder
+    from ssmamba.wsi.feature_key import FeatureKeyMismatch
     from ssmamba.wsi.pipeline import extract_from_patches, find_patch_files
 
     try:
@@ -123,19 +137,22 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
         model = load_encoder(encoder, checkpoint=checkpoint, pretrained=pretrained, input_size=input_size)
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from error
-    click.echo(f"encoder {model.name} ({model.weights} weights, {model.num_features} features, input "
-               f"{model.input_size or 'tile size'}) on {device}; {len(patch_files)} slide(s)")
+    click.echo(f"encoder {model.name} ({model.weights} weights, {model.num_features} features, "
+               f"{_input_size_rule(model)}) on {device}; {len(patch_files)} slide(s)")
     error_log = (out_dir or patch_files[0].parent.parent) / "extract_errors.log"
 
     def step(patches_path: Path):
         result = extract_from_patches(patches_path, model, out_dir or patches_path.parent.parent, slide_dir=slide_dir,
                                       batch_size=batch_size, num_workers=num_workers, device=device,
                                       overwrite=overwrite)
-        click.echo(f"  {result.path}: {result.num_tiles} tiles{' (already done)' if result.skipped else ''}")
+        click.echo(f"  {result.path}: {result.num_tiles} tiles of {result.key.patch_size} px embedded at "
+                   f"{result.key.input_size} px{' (already done)' if result.skipped else ''}")
         return result
 
     try:
         outcome = run_over_slides(patch_files, step, skip_errors=skip_errors, error_log=error_log)
+    except FeatureKeyMismatch as error:
+        raise click.ClickException(str(error)) from error
     except SLIDE_FAILURES as error:  # already logged with its traceback; say so without a Python trace
         raise click.ClickException(f"{error} (traceback in {error_log}; --skip-errors goes on past bad slides)")
     _report_failures(outcome, error_log)
