@@ -24,6 +24,14 @@ def test_train_with_kfold_cv_then_evaluate(bag_folder, tmp_path):
     assert len(summary["folds"]) == 3 and summary["summary"]["auroc"]["n"] == 3
     assert summary["pooled_out_of_fold"]["n"] == 24
     assert summary["settings"]["head_kwargs"] == {"hidden_dim": 32}
+    markdown = (out / "summary.md").read_text()
+    pooled = summary["pooled_out_of_fold"]
+    low, high = pooled["ci95"]["auroc"]
+    assert "## Pooled out-of-fold" in markdown and "24 bags" in markdown
+    assert f"| AUROC | {pooled['auroc']:.4f} | {low:.4f} – {high:.4f} |" in markdown
+    fold_rows = [line for line in markdown.splitlines() if line.startswith(("| 0 |", "| 1 |", "| 2 |"))]
+    assert len(fold_rows) == 3
+    assert f"| 0 | {summary['folds'][0]['n']} | {summary['folds'][0]['auroc']:.4f} |" in markdown
     for k in range(3):
         fold = out / f"fold_{k}"
         for name in ("mil_model.safetensors", "mil_config.json", "predictions.csv", "metrics.json", "report.md"):

@@ -27,19 +27,25 @@ def _interval(interval) -> str:
     return "n/a" if not interval else f"{interval[0]:.4f} – {interval[1]:.4f}"
 
 
-def format_markdown(metrics: dict, title: str = "Evaluation", figures: tuple[str, ...] = ()) -> str:
-    """The Markdown report of a ``compute_metrics`` dict: scalar table with CIs, per-class table, confusion."""
+def metrics_table(metrics: dict) -> list[str]:
+    """Markdown lines: what the scalars mean, then a table of each scalar metric with its 95% CI."""
     classes = metrics["classes"]
     kappa = "quadratic-weighted" if metrics.get("kappa_weights") == "quadratic" else "unweighted"
     auroc = "of the positive class" if len(classes) == 2 else "macro one-vs-rest"
-    lines = [f"# {title}", "",
-             f"{metrics['n']:,} cases, {len(classes)} classes. AUROC {auroc}; kappa {kappa}.",
+    lines = [f"{metrics['n']:,} cases, {len(classes)} classes. AUROC {auroc}; kappa {kappa}.",
              (f"95% CIs: percentile bootstrap over cases ({metrics['n_bootstrap']:,} resamples)."
               if metrics.get("n_bootstrap") else "No confidence intervals (n_bootstrap = 0)."), "",
              "| Metric | Value | 95% CI |", "|---|---:|---:|"]
     for key in SCALAR_METRICS:
         interval = _interval(metrics.get("ci95", {}).get(key))
         lines.append(f"| {_LABELS[key]} | {_number(metrics.get(key))} | {interval} |")
+    return lines
+
+
+def format_markdown(metrics: dict, title: str = "Evaluation", figures: tuple[str, ...] = ()) -> str:
+    """The Markdown report of a ``compute_metrics`` dict: scalar table with CIs, per-class table, confusion."""
+    classes = metrics["classes"]
+    lines = [f"# {title}", "", *metrics_table(metrics)]
     lines += ["", "## Per class", "", "| Class | Precision | Recall | F1 | AUROC (one-vs-rest) | Support |",
               "|---|---:|---:|---:|---:|---:|"]
     for name in classes:

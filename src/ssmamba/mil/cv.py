@@ -168,15 +168,19 @@ def _json_default(value):
 
 
 def summary_markdown(summary: dict, title: str) -> str:
-    """A table of the scalar metrics: one row per fold, then mean ± std (``summarise_folds``), then pooled."""
+    """The pooled out-of-fold metrics with their bootstrap CIs, then one row per fold and mean ± std."""
+    from ssmamba.eval.report import metrics_table
+
+    pooled = summary["pooled_out_of_fold"]
     names = [m for m in SUMMARY_METRICS if m in summary["summary"]]
-    lines = [f"# {title}", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = [f"# {title}", "", "## Pooled out-of-fold", "",
+             f"The test predictions of all folds together ({pooled['n']} bags), scored once.", "",
+             *metrics_table(pooled), "", "## Per fold", "",
+             "| fold | bags | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for k, metrics in enumerate(summary["folds"]):
-        lines.append(f"| fold {k} | " + " | ".join(_format(_scalar(metrics, m)) for m in names) + " |")
-    lines.append("| **mean ± std** | " + " | ".join(
+        lines.append(f"| {k} | {metrics['n']} | " + " | ".join(_format(_scalar(metrics, m)) for m in names) + " |")
+    lines.append("| **mean ± std** | | " + " | ".join(
         f"**{summary['summary'][m]['mean']:.4f} ± {summary['summary'][m]['std']:.4f}**" for m in names) + " |")
-    lines.append("| pooled out-of-fold | " + " | ".join(
-        _format(_scalar(summary["pooled_out_of_fold"], m)) for m in names) + " |")
     lines += ["", f"Settings: `{json.dumps(summary['settings'], default=_json_default)}`", ""]
     return "\n".join(lines)
 
