@@ -158,6 +158,40 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
     _report_failures(outcome, error_log)
 
 
+def _head_scores(model_dir: Path, bag, features_path: Path, device: str):
+    """Per-tile attention of a trained MIL head, after echoing its prediction for the slide."""
+    import torch
+
+    from ssmamba.mil.engine import load_mil_model
+
+    head, config = load_mil_model(model_dir, device=device)
+    if head.in_dim != bag.features.shape[1]:
+        raise click.UsageError(f"{model_dir} expects {head.in_dim}-d features but {features_path} has "
+                               f"{bag.features.shape[1]}-d: use the encoder the head was trained on")
+    out = head.predict_bag(torch.from_numpy(bag.features), torch.from_numpy(bag.coords))
+    probs = torch.softmax(out.logits.float(), dim=-1)[0].cpu().tolist()
+    click.echo("prediction: " + ", ".join(f"{name} {p:.3f}" for name, p in zip(config["class_names"], probs)))
+    return out.attention[0].cpu().numpy(), f"attention of the {config['head']} head"
+
+
+def _tile_scores(bag, features_path: Path, model_dir: Path | None, scores_path: Path | None, pca: bool,
+                 device: str):
+    """(scores (N,), what they are) from exactly one of a trained head, a .npy file, or the features' PC1."""
+    import numpy as np
+
+    from ssmamba.wsi.heatmap import first_principal_component
+
+    if sum((model_dir is not None, scores_path is not None, pca)) != 1:
+        raise click.UsageError("give exactly one of --model (a trained MIL head), --scores (a .npy) or --pca "
+                               "(label-free: first principal component of the features)")
+    if scores_path is not None:
+        return np.load(scores_path).reshape(-1), f"score from {scores_path.name}"
+    if pca:
+        scores, share = first_principal_component(bag.features)
+        return scores, f"feature PC1 ({100 * share:.0f}% of variance, sign arbitrary)"
+    return _head_scores(model_dir, bag, features_path, device)
+
+
 @wsi.command()
 @click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--features", "features_path", required=True, type=click.Path(exists=True, path_type=Path),
@@ -166,40 +200,34 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
               help="A trained MIL head folder (e.g. runs/mil/fold_0) whose attention is drawn.")
 @click.option("--scores", "scores_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Instead of --model: a .npy of one score per tile, in the features file's order.")
+@click.option("--pca", is_flag=True,
+              help="Instead of --model: colour tiles by the first principal component of their features, a "
+                   "label-free view for slides without a trained head.")
 @click.option("--out", "-o", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output PNG (a CSV of x,y,score is written next to it).")
 @click.option("--slide-mpp", type=float, help="µm/px of level 0, if the slide has none in its metadata.")
 @click.option("--thumbnail-size", default=2048, show_default=True)
 @click.option("--alpha", default=0.5, show_default=True, help="Opacity of the colours over tissue.")
 @click.option("--colormap", default="jet", show_default=True, help="A matplotlib colormap name.")
-@click.option("--scaling", type=click.Choice(["rank", "minmax"]), default="rank", show_default=True,
-              help="rank: colour by percentile (CLAM's default); minmax: linear.")
+@click.option("--scaling", type=click.Choice(["percentile", "raw"]), default="percentile",
+              show_default=True, help="percentile: colour by rank among the slide's tiles (CLAM's default); "
+                                      "raw: linear in the score, colour bar in its units.")
+@click.option("--smooth", default=0.5, show_default=True,
+              help="Gaussian smoothing of the score map, sigma in tiles (0: sharp tiles). Tiles cut with "
+                   "overlap (`wsi tile --stride`) are averaged as well.")
+@click.option("--colour-bar/--no-colour-bar", default=True, show_default=True,
+              help="Add a colour bar that says what the colours mean.")
 @device_option()
-def heatmap(slide, features_path, model_dir, scores_path, out_path, slide_mpp, thumbnail_size, alpha, colormap,
-            scaling, device) -> None:
-    """Draw per-tile attention (of a trained MIL head) or given scores over the slide thumbnail."""
-    import numpy as np
-    import torch
-
-    from ssmamba.mil.engine import load_mil_model
+def heatmap(slide, features_path, model_dir, scores_path, pca, out_path, slide_mpp, thumbnail_size, alpha, colormap,
+            scaling, smooth, colour_bar, device) -> None:
+    """Draw per-tile attention (of a trained MIL head), given scores, or a label-free feature view (--pca) over
+    the slide thumbnail, with a colour bar."""
     from ssmamba.wsi.extract import load_features
-    from ssmamba.wsi.heatmap import ScoreScaling, render_heatmap
+    from ssmamba.wsi.heatmap import ColourBar, ScoreScaling, add_colour_bar, render_heatmap
     from ssmamba.wsi.slide import SlideError, open_slide
 
-    if (model_dir is None) == (scores_path is None):
-        raise click.UsageError("give exactly one of --model (a trained MIL head) or --scores (a .npy)")
     bag = load_features(features_path)
-    if scores_path is not None:
-        scores = np.load(scores_path).reshape(-1)
-    else:
-        head, config = load_mil_model(model_dir, device=device)
-        if head.in_dim != bag.features.shape[1]:
-            raise click.UsageError(f"{model_dir} expects {head.in_dim}-d features but {features_path} has "
-                                   f"{bag.features.shape[1]}-d: use the encoder the head was trained on")
-        out = head.predict_bag(torch.from_numpy(bag.features), torch.from_numpy(bag.coords))
-        probs = torch.softmax(out.logits.float(), dim=-1)[0].cpu().tolist()
-        click.echo("prediction: " + ", ".join(f"{name} {p:.3f}" for name, p in zip(config["class_names"], probs)))
-        scores = out.attention[0].cpu().numpy()
+    scores, score_name = _tile_scores(bag, features_path, model_dir, scores_path, pca, device)
     if len(scores) != len(bag.coords):
         raise click.UsageError(f"{len(scores)} scores for {len(bag.coords)} tiles in {features_path}")
     try:
@@ -208,10 +236,16 @@ def heatmap(slide, features_path, model_dir, scores_path, out_path, slide_mpp, t
             dimensions = opened.dimensions
     except SlideError as error:
         raise click.ClickException(str(error)) from error
-    image = render_heatmap(thumbnail, bag.coords, scores, int(bag.attrs["patch_size_level0"]), dimensions,
-                           scaling=ScoreScaling(scaling), colormap=colormap, alpha=alpha)
+    scaling = ScoreScaling(scaling)
+    try:
+        image = render_heatmap(thumbnail, bag.coords, scores, int(bag.attrs["patch_size_level0"]), dimensions,
+                               scaling=scaling, colormap=colormap, alpha=alpha, smooth=smooth)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    if colour_bar:
+        image = add_colour_bar(image, ColourBar.for_scores(scores, scaling, score_name, colormap))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     image.save(out_path)
     table = out_path.with_suffix(".csv")
     table.write_text("x,y,score\n" + "".join(f"{x},{y},{s:.6g}\n" for (x, y), s in zip(bag.coords, scores)))
-    click.echo(f"wrote {out_path} and {table}")
+    click.echo(f"{score_name}, {scaling.value} colours; wrote {out_path} and {table}")
