@@ -95,7 +95,8 @@ def _fit_and_score(table: BagTable, train_idx, val_idx, test_idx, settings: Expe
     head = create_mil_head(settings.head_name, train_set.feature_dim, len(table.class_names), **settings.head_kwargs)
     config = MILTrainConfig(**{**train_config_dict(settings.train), "seed": fold_seed})
     history = train_head(head, train_set, config, val_set, progress=settings.progress)
-    predictions = predict(head, test_set, chunk_size=config.chunk_size, device=config.device)
+    predictions = predict(head, test_set, chunk_size=config.chunk_size, device=config.device,
+                          threads=config.threads)
     metrics = compute_metrics(predictions.y_true, predictions.probs, table.class_names,
                               n_bootstrap=settings.n_bootstrap, seed=fold_seed)
     out_dir.mkdir(parents=True, exist_ok=True)

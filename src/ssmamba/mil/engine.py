@@ -7,9 +7,11 @@ inference (``predict_bag``) for evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +46,7 @@ class MILTrainConfig:
         chunk_size: instances per chunk in streaming inference.
         seed: controls initialisation, bag order and subsampling.
         device: torch device.
+        threads: torch CPU threads; None picks them for the bag size (:func:`mil_threads`).
     """
 
     epochs: int = 40
@@ -57,6 +60,44 @@ class MILTrainConfig:
     chunk_size: int = 4096
     seed: int = 0
     device: str = "cpu"
+    threads: int | None = None
+
+
+# Bags up to this many feature values (median over the data set) train fastest on one CPU thread: their matrix
+# products are too small to split, and more threads only add synchronisation, a lot of it on a busy machine
+# (benchmarks/results/mil_speed.md). 4M is 4,096 tiles of 1,024-d features.
+SMALL_BAG_VALUES = 1 << 22
+
+
+def mil_threads(dataset: BagDataset, threads: int | None = None, device: str | torch.device = "cpu") -> int | None:
+    """torch CPU threads for per-bag work: ``threads`` when given, else 1 for small bags (median bag at most
+    ``SMALL_BAG_VALUES`` feature values) on the CPU; None (leave torch's setting) otherwise."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        return threads
+    if torch.device(device).type != "cpu":
+        return None
+    return 1 if statistics.median(dataset.sizes) * dataset.feature_dim <= SMALL_BAG_VALUES else None
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run the block with ``count`` torch CPU threads (None: unchanged), then restore the previous count."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _optimizer(head: MILHead, config: MILTrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel on CPU and CUDA updates all parameters in one call instead of a dozen small ops
+    per tensor, which is a tenth of a small bag's training step otherwise."""
+    return torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                             fused=device.type in ("cpu", "cuda"))
 
 
 @dataclass
@@ -93,28 +134,35 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 def train_head(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_set: BagDataset | None = None,
                progress: bool = True) -> list[dict]:
     """Fit ``head`` on ``train_set``; returns one dict per epoch (train loss, and validation loss when given)."""
+    with torch_threads(mil_threads(train_set, config.threads, config.device)):
+        return _train(head, train_set, config, val_set, progress)
+
+
+def _train(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_set: BagDataset | None,
+           progress: bool) -> list[dict]:
     device = torch.device(config.device)
     if config.standardise_features:
         head.set_feature_statistics(*feature_statistics(train_set))
     head.to(device)
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = _optimizer(head, config, device)
     total_steps = config.epochs * len(train_set)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, len(train_set), total_steps))
     labels = [record.label for record in train_set.records]
+    targets = torch.tensor(labels, device=device).view(-1, 1)  # one (1,) target per bag, made once
     weights = _class_weights(labels, head.num_classes).to(device) if config.balance_classes else None
     history, best_loss, best_state = [], math.inf, None
     for epoch in tqdm(range(config.epochs), desc="epochs", disable=not progress, leave=False):
         head.train()
         losses = []
         for index in torch.randperm(len(train_set), generator=generator).tolist():
-            features, coords, label = train_set[index]
+            features, coords, _ = train_set[index]
             features, coords = subsample_bag(features, coords, config.max_instances, generator)
             if config.instance_dropout > 0:
                 features, coords = drop_instances(features, coords, config.instance_dropout, generator)
             logits = head(features.to(device), coords.to(device))
-            loss = F.cross_entropy(logits, torch.tensor([label], device=device), weight=weights)
+            loss = F.cross_entropy(logits, targets[index], weight=weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -122,7 +170,8 @@ def train_head(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val
             losses.append(loss.item())
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if val_set is not None:
-            predictions = predict(head, val_set, chunk_size=config.chunk_size, device=config.device)
+            predictions = predict(head, val_set, chunk_size=config.chunk_size, device=config.device,
+                                  threads=torch.get_num_threads())
             probs = torch.from_numpy(predictions.probs).clamp_min(1e-12)
             record["val_loss"] = float(F.nll_loss(probs.log(), torch.from_numpy(predictions.y_true)).item())
             if config.select_on_validation and record["val_loss"] < best_loss:
@@ -149,8 +198,17 @@ def feature_statistics(dataset: BagDataset) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def predict(head: MILHead, dataset: BagDataset, chunk_size: int = 4096, device: str = "cpu") -> BagPredictions:
-    """Class probabilities and attention for every bag, each bag whole (streamed ``chunk_size`` tiles at a time)."""
+def predict(head: MILHead, dataset: BagDataset, chunk_size: int = 4096, device: str = "cpu",
+            threads: int | None = None) -> BagPredictions:
+    """Class probabilities and attention for every bag, each bag whole (streamed ``chunk_size`` tiles at a time).
+
+    ``threads``: torch CPU threads (None: chosen by :func:`mil_threads`).
+    """
+    with torch_threads(mil_threads(dataset, threads, device)):
+        return _predict(head, dataset, chunk_size, device)
+
+
+def _predict(head: MILHead, dataset: BagDataset, chunk_size: int, device: str) -> BagPredictions:
     head.to(device).eval()
     probs, labels, attention = [], [], []
     for index in range(len(dataset)):
