@@ -32,9 +32,15 @@ def test_train_with_kfold_cv_then_evaluate(bag_folder, tmp_path):
     fold_rows = [line for line in markdown.splitlines() if line.startswith(("| 0 |", "| 1 |", "| 2 |"))]
     assert len(fold_rows) == 3
     assert f"| 0 | {summary['folds'][0]['n']} | {summary['folds'][0]['auroc']:.4f} |" in markdown
+    page = (out / "summary.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 3  # pooled confusion matrix, pooled ROC, loss curves
+    assert f'<td class="num">{low:.4f} – {high:.4f}</td>' in page and "<h2>Per fold</h2>" in page
+    fold_page = (out / "fold_0" / "report.html").read_text()
+    assert fold_page.count('src="data:image/png;base64,') == 3 and "curves" in fold_page
     for k in range(3):
         fold = out / f"fold_{k}"
-        for name in ("mil_model.safetensors", "mil_config.json", "predictions.csv", "metrics.json", "report.md"):
+        for name in ("mil_model.safetensors", "mil_config.json", "predictions.csv", "metrics.json", "report.md",
+                     "report.html", "curves.png"):
             assert (fold / name).is_file(), name
     predictions = (out / "fold_0" / "predictions.csv").read_text().splitlines()
     assert predictions[0] == "slide_id,label,prediction,prob_benign,prob_tumour"
