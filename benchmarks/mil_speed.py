@@ -16,6 +16,7 @@ One process measures one (tree, head) cell: ``python benchmarks/mil_speed.py --c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -104,8 +105,25 @@ def _median(cells: list[dict], key: str) -> float:
     return statistics.median(c[key] for c in cells)
 
 
-def compare(args, threads: int) -> list[dict]:
+@contextlib.contextmanager
+def busy_cores(count: int):
+    """``count`` processes that keep a core busy each, as other jobs on a shared machine do."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def compare(args, threads: int, load: int = 0) -> list[dict]:
     """Median per-bag times of each head for this tree and (if given) the baseline, runs interleaved."""
+    with busy_cores(load):
+        return _compare(args, threads)
+
+
+def _compare(args, threads: int) -> list[dict]:
     trees = {"this": REPO / "src"}
     if args.baseline:
         trees["baseline"] = Path(args.baseline).resolve()
@@ -155,16 +173,18 @@ def to_markdown(tables: dict[int, list[dict]], args) -> str:
              f"{os.cpu_count()} CPU cores (shared with other jobs: absolute times are noisy, ratios less so).", ""]
     if has_baseline:
         lines += [f"Baseline: `{args.baseline_label or args.baseline}`.", ""]
-    for threads, rows in tables.items():
+    for (threads, load), rows in tables.items():
         title = (f"{threads} torch thread(s) forced (OMP_NUM_THREADS={threads})" if threads
                  else "torch threads left at their default (nothing set: what a user meets)")
+        if load:
+            title += f", while {load} other process(es) keep a core busy"
         lines += [f"## {title}", "", *_table(rows), ""]
     lines += ["Wall time is what a run takes; CPU time (all threads together) is the work done, and is far less "
               "disturbed by other jobs on the machine. A 5-fold CV of E epochs over B bags takes about "
               "0.8 x E x B x (train ms/bag) + B x (predict ms/bag).",
               "", "Command: `python benchmarks/mil_speed.py" + (" --baseline SRC" if has_baseline else "")
-              + f" --bags {args.bags} --epochs {args.epochs} --repeats {args.repeats} --threads "
-              + " ".join(map(str, args.threads)) + "`", ""]
+              + f" --bags {args.bags} --epochs {args.epochs} --repeats {args.repeats} --scenarios "
+              + " ".join(f"{t}:{b}" for t, b in tables) + "`", ""]
     return "\n".join(lines)
 
 
@@ -178,22 +198,26 @@ def main() -> None:
     parser.add_argument("--min-size", type=int, default=100)
     parser.add_argument("--max-size", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per process (the fastest counts)")
-    parser.add_argument("--threads", type=int, nargs="+", default=[0, 1],
-                        help="torch thread settings to measure; 0 leaves torch's default")
+    parser.add_argument("--scenarios", nargs="+", default=["0:0", "1:0", "0:1"],
+                        help="THREADS:BUSY pairs: torch threads (0: torch's default) and how many other processes "
+                             "keep a core busy meanwhile")
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)  # of one --cell
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "mil_speed.md")
     parser.add_argument("--cell", choices=HEADS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
         print(json.dumps(measure_cell(args.cell, args.bags, args.dim, args.min_size, args.max_size, args.epochs,
-                                      args.threads[0])))
+                                      args.threads)))
         return
-    tables = {threads: compare(args, threads) for threads in args.threads}
+    scenarios = [tuple(int(v) for v in item.split(":")) for item in args.scenarios]
+    tables = {(threads, load): compare(args, threads, load) for threads, load in scenarios}
     markdown = to_markdown(tables, args)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(markdown)
-    args.results.with_suffix(".json").write_text(json.dumps({"tables": tables, "args": vars(args)}, indent=1,
-                                                            default=str))
+    args.results.with_suffix(".json").write_text(json.dumps(
+        {"tables": {f"threads={t} busy={b}": rows for (t, b), rows in tables.items()}, "args": vars(args)},
+        indent=1, default=str))
     print(markdown)
 
 

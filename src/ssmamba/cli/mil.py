@@ -40,8 +40,7 @@ def _bag_options(function):
         click.option("--bootstrap", "n_bootstrap", default=1000, show_default=True,
                      help="Bootstrap resamples for confidence intervals."),
         click.option("--threads", type=click.IntRange(min=1),
-                     help="torch CPU threads [default: 1 when the median bag has at most 4M feature values, e.g. "
-                          "4,096 tiles x 1,024 dims, where more threads only slow small steps down; else torch's]."),
+                     help="torch CPU threads [default: torch's, i.e. OMP_NUM_THREADS or the number of cores]."),
         device_option(),
     ]):
         function = option(function)

@@ -142,7 +142,6 @@ class BagDataset(Dataset):
     """``(features (N, D) float32, coords (N, 2) int64, label)`` per bag.
 
     Small feature sets (under 4 GiB) are read once and kept in memory; others are read on every access.
-    ``sizes`` holds the number of instances of each bag.
     """
 
     def __init__(self, records: list[BagRecord], in_memory: bool | None = None) -> None:
@@ -156,11 +155,10 @@ class BagDataset(Dataset):
 
     def _check_dims(self) -> int:
         """The embedding width, after checking that every file has the same one and the same feature key."""
-        dims, keys, self.sizes = {}, {}, []
+        dims, keys = {}, {}
         for record in self.records:
             with h5py.File(record.path, "r") as h5:
                 dims.setdefault(int(h5["features"].shape[-1]), record.path)
-                self.sizes.append(int(h5["features"].shape[-2]) if h5["features"].ndim > 1 else 0)
                 key = h5.attrs.get(KEY_ATTRIBUTE)
             if key is not None:  # CLAM/TRIDENT files have none
                 keys.setdefault(FeatureKey.from_json(str(key)), record.path)

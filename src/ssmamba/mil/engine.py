@@ -11,7 +11,6 @@ import contextlib
 import copy
 import json
 import math
-import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,7 +45,7 @@ class MILTrainConfig:
         chunk_size: instances per chunk in streaming inference.
         seed: controls initialisation, bag order and subsampling.
         device: torch device.
-        threads: torch CPU threads; None picks them for the bag size (:func:`mil_threads`).
+        threads: torch CPU threads for training and scoring; None leaves torch's setting.
     """
 
     epochs: int = 40
@@ -63,27 +62,11 @@ class MILTrainConfig:
     threads: int | None = None
 
 
-# Bags up to this many feature values (median over the data set) train fastest on one CPU thread: their matrix
-# products are too small to split, and more threads only add synchronisation, a lot of it on a busy machine
-# (benchmarks/results/mil_speed.md). 4M is 4,096 tiles of 1,024-d features.
-SMALL_BAG_VALUES = 1 << 22
-
-
-def mil_threads(dataset: BagDataset, threads: int | None = None, device: str | torch.device = "cpu") -> int | None:
-    """torch CPU threads for per-bag work: ``threads`` when given, else 1 for small bags (median bag at most
-    ``SMALL_BAG_VALUES`` feature values) on the CPU; None (leave torch's setting) otherwise."""
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        return threads
-    if torch.device(device).type != "cpu":
-        return None
-    return 1 if statistics.median(dataset.sizes) * dataset.feature_dim <= SMALL_BAG_VALUES else None
-
-
 @contextlib.contextmanager
 def torch_threads(count: int | None):
     """Run the block with ``count`` torch CPU threads (None: unchanged), then restore the previous count."""
+    if count is not None and count < 1:
+        raise ValueError(f"threads must be >= 1, got {count}")
     previous = torch.get_num_threads()
     if count is not None:
         torch.set_num_threads(count)
@@ -134,7 +117,7 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 def train_head(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_set: BagDataset | None = None,
                progress: bool = True) -> list[dict]:
     """Fit ``head`` on ``train_set``; returns one dict per epoch (train loss, and validation loss when given)."""
-    with torch_threads(mil_threads(train_set, config.threads, config.device)):
+    with torch_threads(config.threads):
         return _train(head, train_set, config, val_set, progress)
 
 
@@ -170,8 +153,7 @@ def _train(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_set
             losses.append(loss.item())
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if val_set is not None:
-            predictions = predict(head, val_set, chunk_size=config.chunk_size, device=config.device,
-                                  threads=torch.get_num_threads())
+            predictions = predict(head, val_set, chunk_size=config.chunk_size, device=config.device)
             probs = torch.from_numpy(predictions.probs).clamp_min(1e-12)
             record["val_loss"] = float(F.nll_loss(probs.log(), torch.from_numpy(predictions.y_true)).item())
             if config.select_on_validation and record["val_loss"] < best_loss:
@@ -202,9 +184,9 @@ def predict(head: MILHead, dataset: BagDataset, chunk_size: int = 4096, device: 
             threads: int | None = None) -> BagPredictions:
     """Class probabilities and attention for every bag, each bag whole (streamed ``chunk_size`` tiles at a time).
 
-    ``threads``: torch CPU threads (None: chosen by :func:`mil_threads`).
+    ``threads``: torch CPU threads (None: torch's setting).
     """
-    with torch_threads(mil_threads(dataset, threads, device)):
+    with torch_threads(threads):
         return _predict(head, dataset, chunk_size, device)
 
 
