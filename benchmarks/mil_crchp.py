@@ -81,9 +81,10 @@ def main() -> None:
         extract += ["--checkpoint", checkpoint]
     run(extract, commands)
     from ssmamba.wsi.encoders import load_encoder
+    from ssmamba.wsi.feature_key import FeatureKey, features_folder
 
-    encoder_name = load_encoder(encoder, checkpoint=checkpoint).name  # names the features folder
-    newest = tiles / f"features_0.50mpp_{args.patch_size}px" / encoder_name
+    embedder = load_encoder(encoder, checkpoint=checkpoint, input_size=args.input_size)
+    newest = features_folder(tiles, FeatureKey.for_encoder(embedder, 0.5, args.patch_size))
 
     rows = []
     for head in args.heads:

@@ -111,6 +111,8 @@ def test_demo_end_to_end_reduced(tmp_path):
     assert "balanced accuracy" in report
     for image in ("pretrain/loss.png", "finetune/curves.png", "finetune/test/confusion_matrix.png"):
         assert (tmp_path / "demo" / image).is_file(), image
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert "balanced accuracy" in page and page.count('src="data:image/png;base64,') >= 5
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

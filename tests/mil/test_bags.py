@@ -80,3 +80,21 @@ def test_feature_width_mismatch_is_reported(bag_folder):
         h5["features"], h5["coords"] = np.ones((3, 5), np.float32), np.zeros((3, 2), np.int64)
     with pytest.raises(ValueError, match="disagree on the embedding width"):
         BagDataset(read_bag_table(table_path, features).records)
+
+
+def test_bags_made_with_different_feature_keys_are_refused(bag_folder):
+    from ssmamba.wsi.feature_key import FeatureKey
+
+    table_path, features = bag_folder
+    key = FeatureKey(encoder="ssmamba_tiny", weights="checkpoint", weights_sha256="ab" * 32, input_size=64,
+                     input_size_source="tile", target_mpp=0.5, patch_size=64, mean=(0.5,) * 3, std=(0.25,) * 3)
+    files = sorted(features.glob("*.h5"))
+    for index, path in enumerate(files):
+        with h5py.File(path, "a") as h5:
+            h5.attrs["feature_key"] = (key if index else FeatureKey(**{**key.__dict__, "input_size": 224})).to_json()
+    table = read_bag_table(table_path, features)
+    with pytest.raises(ValueError, match="input_size: 224 -> 64|input_size: 64 -> 224"):
+        BagDataset(table.records)
+    with h5py.File(files[0], "a") as h5:
+        h5.attrs["feature_key"] = key.to_json()
+    assert BagDataset(table.records).feature_dim == 8

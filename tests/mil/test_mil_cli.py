@@ -24,9 +24,23 @@ def test_train_with_kfold_cv_then_evaluate(bag_folder, tmp_path):
     assert len(summary["folds"]) == 3 and summary["summary"]["auroc"]["n"] == 3
     assert summary["pooled_out_of_fold"]["n"] == 24
     assert summary["settings"]["head_kwargs"] == {"hidden_dim": 32}
+    markdown = (out / "summary.md").read_text()
+    pooled = summary["pooled_out_of_fold"]
+    low, high = pooled["ci95"]["auroc"]
+    assert "## Pooled out-of-fold" in markdown and "24 bags" in markdown
+    assert f"| AUROC | {pooled['auroc']:.4f} | {low:.4f} – {high:.4f} |" in markdown
+    fold_rows = [line for line in markdown.splitlines() if line.startswith(("| 0 |", "| 1 |", "| 2 |"))]
+    assert len(fold_rows) == 3
+    assert f"| 0 | {summary['folds'][0]['n']} | {summary['folds'][0]['auroc']:.4f} |" in markdown
+    page = (out / "summary.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 3  # pooled confusion matrix, pooled ROC, loss curves
+    assert f'<td class="num">{low:.4f} – {high:.4f}</td>' in page and "<h2>Per fold</h2>" in page
+    fold_page = (out / "fold_0" / "report.html").read_text()
+    assert fold_page.count('src="data:image/png;base64,') == 3 and "curves" in fold_page
     for k in range(3):
         fold = out / f"fold_{k}"
-        for name in ("mil_model.safetensors", "mil_config.json", "predictions.csv", "metrics.json", "report.md"):
+        for name in ("mil_model.safetensors", "mil_config.json", "predictions.csv", "metrics.json", "report.md",
+                     "report.html", "curves.png"):
             assert (fold / name).is_file(), name
     predictions = (out / "fold_0" / "predictions.csv").read_text().splitlines()
     assert predictions[0] == "slide_id,label,prediction,prob_benign,prob_tumour"
@@ -88,8 +102,8 @@ def test_crchp_images_become_bags(shared_data, tmp_path):
     from ssmamba.mil.bags import BagDataset, read_bag_table
 
     with pytest.warns(UserWarning, match="left out"):
-        table = read_bag_table(crchp / "bags.csv", out / "features_0.50mpp_100px" / "ssmamba_test", id_column="image",
-                               allow_missing=True)
+        (folder,) = (out / "features_0.50mpp_100px").iterdir()
+        table = read_bag_table(crchp / "bags.csv", folder, id_column="image", allow_missing=True)
     assert sorted(r.label for r in table.records) == [0, 1]
     features, coords, _ = BagDataset(table.records)[0]
     assert features.shape == (25, 64) and coords.max() == 400

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import h5py
 import numpy as np
 import pytest
 import torch
 
 from ssmamba.wsi.encoders import load_encoder
-from ssmamba.wsi.extract import features_folder, load_features
+from ssmamba.wsi.extract import load_features
+from ssmamba.wsi.feature_key import FeatureKeyMismatch
 from ssmamba.wsi.pipeline import extract_from_patches, tile_slide
 from ssmamba.wsi.slide import open_slide
 from ssmamba.wsi.tiling import TileGrid, TilingConfig
@@ -21,7 +25,8 @@ def tiled_blob(blob_slide, tmp_path):
 def test_features_file_layout(tiled_blob, stand_in_encoder, tmp_path):
     result = extract_from_patches(tiled_blob.patches_path, stand_in_encoder, tmp_path / "out", batch_size=5,
                                   progress=False)
-    assert result.path == tmp_path / "out" / "features_1.00mpp_128px" / "mean-colour" / "blob.h5"
+    folder = f"mean-colour-{stand_in_encoder.weights_sha256[:8]}_in32"
+    assert result.path == tmp_path / "out" / "features_1.00mpp_128px" / folder / "blob.h5"
     grid = TileGrid.load_h5(tiled_blob.patches_path)
     with h5py.File(result.path) as h5:
         assert h5["features"].dtype == np.float32 and h5["features"].shape == (len(grid), 6)
@@ -30,8 +35,13 @@ def test_features_file_layout(tiled_blob, stand_in_encoder, tmp_path):
         attrs = dict(h5.attrs)
     assert attrs["patch_size"] == 128 and attrs["patch_size_level0"] == 256
     assert attrs["target_mpp"] == 1.0 and attrs["level0_mpp"] == 0.5
-    assert attrs["encoder"] == "mean-colour" and attrs["input_size"] == 32
-    assert "checkpoint_sha256" in attrs and attrs["name"] == "blob"
+    assert attrs["encoder"] == stand_in_encoder.name and attrs["input_size"] == 32
+    assert attrs["input_size_source"] == "option"
+    assert attrs["weights_sha256"] == stand_in_encoder.weights_sha256 and attrs["name"] == "blob"
+    key = json.loads(attrs["feature_key"])
+    assert key == json.loads((result.path.parent / "feature_key.json").read_text())
+    assert key["input_size"] == 32 and key["patch_size"] == 128 and key["target_mpp"] == 1.0
+    assert key["mean"] == [0.485, 0.456, 0.406] and key["weights_sha256"] == stand_in_encoder.weights_sha256
 
 
 def test_features_are_the_encoder_applied_to_each_tile(tiled_blob, stand_in_encoder, tmp_path):
@@ -79,16 +89,64 @@ def test_load_encoder_resolves_ssmamba_timm_and_checkpoints(tmp_path):
 
     checkpoint = ssmamba.save_pretrained(ssmamba.create_model("ssmamba_test", num_classes=0), tmp_path / "ckpt")
     from_dir = load_encoder(checkpoint)
-    assert from_dir.weights == "checkpoint" and len(from_dir.checkpoint_sha256) == 64
-    assert from_dir.name == f"ssmamba_test-{from_dir.checkpoint_sha256[:8]}"
+    assert from_dir.weights == "checkpoint" and len(from_dir.weights_sha256) == 64
+    assert from_dir.name == f"ssmamba_test-{from_dir.weights_sha256[:8]}"
     named = load_encoder("ssmamba_test", checkpoint=checkpoint)
-    assert named.checkpoint_sha256 == from_dir.checkpoint_sha256
+    assert named.weights_sha256 == from_dir.weights_sha256
+    assert encoder.name == f"ssmamba_test-random-{encoder.weights_sha256[:8]}"
+    assert encoder.weights_sha256 != from_dir.weights_sha256  # random weights are hashed too
 
     with pytest.warns(UserWarning, match="random weights"):
         timm_encoder = load_encoder("resnet10t", input_size=64)
-    assert timm_encoder.input_size == 64 and timm_encoder.num_features == 512
+    assert timm_encoder.requested_input_size == 64 and timm_encoder.num_features == 512
 
     with pytest.raises(ValueError, match="unknown encoder"):
         load_encoder("no_such_model_anywhere")
     with pytest.raises(FileNotFoundError):
         load_encoder("ssmamba_test", checkpoint=tmp_path / "absent")
+
+
+def _variant(encoder, **changes):
+    return dataclasses.replace(encoder, **changes)
+
+
+def test_changed_settings_never_reuse_a_folder_silently(tiled_blob, stand_in_encoder, tmp_path):
+    out = tmp_path / "out"
+    first = extract_from_patches(tiled_blob.patches_path, stand_in_encoder, out, progress=False)
+    # another input size is another folder, not "already done"
+    resized = extract_from_patches(tiled_blob.patches_path, _variant(stand_in_encoder, requested_input_size=16), out,
+                                   progress=False)
+    assert not resized.skipped and resized.path.parent != first.path.parent
+    assert resized.path.parent.name.endswith("_in16") and load_features(resized.path).attrs["input_size"] == 16
+    # other normalisation: same folder name, so the key must catch it
+    renormalised = _variant(stand_in_encoder, mean=(0.5, 0.5, 0.5))
+    with pytest.raises(FeatureKeyMismatch, match=r"mean: \(0.485, 0.456, 0.406\) -> \(0.5, 0.5, 0.5\)"):
+        extract_from_patches(tiled_blob.patches_path, renormalised, out, progress=False)
+    redone = extract_from_patches(tiled_blob.patches_path, renormalised, out, overwrite=True, progress=False)
+    assert redone.path == first.path and not redone.skipped
+    assert json.loads(load_features(redone.path).attrs["feature_key"])["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_a_file_from_other_settings_is_an_error_not_skipped(tiled_blob, stand_in_encoder, tmp_path):
+    out = tmp_path / "out"
+    first = extract_from_patches(tiled_blob.patches_path, stand_in_encoder, out, progress=False)
+    (first.path.parent / "feature_key.json").unlink()  # e.g. a folder copied by hand
+    with h5py.File(first.path, "a") as h5:
+        del h5.attrs["feature_key"]
+    with pytest.raises(FeatureKeyMismatch, match="without a feature key"):
+        extract_from_patches(tiled_blob.patches_path, stand_in_encoder, out, progress=False)
+
+
+def test_any_size_encoders_embed_tiles_at_the_tile_size_and_vits_at_theirs():
+    from ssmamba.wsi.encoders import InputSizeSource
+
+    with pytest.warns(UserWarning, match="random weights"):
+        ours = load_encoder("ssmamba_test")
+    with pytest.warns(UserWarning, match="random weights"):
+        cnn = load_encoder("resnet10t")
+    with pytest.warns(UserWarning, match="random weights"):
+        vit = load_encoder("vit_tiny_patch16_224")
+    assert ours.tile_input_size(64) == (64, InputSizeSource.TILE)
+    assert cnn.tile_input_size(64) == (64, InputSizeSource.TILE)
+    assert vit.tile_input_size(64) == (224, InputSizeSource.MODEL)
+    assert _variant(vit, requested_input_size=96).tile_input_size(64) == (96, InputSizeSource.OPTION)

@@ -27,7 +27,10 @@ def test_tile_extract_heatmap_on_the_real_slide(cmu_slide, tmp_path):
     result = runner.invoke(main, ["wsi", "extract", str(out), "--encoder", "ssmamba_test", "--input-size", "64",
                                   "--batch-size", "32", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    features = out / "features_0.50mpp_224px" / "ssmamba_test" / "CMU-1-Small-Region.h5"
+    assert "embedded at 64 px" in result.output and "resized to 64 px (--input-size)" in result.output
+    (folder,) = (out / "features_0.50mpp_224px").iterdir()
+    assert folder.name.startswith("ssmamba_test-random-") and folder.name.endswith("_in64")
+    features = folder / "CMU-1-Small-Region.h5"
     assert features.is_file()
     result = runner.invoke(main, ["wsi", "extract", str(out), "--encoder", "ssmamba_test", "--input-size", "64"])
     assert "already done" in result.output
@@ -39,16 +42,28 @@ def test_tile_extract_heatmap_on_the_real_slide(cmu_slide, tmp_path):
     result = runner.invoke(main, ["wsi", "heatmap", str(cmu_slide), "--features", str(features), "--model",
                                   str(model_dir), "--out", str(png), "--thumbnail-size", "512"])
     assert result.exit_code == 0, result.output
-    assert "prediction: no" in result.output
+    assert "prediction: no" in result.output and "attention of the abmil head" in result.output
     image = Image.open(png)
-    assert max(image.size) == 512
+    assert image.height == 512 and image.width == 512 * 2220 // 2967 + 150  # thumbnail + colour bar
     scores = np.loadtxt(png.with_suffix(".csv"), delimiter=",", skiprows=1)
     assert scores.shape[1] == 3 and np.isfinite(scores[:, 2]).all()
 
     np.save(tmp_path / "scores.npy", np.arange(len(scores), dtype=np.float32))
     result = runner.invoke(main, ["wsi", "heatmap", str(cmu_slide), "--features", str(features), "--scores",
-                                  str(tmp_path / "scores.npy"), "--out", str(tmp_path / "given.png")])
+                                  str(tmp_path / "scores.npy"), "--out", str(tmp_path / "given.png"),
+                                  "--scaling", "raw", "--no-colour-bar", "--thumbnail-size", "512"])
     assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "given.png").height == 512 and Image.open(tmp_path / "given.png").width < 512
+
+    result = runner.invoke(main, ["wsi", "heatmap", str(cmu_slide), "--features", str(features), "--pca",
+                                  "--out", str(tmp_path / "pca.png"), "--thumbnail-size", "512"])
+    assert result.exit_code == 0, result.output
+    assert "feature PC1" in result.output
+    pc1 = np.loadtxt(tmp_path / "pca.csv", delimiter=",", skiprows=1)[:, 2]
+    assert abs(pc1.mean()) < 1e-3 * np.abs(pc1).max() and pc1.std() > 0
+    result = runner.invoke(main, ["wsi", "heatmap", str(cmu_slide), "--features", str(features), "--pca",
+                                  "--model", str(model_dir), "--out", str(tmp_path / "both.png")])
+    assert result.exit_code != 0 and "exactly one of" in result.output
 
 
 def test_corrupt_slide_is_reported_not_fatal_with_skip_errors(blob_slide, tmp_path):

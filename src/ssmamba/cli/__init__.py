@@ -58,8 +58,12 @@ class _LazyGroup(click.Group):
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ssmamba")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error instead of one line.")
-def main(debug: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """SSMamba: self-supervised hybrid state-space models for pathology images."""
+    from ssmamba.cli.console import clean_warnings
+
+    clean_warnings(ctx)
 
 
 if __name__ == "__main__":

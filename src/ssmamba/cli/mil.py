@@ -39,6 +39,8 @@ def _bag_options(function):
         click.option("--allow-missing", is_flag=True, help="Leave out bags without a feature file."),
         click.option("--bootstrap", "n_bootstrap", default=1000, show_default=True,
                      help="Bootstrap resamples for confidence intervals."),
+        click.option("--threads", type=click.IntRange(min=1),
+                     help="torch CPU threads [default: torch's, i.e. OMP_NUM_THREADS or the number of cores]."),
         device_option(),
     ]):
         function = option(function)
@@ -68,8 +70,8 @@ def mil() -> None:
 @click.option("--chunk-size", default=4096, show_default=True, help="Tiles per chunk at inference.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace what --out already holds (refused otherwise).")
-def train(csv_path, features_dir, id_column, label_column, patient_column, allow_missing, n_bootstrap, device,
-          head_name, head_args, out_dir, folds, epochs, lr, weight_decay, max_instances, val_fraction, balance,
+def train(csv_path, features_dir, id_column, label_column, patient_column, allow_missing, n_bootstrap, threads,
+          device, head_name, head_args, out_dir, folds, epochs, lr, weight_decay, max_instances, val_fraction, balance,
           chunk_size, seed, overwrite) -> None:
     """Train a MIL head with k-fold cross-validation (or on a fixed split) and report slide-level metrics."""
     from ssmamba.io.runs import claim_run_dir
@@ -88,7 +90,8 @@ def train(csv_path, features_dir, id_column, label_column, patient_column, allow
     settings = ExperimentSettings(
         head_name=head_name, head_kwargs=_head_kwargs(head_args),
         train=MILTrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, max_instances=max_instances or None,
-                             balance_classes=balance, chunk_size=chunk_size, seed=seed, device=device),
+                             balance_classes=balance, chunk_size=chunk_size, seed=seed, device=device,
+                             threads=threads),
         val_fraction=val_fraction, n_bootstrap=n_bootstrap)
     extra = {"features_dir": str(features_dir.resolve()), "csv": str(csv_path.resolve())}
     use_folds = folds is not None or all(r.fold is not None for r in table.records)
@@ -111,8 +114,8 @@ def train(csv_path, features_dir, id_column, label_column, patient_column, allow
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--chunk-size", default=4096, show_default=True, help="Tiles per chunk at inference.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out already holds (refused otherwise).")
-def evaluate(csv_path, features_dir, id_column, label_column, patient_column, allow_missing, n_bootstrap, device,
-             model_dir, out_dir, chunk_size, overwrite) -> None:
+def evaluate(csv_path, features_dir, id_column, label_column, patient_column, allow_missing, n_bootstrap, threads,
+             device, model_dir, out_dir, chunk_size, overwrite) -> None:
     """Score bags with trained head(s) and write predictions.csv, metrics and a report."""
     import numpy as np
 
@@ -138,7 +141,7 @@ def evaluate(csv_path, features_dir, id_column, label_column, patient_column, al
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from error
     dataset = BagDataset(table.records)
-    runs = [predict(head, dataset, chunk_size=chunk_size, device=device) for head, _ in heads]
+    runs = [predict(head, dataset, chunk_size=chunk_size, device=device, threads=threads) for head, _ in heads]
     predictions = BagPredictions(runs[0].slide_ids, runs[0].y_true, np.mean([r.probs for r in runs], axis=0),
                                  [np.mean(a, axis=0) for a in zip(*(r.attention for r in runs))])
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,15 @@ def _report_failures(outcome, error_log: Path) -> None:
             click.echo(f"  {path}: {message}", err=True)
 
 
+def _input_size_rule(encoder) -> str:
+    """How the tile side the encoder sees is chosen, for the log."""
+    if encoder.requested_input_size is not None:
+        return f"tiles resized to {encoder.requested_input_size} px (--input-size)"
+    if encoder.fixed_input_size and encoder.input_size is not None:
+        return f"tiles resized to {encoder.input_size} px (the model's fixed input size)"
+    return "tiles embedded at their own size (the model takes any size)"
+
+
 @click.group()
 def wsi() -> None:
     """Whole-slide images: tiling, tile embedding, heatmaps."""
@@ -97,7 +106,9 @@ def tile(inputs, out_dir, patch_size, mpp, magnification, stride, slide_mpp, min
 @click.option("--checkpoint", type=click.Path(exists=True, path_type=Path),
               help="Weights for a named encoder (ssmamba checkpoint folder or timm weights file).")
 @click.option("--pretrained", is_flag=True, help="Let timm download the named model's weights (needs network).")
-@click.option("--input-size", type=int, help="Resize tiles to this side before embedding [default: the model's].")
+@click.option("--input-size", type=int,
+              help="Resize tiles to this side before embedding [default: the tile size for encoders that take any "
+                   "size (ssmamba, CNNs); the model's size for fixed-size ones (ViTs)].")
 @click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path),
               help="Output folder [default: the folder holding patches_*/].")
 @click.option("--batch-size", default=64, show_default=True)
@@ -106,16 +117,19 @@ def tile(inputs, out_dir, patch_size, mpp, magnification, stride, slide_mpp, min
 @click.option("--slide-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Where the slides are now, if they moved since tiling.")
 @click.option("--skip-errors", is_flag=True, help="Log failing slides to errors.log and go on.")
-@click.option("--overwrite", is_flag=True, help="Re-extract slides that already have a features file.")
+@click.option("--overwrite", is_flag=True,
+              help="Re-extract slides that already have a features file, also when made with other settings.")
 def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_size, num_workers, device, slide_dir,
             skip_errors, overwrite) -> None:
     """Embed the tiles of tiled slides (patches .h5 files, or the folder given to `wsi tile --out`).
 
-    Writes OUT/features_<mpp>mpp_<size>px/<encoder>/<slide>.h5 with features [N, D] and coords [N, 2].
-    Slides whose features file exists are skipped.
+    Writes OUT/features_<mpp>mpp_<size>px/<encoder>-<hash8>_in<input size>/<slide>.h5 with features [N, D] and
+    coords [N, 2], and feature_key.json (encoder, weights hash, input size, mpp, patch size, normalisation).
+    Slides whose features file exists with the same key are skipped; another key is an error (--overwrite).
     """
     from ssmamba.wsi.batch import SLIDE_FAILURES, run_over_slides
     from ssmamba.wsi.encoders import load_encoder
+    from ssmamba.wsi.feature_key import FeatureKeyMismatch
     from ssmamba.wsi.pipeline import extract_from_patches, find_patch_files
 
     try:
@@ -123,22 +137,59 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
         model = load_encoder(encoder, checkpoint=checkpoint, pretrained=pretrained, input_size=input_size)
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from error
-    click.echo(f"encoder {model.name} ({model.weights} weights, {model.num_features} features, input "
-               f"{model.input_size or 'tile size'}) on {device}; {len(patch_files)} slide(s)")
+    click.echo(f"encoder {model.name} ({model.weights} weights, {model.num_features} features, "
+               f"{_input_size_rule(model)}) on {device}; {len(patch_files)} slide(s)")
     error_log = (out_dir or patch_files[0].parent.parent) / "extract_errors.log"
 
     def step(patches_path: Path):
         result = extract_from_patches(patches_path, model, out_dir or patches_path.parent.parent, slide_dir=slide_dir,
                                       batch_size=batch_size, num_workers=num_workers, device=device,
                                       overwrite=overwrite)
-        click.echo(f"  {result.path}: {result.num_tiles} tiles{' (already done)' if result.skipped else ''}")
+        click.echo(f"  {result.path}: {result.num_tiles} tiles of {result.key.patch_size} px embedded at "
+                   f"{result.key.input_size} px{' (already done)' if result.skipped else ''}")
         return result
 
     try:
         outcome = run_over_slides(patch_files, step, skip_errors=skip_errors, error_log=error_log)
+    except FeatureKeyMismatch as error:
+        raise click.ClickException(str(error)) from error
     except SLIDE_FAILURES as error:  # already logged with its traceback; say so without a Python trace
         raise click.ClickException(f"{error} (traceback in {error_log}; --skip-errors goes on past bad slides)")
     _report_failures(outcome, error_log)
+
+
+def _head_scores(model_dir: Path, bag, features_path: Path, device: str):
+    """Per-tile attention of a trained MIL head, after echoing its prediction for the slide."""
+    import torch
+
+    from ssmamba.mil.engine import load_mil_model
+
+    head, config = load_mil_model(model_dir, device=device)
+    if head.in_dim != bag.features.shape[1]:
+        raise click.UsageError(f"{model_dir} expects {head.in_dim}-d features but {features_path} has "
+                               f"{bag.features.shape[1]}-d: use the encoder the head was trained on")
+    out = head.predict_bag(torch.from_numpy(bag.features), torch.from_numpy(bag.coords))
+    probs = torch.softmax(out.logits.float(), dim=-1)[0].cpu().tolist()
+    click.echo("prediction: " + ", ".join(f"{name} {p:.3f}" for name, p in zip(config["class_names"], probs)))
+    return out.attention[0].cpu().numpy(), f"attention of the {config['head']} head"
+
+
+def _tile_scores(bag, features_path: Path, model_dir: Path | None, scores_path: Path | None, pca: bool,
+                 device: str):
+    """(scores (N,), what they are) from exactly one of a trained head, a .npy file, or the features' PC1."""
+    import numpy as np
+
+    from ssmamba.wsi.heatmap import first_principal_component
+
+    if sum((model_dir is not None, scores_path is not None, pca)) != 1:
+        raise click.UsageError("give exactly one of --model (a trained MIL head), --scores (a .npy) or --pca "
+                               "(label-free: first principal component of the features)")
+    if scores_path is not None:
+        return np.load(scores_path).reshape(-1), f"score from {scores_path.name}"
+    if pca:
+        scores, share = first_principal_component(bag.features)
+        return scores, f"feature PC1 ({100 * share:.0f}% of variance, sign arbitrary)"
+    return _head_scores(model_dir, bag, features_path, device)
 
 
 @wsi.command()
@@ -149,40 +200,34 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
               help="A trained MIL head folder (e.g. runs/mil/fold_0) whose attention is drawn.")
 @click.option("--scores", "scores_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Instead of --model: a .npy of one score per tile, in the features file's order.")
+@click.option("--pca", is_flag=True,
+              help="Instead of --model: colour tiles by the first principal component of their features, a "
+                   "label-free view for slides without a trained head.")
 @click.option("--out", "-o", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output PNG (a CSV of x,y,score is written next to it).")
 @click.option("--slide-mpp", type=float, help="µm/px of level 0, if the slide has none in its metadata.")
 @click.option("--thumbnail-size", default=2048, show_default=True)
 @click.option("--alpha", default=0.5, show_default=True, help="Opacity of the colours over tissue.")
 @click.option("--colormap", default="jet", show_default=True, help="A matplotlib colormap name.")
-@click.option("--scaling", type=click.Choice(["rank", "minmax"]), default="rank", show_default=True,
-              help="rank: colour by percentile (CLAM's default); minmax: linear.")
+@click.option("--scaling", type=click.Choice(["percentile", "raw"]), default="percentile",
+              show_default=True, help="percentile: colour by rank among the slide's tiles (CLAM's default); "
+                                      "raw: linear in the score, colour bar in its units.")
+@click.option("--smooth", default=0.5, show_default=True,
+              help="Gaussian smoothing of the score map, sigma in tiles (0: sharp tiles). Tiles cut with "
+                   "overlap (`wsi tile --stride`) are averaged as well.")
+@click.option("--colour-bar/--no-colour-bar", default=True, show_default=True,
+              help="Add a colour bar that says what the colours mean.")
 @device_option()
-def heatmap(slide, features_path, model_dir, scores_path, out_path, slide_mpp, thumbnail_size, alpha, colormap,
-            scaling, device) -> None:
-    """Draw per-tile attention (of a trained MIL head) or given scores over the slide thumbnail."""
-    import numpy as np
-    import torch
-
-    from ssmamba.mil.engine import load_mil_model
+def heatmap(slide, features_path, model_dir, scores_path, pca, out_path, slide_mpp, thumbnail_size, alpha, colormap,
+            scaling, smooth, colour_bar, device) -> None:
+    """Draw per-tile attention (of a trained MIL head), given scores, or a label-free feature view (--pca) over
+    the slide thumbnail, with a colour bar."""
     from ssmamba.wsi.extract import load_features
-    from ssmamba.wsi.heatmap import ScoreScaling, render_heatmap
+    from ssmamba.wsi.heatmap import ColourBar, ScoreScaling, add_colour_bar, render_heatmap
     from ssmamba.wsi.slide import SlideError, open_slide
 
-    if (model_dir is None) == (scores_path is None):
-        raise click.UsageError("give exactly one of --model (a trained MIL head) or --scores (a .npy)")
     bag = load_features(features_path)
-    if scores_path is not None:
-        scores = np.load(scores_path).reshape(-1)
-    else:
-        head, config = load_mil_model(model_dir, device=device)
-        if head.in_dim != bag.features.shape[1]:
-            raise click.UsageError(f"{model_dir} expects {head.in_dim}-d features but {features_path} has "
-                                   f"{bag.features.shape[1]}-d: use the encoder the head was trained on")
-        out = head.predict_bag(torch.from_numpy(bag.features), torch.from_numpy(bag.coords))
-        probs = torch.softmax(out.logits.float(), dim=-1)[0].cpu().tolist()
-        click.echo("prediction: " + ", ".join(f"{name} {p:.3f}" for name, p in zip(config["class_names"], probs)))
-        scores = out.attention[0].cpu().numpy()
+    scores, score_name = _tile_scores(bag, features_path, model_dir, scores_path, pca, device)
     if len(scores) != len(bag.coords):
         raise click.UsageError(f"{len(scores)} scores for {len(bag.coords)} tiles in {features_path}")
     try:
@@ -191,10 +236,16 @@ def heatmap(slide, features_path, model_dir, scores_path, out_path, slide_mpp, t
             dimensions = opened.dimensions
     except SlideError as error:
         raise click.ClickException(str(error)) from error
-    image = render_heatmap(thumbnail, bag.coords, scores, int(bag.attrs["patch_size_level0"]), dimensions,
-                           scaling=ScoreScaling(scaling), colormap=colormap, alpha=alpha)
+    scaling = ScoreScaling(scaling)
+    try:
+        image = render_heatmap(thumbnail, bag.coords, scores, int(bag.attrs["patch_size_level0"]), dimensions,
+                               scaling=scaling, colormap=colormap, alpha=alpha, smooth=smooth)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    if colour_bar:
+        image = add_colour_bar(image, ColourBar.for_scores(scores, scaling, score_name, colormap))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     image.save(out_path)
     table = out_path.with_suffix(".csv")
     table.write_text("x,y,score\n" + "".join(f"{x},{y},{s:.6g}\n" for (x, y), s in zip(bag.coords, scores)))
-    click.echo(f"wrote {out_path} and {table}")
+    click.echo(f"{score_name}, {scaling.value} colours; wrote {out_path} and {table}")

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ssmamba.wsi.extract import load_features
+from ssmamba.wsi.feature_key import KEY_ATTRIBUTE, FeatureKey
 
 PATIENT_COLUMNS = ("patient_id", "case_id", "patient")
 SPLIT_NAMES = ("train", "val", "test")
@@ -153,13 +154,21 @@ class BagDataset(Dataset):
         self._cache = [self._read(i) for i in range(len(self.records))] if in_memory else None
 
     def _check_dims(self) -> int:
-        dims = {}
+        """The embedding width, after checking that every file has the same one and the same feature key."""
+        dims, keys = {}, {}
         for record in self.records:
             with h5py.File(record.path, "r") as h5:
                 dims.setdefault(int(h5["features"].shape[-1]), record.path)
+                key = h5.attrs.get(KEY_ATTRIBUTE)
+            if key is not None:  # CLAM/TRIDENT files have none
+                keys.setdefault(FeatureKey.from_json(str(key)), record.path)
         if len(dims) > 1:
             raise ValueError(f"feature files disagree on the embedding width: "
                              f"{', '.join(f'{d} ({p})' for d, p in dims.items())}; were they made by one encoder?")
+        if len(keys) > 1:
+            (first, first_path), (other, other_path) = list(keys.items())[:2]
+            raise ValueError(f"feature files were made with different settings ({'; '.join(other.differences(first))}"
+                             f": {first_path} vs {other_path}); features of different settings must not be mixed")
         return next(iter(dims))
 
     def _total_bytes(self) -> int:

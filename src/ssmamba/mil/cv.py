@@ -10,7 +10,8 @@ Output folder::
 
     OUT/fold_0/{mil_model.safetensors, mil_config.json, predictions.csv, history.json, metrics.json, report.md, ...}
     OUT/cv_summary.json   per-fold metrics, mean ± std, pooled out-of-fold metrics, settings
-    OUT/summary.md        the same as a table
+    OUT/summary.md        pooled metrics with CIs, then a per-fold table; summary.html the same, self-contained,
+                          with the pooled confusion matrix and ROC and every fold's loss curves
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ class ExperimentSettings:
 
 
 def _fit_and_score(table: BagTable, train_idx, val_idx, test_idx, settings: ExperimentSettings, out_dir: Path,
-                   fold_seed: int, extra: dict) -> tuple[dict, BagPredictions]:
+                   fold_seed: int, extra: dict) -> tuple[dict, BagPredictions, list[dict]]:
     from ssmamba.eval.metrics import compute_metrics
-    from ssmamba.eval.report import write_report
+    from ssmamba.eval.report import plot_curves, write_report
 
     records = table.records
     train_set = BagDataset([records[i] for i in train_idx])
@@ -95,7 +96,8 @@ def _fit_and_score(table: BagTable, train_idx, val_idx, test_idx, settings: Expe
     head = create_mil_head(settings.head_name, train_set.feature_dim, len(table.class_names), **settings.head_kwargs)
     config = MILTrainConfig(**{**train_config_dict(settings.train), "seed": fold_seed})
     history = train_head(head, train_set, config, val_set, progress=settings.progress)
-    predictions = predict(head, test_set, chunk_size=config.chunk_size, device=config.device)
+    predictions = predict(head, test_set, chunk_size=config.chunk_size, device=config.device,
+                          threads=config.threads)
     metrics = compute_metrics(predictions.y_true, predictions.probs, table.class_names,
                               n_bootstrap=settings.n_bootstrap, seed=fold_seed)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,9 +108,21 @@ def _fit_and_score(table: BagTable, train_idx, val_idx, test_idx, settings: Expe
     (out_dir / "split.json").write_text(json.dumps({
         "train": [records[i].slide_id for i in train_idx], "val": [records[i].slide_id for i in val_idx],
         "test": [records[i].slide_id for i in test_idx]}, indent=1))
+    plot_curves(_loss_series([history]), out_dir / "curves.png")
     write_report(metrics, out_dir, probs=predictions.probs, y_true=predictions.y_true,
-                 title=f"{settings.head_name}: {out_dir.name}")
-    return metrics, predictions
+                 title=f"{settings.head_name}: {out_dir.name}", extra_figures=("curves.png",))
+    return metrics, predictions, history
+
+
+def _loss_series(histories: list[list[dict]]) -> dict[str, list[float]]:
+    """{"train loss", "val loss"} for one history, {"fold k train", "fold k val"} for several."""
+    series = {}
+    for k, history in enumerate(histories):
+        prefix = f"fold {k} " if len(histories) > 1 else ""
+        series[f"{prefix}train loss"] = [record["train_loss"] for record in history]
+        if history and "val_loss" in history[0]:
+            series[f"{prefix}val loss"] = [record["val_loss"] for record in history]
+    return series
 
 
 def run_cross_validation(table: BagTable, settings: ExperimentSettings, out_dir: str | Path,
@@ -117,27 +131,41 @@ def run_cross_validation(table: BagTable, settings: ExperimentSettings, out_dir:
     from ssmamba.eval.metrics import compute_metrics, summarise_folds
 
     out_dir = Path(out_dir)
-    fold_metrics, pooled_true, pooled_probs = [], [], []
+    fold_metrics, pooled_true, pooled_probs, histories = [], [], [], []
     for k, (train_idx, test_idx) in enumerate(make_folds(table, n_folds, seed)):
         train_idx, val_idx = validation_split(table, train_idx, settings.val_fraction, seed + k)
-        metrics, predictions = _fit_and_score(table, train_idx, val_idx, test_idx, settings, out_dir / f"fold_{k}",
-                                              seed + k, {**(extra or {}), "fold": k})
+        metrics, predictions, history = _fit_and_score(table, train_idx, val_idx, test_idx, settings,
+                                                       out_dir / f"fold_{k}", seed + k, {**(extra or {}), "fold": k})
         fold_metrics.append(metrics)
+        histories.append(history)
         pooled_true.append(predictions.y_true)
         pooled_probs.append(predictions.probs)
         if settings.progress:
             print(f"fold {k}: " + ", ".join(f"{m} {_scalar(metrics, m):.4f}" for m in SUMMARY_METRICS
                                             if _scalar(metrics, m) is not None))
-    pooled = compute_metrics(np.concatenate(pooled_true), np.concatenate(pooled_probs), table.class_names,
-                             n_bootstrap=settings.n_bootstrap, seed=seed)
+    pooled_true, pooled_probs = np.concatenate(pooled_true), np.concatenate(pooled_probs)
+    pooled = compute_metrics(pooled_true, pooled_probs, table.class_names, n_bootstrap=settings.n_bootstrap,
+                             seed=seed)
     summary = {"folds": fold_metrics, "summary": summarise_folds(fold_metrics), "pooled_out_of_fold": pooled,
                "settings": {"head": settings.head_name, "head_kwargs": settings.head_kwargs,
                             "train": train_config_dict(settings.train), "val_fraction": settings.val_fraction,
                             "n_folds": n_folds, "seed": seed, "bags": table.describe(), **(extra or {})}}
     (out_dir / "cv_summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
     title = f"{settings.head_name}, {len(fold_metrics)}-fold CV"
-    (out_dir / "summary.md").write_text(summary_markdown(summary, title=title))
+    figures = _pooled_figures(out_dir, pooled, pooled_true, pooled_probs, histories)
+    summary_document(summary, title, figures).write(out_dir / "summary.md")
     return summary
+
+
+def _pooled_figures(out_dir: Path, pooled: dict, y_true: np.ndarray, probs: np.ndarray,
+                    histories: list[list[dict]]) -> tuple[str, ...]:
+    """Confusion matrix and ROC of the pooled out-of-fold predictions, and every fold's loss curves."""
+    from ssmamba.eval.report import plot_confusion_matrix, plot_curves, plot_roc
+
+    plot_confusion_matrix(pooled, out_dir / "pooled_confusion_matrix.png")
+    plot_roc(y_true, probs, pooled["classes"], out_dir / "pooled_roc.png")
+    plot_curves(_loss_series(histories), out_dir / "curves.png")
+    return "pooled_confusion_matrix.png", "pooled_roc.png", "curves.png"
 
 
 def run_fixed_split(table: BagTable, settings: ExperimentSettings, out_dir: str | Path, seed: int = 0,
@@ -147,8 +175,8 @@ def run_fixed_split(table: BagTable, settings: ExperimentSettings, out_dir: str 
     if not (splits == "train").any() or not (splits == "test").any():
         raise ValueError(f"{table.source}: the split column needs 'train' and 'test' rows (or use --folds K)")
     indices = np.arange(len(splits))
-    metrics, _ = _fit_and_score(table, indices[splits == "train"], indices[splits == "val"],
-                                indices[splits == "test"], settings, Path(out_dir), seed, extra or {})
+    metrics, _, _ = _fit_and_score(table, indices[splits == "train"], indices[splits == "val"],
+                                   indices[splits == "test"], settings, Path(out_dir), seed, extra or {})
     return metrics
 
 
@@ -167,18 +195,23 @@ def _json_default(value):
     return str(value)
 
 
-def summary_markdown(summary: dict, title: str) -> str:
-    """A table of the scalar metrics: one row per fold, then mean ± std (``summarise_folds``), then pooled."""
+def summary_document(summary: dict, title: str, figures: tuple[str, ...] = ()):
+    """The pooled out-of-fold metrics with their bootstrap CIs and ``figures``, then one row per fold and
+    mean ± std, as a report :class:`~ssmamba.eval.report.Document` (``summary.md`` and ``summary.html``)."""
+    from ssmamba.eval.report import Document, FigureBlock, Heading, Paragraph, Table, metrics_blocks
+
+    pooled = summary["pooled_out_of_fold"]
     names = [m for m in SUMMARY_METRICS if m in summary["summary"]]
-    lines = [f"# {title}", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for k, metrics in enumerate(summary["folds"]):
-        lines.append(f"| fold {k} | " + " | ".join(_format(_scalar(metrics, m)) for m in names) + " |")
-    lines.append("| **mean ± std** | " + " | ".join(
-        f"**{summary['summary'][m]['mean']:.4f} ± {summary['summary'][m]['std']:.4f}**" for m in names) + " |")
-    lines.append("| pooled out-of-fold | " + " | ".join(
-        _format(_scalar(summary["pooled_out_of_fold"], m)) for m in names) + " |")
-    lines += ["", f"Settings: `{json.dumps(summary['settings'], default=_json_default)}`", ""]
-    return "\n".join(lines)
+    rows = [[str(k), str(metrics["n"]), *(_format(_scalar(metrics, m)) for m in names)]
+            for k, metrics in enumerate(summary["folds"])]
+    means = summary["summary"]
+    rows.append(["**mean ± std**", "", *(f"**{means[m]['mean']:.4f} ± {means[m]['std']:.4f}**" for m in names)])
+    return Document(title).add(
+        Heading("Pooled out-of-fold"),
+        Paragraph(f"The test predictions of all folds together ({pooled['n']} bags), scored once."),
+        *metrics_blocks(pooled), *(FigureBlock(Path(name), Path(name).stem.replace("_", " ")) for name in figures),
+        Heading("Per fold"), Table(["fold", "bags", *names], rows),
+        Paragraph(f"Settings: `{json.dumps(summary['settings'], default=_json_default)}`"))
 
 
 def _format(value: float | None) -> str:

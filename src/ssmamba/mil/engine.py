@@ -7,6 +7,7 @@ inference (``predict_bag``) for evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -44,6 +45,7 @@ class MILTrainConfig:
         chunk_size: instances per chunk in streaming inference.
         seed: controls initialisation, bag order and subsampling.
         device: torch device.
+        threads: torch CPU threads for training and scoring; None leaves torch's setting.
     """
 
     epochs: int = 40
@@ -57,6 +59,28 @@ class MILTrainConfig:
     chunk_size: int = 4096
     seed: int = 0
     device: str = "cpu"
+    threads: int | None = None
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run the block with ``count`` torch CPU threads (None: unchanged), then restore the previous count."""
+    if count is not None and count < 1:
+        raise ValueError(f"threads must be >= 1, got {count}")
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _optimizer(head: MILHead, config: MILTrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel on CPU and CUDA updates all parameters in one call instead of a dozen small ops
+    per tensor, which is a tenth of a small bag's training step otherwise."""
+    return torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                             fused=device.type in ("cpu", "cuda"))
 
 
 @dataclass
@@ -93,28 +117,35 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 def train_head(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_set: BagDataset | None = None,
                progress: bool = True) -> list[dict]:
     """Fit ``head`` on ``train_set``; returns one dict per epoch (train loss, and validation loss when given)."""
+    with torch_threads(config.threads):
+        return _train(head, train_set, config, val_set, progress)
+
+
+def _train(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_set: BagDataset | None,
+           progress: bool) -> list[dict]:
     device = torch.device(config.device)
     if config.standardise_features:
         head.set_feature_statistics(*feature_statistics(train_set))
     head.to(device)
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = _optimizer(head, config, device)
     total_steps = config.epochs * len(train_set)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, len(train_set), total_steps))
     labels = [record.label for record in train_set.records]
+    targets = torch.tensor(labels, device=device).view(-1, 1)  # one (1,) target per bag, made once
     weights = _class_weights(labels, head.num_classes).to(device) if config.balance_classes else None
     history, best_loss, best_state = [], math.inf, None
     for epoch in tqdm(range(config.epochs), desc="epochs", disable=not progress, leave=False):
         head.train()
         losses = []
         for index in torch.randperm(len(train_set), generator=generator).tolist():
-            features, coords, label = train_set[index]
+            features, coords, _ = train_set[index]
             features, coords = subsample_bag(features, coords, config.max_instances, generator)
             if config.instance_dropout > 0:
                 features, coords = drop_instances(features, coords, config.instance_dropout, generator)
             logits = head(features.to(device), coords.to(device))
-            loss = F.cross_entropy(logits, torch.tensor([label], device=device), weight=weights)
+            loss = F.cross_entropy(logits, targets[index], weight=weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -149,8 +180,17 @@ def feature_statistics(dataset: BagDataset) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def predict(head: MILHead, dataset: BagDataset, chunk_size: int = 4096, device: str = "cpu") -> BagPredictions:
-    """Class probabilities and attention for every bag, each bag whole (streamed ``chunk_size`` tiles at a time)."""
+def predict(head: MILHead, dataset: BagDataset, chunk_size: int = 4096, device: str = "cpu",
+            threads: int | None = None) -> BagPredictions:
+    """Class probabilities and attention for every bag, each bag whole (streamed ``chunk_size`` tiles at a time).
+
+    ``threads``: torch CPU threads (None: torch's setting).
+    """
+    with torch_threads(threads):
+        return _predict(head, dataset, chunk_size, device)
+
+
+def _predict(head: MILHead, dataset: BagDataset, chunk_size: int, device: str) -> BagPredictions:
     head.to(device).eval()
     probs, labels, attention = [], [], []
     for index in range(len(dataset)):

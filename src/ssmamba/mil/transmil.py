@@ -57,17 +57,36 @@ class TransLayer(nn.Module):
 
 
 class PPEG(nn.Module):
-    """Pyramid position encoding generator: identity + depthwise convs of kernel 7, 5 and 3 on the token grid."""
+    """Pyramid position encoding generator: identity + depthwise convs of kernel 7, 5 and 3 on the token grid.
+
+    The sum of centred convolutions is one convolution with the summed (zero-padded) kernels, so the forward
+    pass runs a single 7 x 7 depthwise convolution whose kernel is the identity plus the three kernels: the same
+    function and the same parameters (``convs``), a third of the convolution work in the forward and backward
+    pass of a small bag's step.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.convs = nn.ModuleList(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim) for k in (7, 5, 3))
+        self.size = max(conv.kernel_size[0] for conv in self.convs)
+        identity = torch.zeros(dim, 1, self.size, self.size)
+        identity[:, :, self.size // 2, self.size // 2] = 1.0
+        self.register_buffer("identity", identity, persistent=False)
+
+    def merged_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight (dim, 1, 7, 7), bias (dim,)) of the one convolution equal to identity + the three."""
+        weight = self.identity
+        for conv in self.convs:
+            pad = (self.size - conv.kernel_size[0]) // 2
+            weight = weight + F.pad(conv.weight, (pad, pad, pad, pad))
+        return weight, sum(conv.bias for conv in self.convs)
 
     def forward(self, x: torch.Tensor, side: int) -> torch.Tensor:
         """x (B, 1 + side*side, dim) with the class token first -> same shape."""
         cls_token, tokens = x[:, :1], x[:, 1:]
         grid = tokens.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
-        grid = grid + sum(conv(grid) for conv in self.convs)
+        weight, bias = self.merged_kernel()
+        grid = F.conv2d(grid, weight, bias, padding=self.size // 2, groups=grid.shape[1])
         return torch.cat([cls_token, grid.flatten(2).transpose(1, 2)], dim=1)
 
 

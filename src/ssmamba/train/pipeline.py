@@ -1,4 +1,5 @@
-"""The full two-stage pipeline: MAMIM pretraining -> fine-tuning -> test evaluation -> one Markdown report.
+"""The full two-stage pipeline: MAMIM pretraining -> fine-tuning -> test evaluation -> one report (Markdown and a
+self-contained HTML page).
 
 ``ssmamba demo`` runs it on generated (synthetic) data by default, or on a user's data set with ``--data``.
 """
@@ -68,13 +69,13 @@ def _evaluate(checkpoint: Path, data: str, out: Path, crop_size: int, seed: int)
     return metrics
 
 
-def _metrics_row(name: str, metrics: dict) -> str:
+def _metrics_row(name: str, metrics: dict) -> list[str]:
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auroc")
     cells = []
     for key in keys:
         value, ci = metrics.get(key), (metrics.get("ci95") or {}).get(key)
         cells.append("n/a" if value is None else f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else ""))
-    return f"| {name} | " + " | ".join(cells) + " |"
+    return [name, *cells]
 
 
 def run_pipeline(cfg: PipelineConfig, progress: bool = True, overwrite: bool = False) -> Path:
@@ -114,26 +115,28 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, overwrite: bool = F
 
 
 def _write_report(cfg: PipelineConfig, out: Path, synthetic: bool, data: str, results: dict, timings: dict) -> Path:
+    """``report.md`` and the self-contained ``report.html`` beside it (figures embedded); returns the Markdown."""
+    from ssmamba.eval.report import Document, FigureBlock, Heading, Paragraph, Table
+
     recon = sorted((out / "pretrain").glob("reconstruction_*.png"))
     main = next(iter(results))
-    lines = ["# ssmamba demo report", ""]
-    lines += [SYNTHETIC_NOTE if synthetic else f"Data: `{data}`.", ""]
+    document = Document("ssmamba demo report").add(Paragraph(SYNTHETIC_NOTE if synthetic else f"Data: `{data}`."))
     if synthetic:
-        lines += ["![classes](synthetic_classes.png)", ""]
-    lines += ["## Test metrics (95% bootstrap CIs)", "",
-              "| run | accuracy | balanced accuracy | macro-F1 | weighted-F1 | AUROC |", "|---|---|---|---|---|---|"]
-    lines += [_metrics_row(name, metrics) for name, metrics in results.items()]
-    lines += ["", "## Stage 1: MAMIM pretraining", "", "![loss](pretrain/loss.png)", ""]
+        document.add(FigureBlock(Path("synthetic_classes.png"), "classes"))
+    document.add(Heading("Test metrics (95% bootstrap CIs)"),
+                 Table(["run", "accuracy", "balanced accuracy", "macro-F1", "weighted-F1", "AUROC"],
+                       [_metrics_row(name, metrics) for name, metrics in results.items()]),
+                 Heading("Stage 1: MAMIM pretraining"), FigureBlock(Path("pretrain/loss.png"), "loss"))
     if recon:
-        lines += ["Original / masked / reconstruction at the last checkpoint:", "",
-                  f"![reconstruction]({recon[-1].relative_to(out)})", ""]
-    lines += ["## Stage 2: fine-tuning", "", "![curves](finetune/curves.png)", "",
-              f"## Confusion matrix and ROC ({main})", "", "![confusion](finetune/test/confusion_matrix.png)",
-              "![roc](finetune/test/roc.png)", "", "## Run", "",
-              f"Model `{cfg.model}`, {cfg.img_size} px, seed {cfg.seed}, {torch.get_num_threads()} CPU threads.", "",
-              "| stage | seconds |", "|---|---|"]
-    lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in timings.items()]
-    lines += ["", "Full per-run reports: `finetune/test/report.md`; configs: `*/config.yaml`."]
-    report = out / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+        document.add(Paragraph("Original / masked / reconstruction at the last checkpoint:"),
+                     FigureBlock(recon[-1].relative_to(out), "reconstruction"))
+    document.add(Heading("Stage 2: fine-tuning"), FigureBlock(Path("finetune/curves.png"), "curves"),
+                 Heading(f"Confusion matrix and ROC ({main})"),
+                 FigureBlock(Path("finetune/test/confusion_matrix.png"), "confusion"),
+                 FigureBlock(Path("finetune/test/roc.png"), "roc"), Heading("Run"),
+                 Paragraph(f"Model `{cfg.model}`, {cfg.img_size} px, seed {cfg.seed}, "
+                           f"{torch.get_num_threads()} CPU threads."),
+                 Table(["stage", "seconds"], [[stage, f"{seconds:.0f}"] for stage, seconds in timings.items()]),
+                 Paragraph("Full per-run reports: `finetune/test/report.md`; configs: `*/config.yaml`."))
+    report, _ = document.write(out / "report.md")
     return report

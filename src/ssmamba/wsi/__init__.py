@@ -8,17 +8,20 @@ Typical use (the same steps as ``ssmamba wsi tile`` / ``extract`` / ``heatmap``)
     extract_from_patches(tiled.patches_path, encoder, "out/")
 """
 
-from ssmamba.wsi.encoders import Encoder, encoder_from_module, load_encoder
-from ssmamba.wsi.extract import SlideFeatures, extract_slide_features, features_folder, load_features
-from ssmamba.wsi.heatmap import ScoreScaling, render_heatmap
+from ssmamba.wsi.encoders import Encoder, InputSizeSource, encoder_from_module, load_encoder
+from ssmamba.wsi.extract import SlideFeatures, extract_slide_features, load_features
+from ssmamba.wsi.feature_key import FeatureKey, FeatureKeyMismatch, features_folder
+from ssmamba.wsi.heatmap import (ColourBar, ScoreScaling, add_colour_bar, first_principal_component,
+                                 render_heatmap)
 from ssmamba.wsi.pipeline import extract_from_patches, find_patch_files, patches_folder, tile_slide
 from ssmamba.wsi.slide import MissingMppError, Slide, SlideError, open_slide
 from ssmamba.wsi.tiling import TileGrid, TilingConfig, draw_tiles, magnification_to_mpp, plan_tiles
 from ssmamba.wsi.tissue import TissueMaskConfig, tissue_mask
 
 __all__ = [
-    "Encoder", "MissingMppError", "ScoreScaling", "Slide", "SlideError", "SlideFeatures", "TileGrid", "TilingConfig",
-    "TissueMaskConfig", "draw_tiles", "encoder_from_module", "extract_from_patches", "extract_slide_features",
-    "features_folder", "find_patch_files", "load_encoder", "load_features", "magnification_to_mpp", "open_slide",
-    "patches_folder", "plan_tiles", "render_heatmap", "tile_slide", "tissue_mask",
+    "ColourBar", "Encoder", "FeatureKey", "FeatureKeyMismatch", "InputSizeSource", "MissingMppError", "ScoreScaling",
+    "Slide", "SlideError", "SlideFeatures", "TileGrid", "TilingConfig", "TissueMaskConfig", "add_colour_bar",
+    "draw_tiles", "encoder_from_module", "extract_from_patches", "extract_slide_features", "features_folder",
+    "find_patch_files", "first_principal_component", "load_encoder", "load_features", "magnification_to_mpp",
+    "open_slide", "patches_folder", "plan_tiles", "render_heatmap", "tile_slide", "tissue_mask",
 ]

@@ -11,6 +11,7 @@ Order of resolution, first match wins:
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import re
@@ -18,11 +19,20 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+
+
+class InputSizeSource(enum.Enum):
+    """Why tiles are embedded at the size they are (stored in every feature file as ``input_size_source``)."""
+
+    TILE = "tile"  # the encoder takes any size: tiles are embedded as they were cut, never resampled
+    MODEL = "model"  # a fixed-size model (a ViT): tiles are resized to the size it was built for
+    OPTION = "option"  # ``--input-size`` (``load_encoder(input_size=...)``) asked for this size
 
 
 @dataclass
@@ -31,25 +41,46 @@ class Encoder:
 
     Attributes:
         model: maps (B, 3, H, W) normalised float to (B, num_features) embeddings.
-        name: short name used in output folders and the ``encoder`` attribute of feature files: the
-            architecture, plus the first 8 hex digits of the weights' SHA-256 when loaded from a checkpoint.
+        architecture: the model's name, file-system safe (``ssmamba_tiny``, ``vit_small_patch16_224``).
         mean, std: per-channel normalisation of [0, 1] RGB input.
-        input_size: side the tiles are resized to before embedding; None keeps the tile size.
+        input_size: the side the model was built or trained for (its ``pretrained_cfg``), None if unknown.
         num_features: embedding width D.
-        checkpoint: weights file used, if any; ``checkpoint_sha256`` is its SHA-256 ("" for none).
-        weights: "checkpoint", "pretrained" (downloaded by timm) or "random" (untrained: fine for plumbing
-            tests, useless for science, and said so in every feature file).
+        fixed_input_size: the model only accepts ``input_size`` (ViTs with a fixed position table); models that
+            take any size (ssmamba, CNNs) embed tiles at the tile size unless ``requested_input_size`` is set.
+        requested_input_size: resize tiles to this side whatever the model (``--input-size``).
+        checkpoint: weights file used, if any.
+        weights_sha256: SHA-256 of the checkpoint file, or of the weights themselves (state dict) otherwise,
+            so random and downloaded weights are told apart too.
+        weights: "checkpoint", "pretrained" (downloaded by timm), "random" (untrained: fine for plumbing tests,
+            useless for science, and said so in every feature file) or "in-memory".
     """
 
     model: nn.Module
-    name: str
+    architecture: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     input_size: int | None
     num_features: int
+    fixed_input_size: bool = False
+    requested_input_size: int | None = None
     checkpoint: str = ""
-    checkpoint_sha256: str = ""
+    weights_sha256: str = ""
     weights: str = "random"
+
+    @property
+    def name(self) -> str:
+        """Architecture and the first 8 hex digits of the weights' hash: ``ssmamba_tiny-1a2b3c4d``
+        (``ssmamba_tiny-random-1a2b3c4d`` for untrained weights)."""
+        marker = "random-" if self.weights == "random" else ""
+        return f"{self.architecture}-{marker}{self.weights_sha256[:8]}"
+
+    def tile_input_size(self, tile_size: int) -> tuple[int, InputSizeSource]:
+        """The side tiles of ``tile_size`` px are embedded at, and why."""
+        if self.requested_input_size is not None:
+            return self.requested_input_size, InputSizeSource.OPTION
+        if self.fixed_input_size and self.input_size is not None:
+            return self.input_size, InputSizeSource.MODEL
+        return tile_size, InputSizeSource.TILE
 
 
 def file_sha256(path: str | Path, block_size: int = 1 << 20) -> str:
@@ -69,26 +100,41 @@ def _weights_file(directory: Path) -> Path | None:
     return next((directory / name for name in _WEIGHT_FILES if (directory / name).is_file()), None)
 
 
+def state_dict_sha256(model: nn.Module) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a model's parameters and buffers."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _accepts_any_size(model: nn.Module, cfg: dict) -> bool:
+    """timm marks models with a fixed position table ``fixed_input_size``; ViTs built with ``dynamic_img_size``
+    take any size again. ssmamba models and CNNs have no such mark."""
+    return not cfg.get("fixed_input_size", False) or bool(getattr(model, "dynamic_img_size", False))
+
+
 def _from_module(model: nn.Module, name: str, checkpoint: Path | None, weights: str) -> Encoder:
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     input_size = cfg.get("input_size")
     num_features = getattr(model, "num_features", None)
     if num_features is None:
         raise ValueError(f"encoder {name!r} has no num_features attribute; cannot size the feature files")
-    sha256 = file_sha256(checkpoint) if checkpoint else ""
-    if sha256:  # "checkpoint" folders abound; architecture + weight hash names the features unambiguously
-        name = f"{name}-{sha256[:8]}"
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    encoder = Encoder(model=model, architecture=name, mean=tuple(cfg.get("mean") or IMAGENET_MEAN),
+                      std=tuple(cfg.get("std") or IMAGENET_STD),
+                      input_size=int(input_size[-1]) if input_size else None, num_features=int(num_features),
+                      fixed_input_size=not _accepts_any_size(model, cfg), checkpoint=str(checkpoint or ""),
+                      weights_sha256=file_sha256(checkpoint) if checkpoint else state_dict_sha256(model),
+                      weights=weights)
     if weights == "random":
-        warnings.warn(f"encoder {name!r} has random weights: features are only good for testing the pipeline; "
-                      f"pass a pretrained checkpoint (or --pretrained for timm hub weights)", stacklevel=3)
-    return Encoder(model=model, name=name, mean=tuple(cfg.get("mean") or IMAGENET_MEAN),
-                   std=tuple(cfg.get("std") or IMAGENET_STD),
-                   input_size=int(input_size[-1]) if input_size else None, num_features=int(num_features),
-                   checkpoint=str(checkpoint or ""), checkpoint_sha256=sha256,
-                   weights=weights)
+        warnings.warn(f"encoder {encoder.name!r} has random weights: features are only good for testing the "
+                      f"pipeline; pass a pretrained checkpoint (or --pretrained for timm hub weights)", stacklevel=3)
+    return encoder
 
 
 def _ssmamba_names() -> set[str]:
@@ -122,53 +168,66 @@ def _load_directory(directory: Path) -> Encoder:
     return _from_module(model, safe_name(architecture), weights_path, "checkpoint")
 
 
+def _load_named(name: str, checkpoint_path: Path | None, pretrained: bool) -> tuple[nn.Module, Path | None]:
+    """The model called ``name`` (ssmamba, else timm) and the weights file it was loaded from, if any."""
+    if name in _ssmamba_names():
+        import ssmamba
+
+        if pretrained:
+            raise ValueError(f"{name} has no published weights; pass --checkpoint with a MAMIM-pretrained "
+                             f"or fine-tuned checkpoint directory")
+        model = ssmamba.create_model(name, checkpoint=checkpoint_path, num_classes=0)
+        if checkpoint_path is not None and checkpoint_path.is_dir():
+            return model, _weights_file(checkpoint_path)
+        return model, checkpoint_path
+    import timm
+
+    if not timm.is_model(name) and not name.startswith("hf-hub:"):
+        raise ValueError(f"unknown encoder {name!r}: not a folder, not an ssmamba model "
+                         f"({', '.join(sorted(_ssmamba_names()))}), not a timm model name")
+    model = timm.create_model(name, pretrained=pretrained, num_classes=0,
+                              checkpoint_path=str(checkpoint_path) if checkpoint_path else None)
+    return model, checkpoint_path
+
+
 def load_encoder(spec: str | Path, checkpoint: str | Path | None = None, pretrained: bool = False,
                  input_size: int | None = None) -> Encoder:
     """Build the tile encoder named by ``spec`` (see the module docstring for the resolution order).
+
+    Random weights (a name without ``checkpoint`` or ``pretrained``) are drawn with a fixed seed, so the same
+    command gives the same features, and the same feature folder, every time.
 
     Args:
         spec: ssmamba name, timm name, or checkpoint directory.
         checkpoint: weights for a named model (ssmamba checkpoint directory, or timm weights file).
         pretrained: let timm download the named model's published weights.
-        input_size: resize tiles to this side before embedding, overriding the model's own input size.
+        input_size: resize tiles to this side before embedding, whatever the model; by default tiles keep
+            their size for encoders that take any size and are resized to the model's size for fixed-size ones.
     """
     spec_path = Path(spec)
     if spec_path.is_dir():
         encoder = _load_directory(spec_path)
     else:
-        name = str(spec)
         checkpoint_path = Path(checkpoint) if checkpoint is not None else None
         if checkpoint_path is not None and not checkpoint_path.exists():
             raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist")
-        if name in _ssmamba_names():
-            import ssmamba
-
-            if pretrained:
-                raise ValueError(f"{name} has no published weights; pass --checkpoint with a MAMIM-pretrained "
-                                 f"or fine-tuned checkpoint directory")
-            model = ssmamba.create_model(name, checkpoint=checkpoint_path, num_classes=0)
-            weights_file = None
-            if checkpoint_path is not None:
-                weights_file = _weights_file(checkpoint_path) if checkpoint_path.is_dir() else checkpoint_path
-        else:
-            import timm
-
-            if not timm.is_model(name) and not name.startswith("hf-hub:"):
-                raise ValueError(f"unknown encoder {name!r}: not a folder, not an ssmamba model "
-                                 f"({', '.join(sorted(_ssmamba_names()))}), not a timm model name")
-            model = timm.create_model(name, pretrained=pretrained, num_classes=0,
-                                      checkpoint_path=str(checkpoint_path) if checkpoint_path else None)
-            weights_file = checkpoint_path
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, weights_file = _load_named(str(spec), checkpoint_path, pretrained)
         weights = "checkpoint" if weights_file else ("pretrained" if pretrained else "random")
-        encoder = _from_module(model, safe_name(name), weights_file, weights)
+        encoder = _from_module(model, safe_name(str(spec)), weights_file, weights)
     if input_size is not None:
-        encoder.input_size = int(input_size)
+        encoder.requested_input_size = int(input_size)
     return encoder
 
 
 def encoder_from_module(model: nn.Module, name: str, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                         input_size: int | None = None) -> Encoder:
-    """Wrap any embedding module (with ``num_features``) as an :class:`Encoder`, e.g. a model built in code."""
+    """Wrap any embedding module (with ``num_features``) as an :class:`Encoder`, e.g. a model built in code.
+
+    ``input_size`` resizes tiles to that side; None embeds them at the tile size.
+    """
     model.eval()
-    return Encoder(model=model, name=safe_name(name), mean=tuple(mean), std=tuple(std), input_size=input_size,
-                   num_features=int(getattr(model, "num_features")), weights="in-memory")
+    return Encoder(model=model, architecture=safe_name(name), mean=tuple(mean), std=tuple(std), input_size=input_size,
+                   num_features=int(getattr(model, "num_features")), requested_input_size=input_size,
+                   weights_sha256=state_dict_sha256(model), weights="in-memory")

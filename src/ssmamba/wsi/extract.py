@@ -4,11 +4,13 @@ Layout of ``<slide>.h5`` (the names TRIDENT and CLAM users expect):
 
 - ``features``: (N, D) float32, one row per tile;
 - ``coords``: (N, 2) int64 top-left (x, y) in level-0 pixels, with the tiling geometry as attributes;
-- file attributes: ``patch_size``, ``patch_size_level0``, ``target_mpp``, ``level0_mpp``, ``encoder``,
-  ``encoder_weights``, ``checkpoint``, ``checkpoint_sha256``, ``input_size``, ``name``, ``slide_path``,
-  ``ssmamba_version``.
+- file attributes: ``feature_key`` (the full :class:`~ssmamba.wsi.feature_key.FeatureKey` as JSON),
+  ``patch_size``, ``patch_size_level0``, ``target_mpp``, ``level0_mpp``, ``encoder``, ``encoder_weights``,
+  ``checkpoint``, ``weights_sha256``, ``input_size``, ``input_size_source``, ``mean``, ``std``, ``name``,
+  ``slide_path``, ``ssmamba_version``.
 
-Files are written under a ``.partial`` name and renamed when complete, so a slide whose ``.h5`` exists is done.
+Files are written under a ``.partial`` name and renamed when complete, so a slide whose ``.h5`` exists is done,
+provided its feature key is the one asked for (otherwise :class:`~ssmamba.wsi.feature_key.FeatureKeyMismatch`).
 """
 
 from __future__ import annotations
@@ -24,13 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ssmamba.wsi.encoders import Encoder
+from ssmamba.wsi.feature_key import KEY_ATTRIBUTE, FeatureKey, check_file_key
 from ssmamba.wsi.slide import Slide, open_slide
 from ssmamba.wsi.tiling import TileGrid
-
-
-def features_folder(out_dir: str | Path, grid: TileGrid, encoder_name: str) -> Path:
-    """``out_dir/features_<mpp>mpp_<size>px/<encoder>/``: one folder per resolution, tile size and encoder."""
-    return Path(out_dir) / f"features_{grid.target_mpp:.2f}mpp_{grid.patch_size}px" / encoder_name
 
 
 class TileDataset(Dataset):
@@ -77,7 +75,8 @@ class TileDataset(Dataset):
 class ExtractionResult:
     path: Path
     num_tiles: int
-    skipped: bool  # True when the file existed already
+    skipped: bool  # True when the file existed already (with the same feature key)
+    key: FeatureKey
 
 
 @torch.inference_mode()
@@ -90,17 +89,20 @@ def extract_slide_features(grid: TileGrid, encoder: Encoder, out_path: str | Pat
     Args:
         grid: tiles of the slide (from ``plan_tiles`` or ``TileGrid.load_h5``).
         encoder: the frozen embedder (``load_encoder``).
-        out_path: the ``.h5`` to write; when it exists and ``overwrite`` is False, nothing is done.
+        out_path: the ``.h5`` to write; when it exists and ``overwrite`` is False, nothing is done, after checking
+            that its feature key is this one (:class:`~ssmamba.wsi.feature_key.FeatureKeyMismatch` otherwise).
         slide_path: where the slide is now (defaults to the path stored in the grid).
         slide_mpp: level-0 µm/px override, for slides without resolution metadata.
         batch_size, num_workers: DataLoader settings; features are written batch by batch, so memory stays
             bounded by one batch whatever the number of tiles.
     """
     out_path = Path(out_path)
+    key = FeatureKey.for_encoder(encoder, grid.target_mpp, grid.patch_size)
     if out_path.exists() and not overwrite:
-        return ExtractionResult(out_path, _count_rows(out_path), skipped=True)
+        check_file_key(out_path, key)
+        return ExtractionResult(out_path, _count_rows(out_path), skipped=True, key=key)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    dataset = TileDataset(slide_path or grid.slide_path, grid, encoder.mean, encoder.std, encoder.input_size,
+    dataset = TileDataset(slide_path or grid.slide_path, grid, encoder.mean, encoder.std, key.input_size,
                           slide_mpp=slide_mpp)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                         pin_memory=torch.device(device).type == "cuda", persistent_workers=False)
@@ -110,7 +112,7 @@ def extract_slide_features(grid: TileGrid, encoder: Encoder, out_path: str | Pat
         features = h5.create_dataset("features", shape=(len(grid), encoder.num_features), dtype=np.float32,
                                      chunks=(max(1, min(len(grid), 1024)), encoder.num_features) if len(grid) else None)
         coords = h5.create_dataset("coords", data=grid.coords.astype(np.int64).reshape(-1, 2))
-        _write_attributes(h5, coords, grid, encoder)
+        _write_attributes(h5, coords, grid, encoder, key)
         for tiles, indices in tqdm(loader, desc=grid.slide_name, unit="batch", disable=not progress, leave=False):
             embeddings = model(tiles.to(device, non_blocking=True))
             if embeddings.ndim != 2 or embeddings.shape[1] != encoder.num_features:
@@ -120,10 +122,11 @@ def extract_slide_features(grid: TileGrid, encoder: Encoder, out_path: str | Pat
             features[start:stop] = embeddings.float().cpu().numpy()
     dataset.close()
     partial.replace(out_path)
-    return ExtractionResult(out_path, len(grid), skipped=False)
+    return ExtractionResult(out_path, len(grid), skipped=False, key=key)
 
 
-def _write_attributes(h5: h5py.File, coords: h5py.Dataset, grid: TileGrid, encoder: Encoder) -> None:
+def _write_attributes(h5: h5py.File, coords: h5py.Dataset, grid: TileGrid, encoder: Encoder,
+                      key: FeatureKey) -> None:
     from ssmamba import __version__
 
     geometry = {"patch_size": grid.patch_size, "patch_size_level0": grid.patch_size_level0,
@@ -132,9 +135,10 @@ def _write_attributes(h5: h5py.File, coords: h5py.Dataset, grid: TileGrid, encod
     coords.attrs.update(geometry)
     h5.attrs.update(geometry)
     h5.attrs.update(encoder=encoder.name, encoder_weights=encoder.weights, checkpoint=encoder.checkpoint,
-                    checkpoint_sha256=encoder.checkpoint_sha256, input_size=encoder.input_size or grid.patch_size,
-                    mean=np.asarray(encoder.mean, np.float32), std=np.asarray(encoder.std, np.float32),
-                    slide_path=grid.slide_path, ssmamba_version=__version__)
+                    weights_sha256=encoder.weights_sha256, input_size=key.input_size,
+                    input_size_source=key.input_size_source, mean=np.asarray(encoder.mean, np.float32),
+                    std=np.asarray(encoder.std, np.float32), slide_path=grid.slide_path, ssmamba_version=__version__)
+    h5.attrs[KEY_ATTRIBUTE] = key.to_json()
 
 
 def _count_rows(path: Path) -> int:

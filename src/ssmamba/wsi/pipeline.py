@@ -5,7 +5,10 @@ Folder layout (``OUT`` is the output folder given to ``tile``)::
     OUT/patches_0.50mpp_224px/<slide>.h5            coords + tiling geometry (CLAM-style patches file)
     OUT/patches_0.50mpp_224px/<slide>.png           thumbnail with the kept tiles outlined
     OUT/patches_0.50mpp_224px/errors.log            slides that failed (with --skip-errors)
-    OUT/features_0.50mpp_224px/<encoder>/<slide>.h5 features + coords (TRIDENT/CLAM-style features file)
+    OUT/features_0.50mpp_224px/<encoder>-<hash8>_in<size>/<slide>.h5
+                                                    features + coords (TRIDENT/CLAM-style features file)
+    OUT/features_0.50mpp_224px/<encoder>-<hash8>_in<size>/feature_key.json
+                                                    everything that made these features (see feature_key.py)
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssmamba.wsi.encoders import Encoder
-from ssmamba.wsi.extract import ExtractionResult, extract_slide_features, features_folder
+from ssmamba.wsi.extract import ExtractionResult, extract_slide_features
+from ssmamba.wsi.feature_key import FeatureKey, claim_folder, features_folder
 from ssmamba.wsi.slide import open_slide
 from ssmamba.wsi.tiling import TileGrid, TilingConfig, draw_tiles, plan_tiles
 
@@ -74,7 +78,10 @@ def extract_from_patches(patches_path: str | Path, encoder: Encoder, out_dir: st
                          slide_dir: str | Path | None = None, slide_mpp: float | None = None, batch_size: int = 64,
                          num_workers: int = 0, device: str = "cpu", overwrite: bool = False,
                          progress: bool = True) -> ExtractionResult:
-    """Embed the tiles listed in one patches file into ``features_<tag>/<encoder>/<slide>.h5`` under ``out_dir``.
+    """Embed the tiles listed in one patches file into ``<FeatureKey.folder>/<slide>.h5`` under ``out_dir``.
+
+    The folder's ``feature_key.json`` is written on first use; a folder or file made with other settings raises
+    :class:`~ssmamba.wsi.feature_key.FeatureKeyMismatch` unless ``overwrite``.
 
     Args:
         slide_dir: folder holding the slides now, when they moved since tiling (looked up by file name).
@@ -88,7 +95,10 @@ def extract_from_patches(patches_path: str | Path, encoder: Encoder, out_dir: st
     if not slide_path.is_file():
         raise FileNotFoundError(f"{patches_path}: its slide {slide_path} is gone; pass --slide-dir with the folder "
                                 f"that holds {slide_path.name} now")
-    out_path = features_folder(out_dir, grid, encoder.name) / f"{grid.slide_name}.h5"
+    key = FeatureKey.for_encoder(encoder, grid.target_mpp, grid.patch_size)
+    folder = features_folder(out_dir, key)
+    claim_folder(folder, key, overwrite=overwrite)
+    out_path = folder / f"{grid.slide_name}.h5"
     return extract_slide_features(grid, encoder, out_path, slide_path=slide_path,
                                   slide_mpp=slide_mpp if slide_mpp is not None else grid.level0_mpp,
                                   batch_size=batch_size, num_workers=num_workers, device=device,
