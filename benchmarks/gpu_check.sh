@@ -4,6 +4,7 @@
 # visible (device "auto" then means CUDA; -v names each result as it comes, so a cut-off run still says which
 # tests failed). Logs and results go to $OUT (default runs/gpu_check).
 #     bash benchmarks/gpu_check.sh
+# The same-budget leaderboards at full scale have their own prepared run: bash benchmarks/gpu_benchmark.sh (~10 min).
 # On the device tool's H200 image (torch, Triton, timm present; no openslide/tiffslide, no internet), first fetch the
 # WSI readers here as wheels into the ignored .whl/ (pip download --no-deps --only-binary=:all: --python-version 3.12
 # --platform manylinux_2_28_x86_64 ... openslide-python openslide-bin tiffslide zarr numcodecs imagecodecs donfig
