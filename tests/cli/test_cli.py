@@ -141,3 +141,10 @@ def test_a_timm_architecture_through_finetune_evaluate_predict_and_probe(image_f
            "--out", tmp_path / "probe", "--k", 3)
     probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert probe["encoder"].startswith("test_convnext-")  # architecture + weights hash
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_training_without_data_is_a_usage_error_not_a_read_of_the_current_directory(command, tmp_path):
+    result = CliRunner().invoke(main, [command, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--data is required" in result.output
+    assert not (tmp_path / "run").exists()

@@ -13,6 +13,8 @@ def _run(func, cfg, resume: bool, overwrite: bool, progress: bool):
     """Run ``func``; user errors (a bad file, option or folder) become one ``Error:`` line in ``ssmamba.cli``."""
     from ssmamba.cli.console import console_logging
 
+    if not cfg.data:  # never fall back to reading the current directory
+        raise click.UsageError("--data is required: an image folder, CSV manifest or nucleus-points CSV")
     console_logging(progress)
     return func(cfg, resume=resume, progress=progress, overwrite=overwrite)
 
