@@ -148,3 +148,22 @@ def test_training_without_data_is_a_usage_error_not_a_read_of_the_current_direct
     result = CliRunner().invoke(main, [command, "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "--data is required" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_threads_and_progress_options(image_folder, tmp_path):
+    """--threads sets torch's CPU threads (and is saved with a training run); --no-progress silences the bars."""
+    before = torch.get_num_threads()
+    try:
+        invoke("finetune", "--data", image_folder, "--model", "ssmamba_test", "--out", tmp_path / "ft", "--img-size", 32,
+               "--epochs", 1, "--batch-size", 8, "--threads", 1, "--no-progress")
+        assert yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())["finetune"]["threads"] == 1
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        quiet = invoke("evaluate", "--checkpoint", tmp_path / "ft" / "best", "--data", image_folder, "--out",
+                       tmp_path / "q", "--bootstrap", 0, "--threads", 1, "--no-progress")
+        noisy = invoke("evaluate", "--checkpoint", tmp_path / "ft" / "best", "--data", image_folder, "--out",
+                       tmp_path / "n", "--bootstrap", 0)
+        assert "predict" not in quiet.stderr and "predict" in noisy.stderr
+        assert torch.get_num_threads() == 1  # evaluate's --threads 1 of the first call
+    finally:
+        torch.set_num_threads(before)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ssmamba.cli.options import device_option
+from ssmamba.cli.options import device_option, progress_option, threads_option
 
 _DATA_HELP = "Image folder, CSV manifest or nucleus-points CSV."
 _OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace what --out already holds (refused otherwise).")
@@ -62,10 +62,12 @@ def _loader(dataset, batch_size: int, workers: int):
 @click.option("--tta/--no-tta", default=False, show_default=True,
               help="Average over the 8 rotations/flips of each image (8x slower inference).")
 @device_option()
+@threads_option()
+@progress_option()
 @_OVERWRITE
 @_ALLOW_LEAKAGE
 def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, batch_size, num_workers, seed, tta,
-             device, overwrite, allow_leakage):
+             device, threads, progress, overwrite, allow_leakage):
     """Metrics with bootstrap 95% CIs, confusion matrix and ROC curves for one split."""
     from ssmamba.data import load_dataset
     from ssmamba.eval.inference import predict_proba
@@ -81,7 +83,7 @@ def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, bat
     dataset = load_dataset(data, split, transform, classes=classes, crop_size=cfg.get("crop_size") or 32,
                            group_column=group_column, seed=seed, allow_leakage=allow_leakage)
     _report_skipped(dataset, Path(out) / "skipped.csv")
-    probs, labels = predict_proba(model, _loader(dataset, batch_size, num_workers), tta=tta)
+    probs, labels = predict_proba(model, _loader(dataset, batch_size, num_workers), tta=tta, progress=progress)
     metrics = compute_metrics(labels, probs, classes, ordinal=ordinal, n_bootstrap=bootstrap, seed=seed)
     write_report(metrics, out, probs=probs, y_true=labels,
                  title=f"{checkpoint} on {data} ({split}, n={len(dataset)}{', 8-view TTA' if tta else ''})")
@@ -97,8 +99,10 @@ def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, bat
 @click.option("--tta/--no-tta", default=False, show_default=True,
               help="Average over the 8 rotations/flips of each image (8x slower inference).")
 @device_option()
+@threads_option()
+@progress_option()
 @_OVERWRITE
-def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device, overwrite):
+def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device, threads, progress, overwrite):
     """Class probabilities for a folder, a CSV or a single image, written to a CSV (unreadable files are
     skipped and listed in OUT.skipped.csv)."""
     from ssmamba.data import load_unlabelled
@@ -124,7 +128,7 @@ def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device, overw
     else:
         dataset = load_unlabelled(inputs, crop_size=cfg.get("crop_size") or 32, transform=transform)
         names = [str(record.image) for record in dataset.records]
-        probs, _ = predict_proba(model, _loader(dataset, batch_size, num_workers), tta=tta)
+        probs, _ = predict_proba(model, _loader(dataset, batch_size, num_workers), tta=tta, progress=progress)
         _report_skipped(dataset, out.with_name(out.stem + ".skipped.csv"))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -148,10 +152,12 @@ def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device, overw
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @device_option()
+@threads_option()
+@progress_option()
 @_OVERWRITE
 @_ALLOW_LEAKAGE
 def probe(encoder, checkpoint, data, img_size, crop_size, group_column, k, out, batch_size, seed, device,
-          overwrite, allow_leakage):
+          threads, progress, overwrite, allow_leakage):
     """Linear probe and kNN on frozen features (train -> val for model selection -> test)."""
     from ssmamba.data import load_dataset
     from ssmamba.data.transforms import eval_transform
@@ -174,7 +180,7 @@ def probe(encoder, checkpoint, data, img_size, crop_size, group_column, k, out, 
         dataset = load_dataset(data, split, transform, classes=classes, **options)
         _report_skipped(dataset, Path(out) / f"skipped_{split}.csv")
         classes = dataset.classes
-        splits[split] = embed(enc.model, _loader(dataset, batch_size, 0), progress=True)
+        splits[split] = embed(enc.model, _loader(dataset, batch_size, 0), progress=progress)
     (tx, ty), (vx, vy), (sx, sy) = splits["train"], splits["val"], splits["test"]
     results = {}
     linear, cost = linear_probe(tx, ty, vx, vy, sx, len(classes), seed=seed)

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import yaml
 
-__all__ = ["config_options", "build_config", "device_option"]
+__all__ = ["config_options", "build_config", "device_option", "threads_option", "progress_option"]
 
 
 def _parse_device(_ctx, param, value: str) -> str:
@@ -35,6 +35,25 @@ def device_option():
     """``--device auto|cpu|cuda|cuda:N``, resolved (``auto`` -> ``cuda`` or ``cpu``) before the command runs."""
     return click.option("--device", default="auto", show_default=True, callback=_parse_device,
                         help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...")
+
+
+def _set_threads(_ctx, _param, value: int | None) -> int | None:
+    if value is not None:
+        import torch
+
+        torch.set_num_threads(value)
+    return value
+
+
+def threads_option():
+    """``--threads N``: the CPU threads torch uses for this command (default: torch's choice)."""
+    return click.option("--threads", type=click.IntRange(min=1), default=None, callback=_set_threads,
+                        help="CPU threads torch uses [default: torch's, i.e. OMP_NUM_THREADS or the number of cores].")
+
+
+def progress_option():
+    """``--progress/--no-progress``: progress bars on the console (off for logs)."""
+    return click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 
 
 def _parse_pairs(_ctx, param, value) -> dict:

@@ -88,6 +88,7 @@ class FinetuneConfig:
     max_val: int | None = None  # validate on this many samples (the same random subset for every seed and model)
     precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in the training forward pass
     device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
+    threads: int | None = None  # CPU threads torch uses [default: torch's, i.e. OMP_NUM_THREADS or the cores]
     num_workers: int = 0
     seed: int = 0
     strict: bool = False  # fail on an unreadable file instead of skipping it
@@ -226,6 +227,8 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> P
     from ssmamba.data import load_dataset
     from ssmamba.data.transforms import FieldOfView, eval_transform, train_transform
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     options = dict(crop_size=cfg.crop_size, group_column=cfg.group_column, seed=cfg.seed, strict=cfg.strict,
                    allow_leakage=cfg.allow_leakage)

@@ -60,6 +60,7 @@ class PretrainConfig:
     max_images: int | None = None  # subsample the data set (seeded) for a quick run
     precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in the training forward pass
     device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
+    threads: int | None = None  # CPU threads torch uses [default: torch's, i.e. OMP_NUM_THREADS or the cores]
     num_workers: int = 0
     seed: int = 0
     strict: bool = False  # fail on an unreadable file instead of skipping it
@@ -122,6 +123,8 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> P
     from ssmamba.data import load_unlabelled
     from ssmamba.data.transforms import pretrain_transform
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     transform = pretrain_transform(cfg.img_size, zoom_range=(cfg.zoom_min, cfg.zoom_max), hed=cfg.hed,
                                    flips=cfg.flips, rot90=cfg.rot90)
