@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import yaml
 
-from ssmamba.cli.options import device_option
+from ssmamba.cli.options import device_option, progress_option
 
 
 def _head_kwargs(pairs: tuple[str, ...]) -> dict:
@@ -70,9 +70,10 @@ def mil() -> None:
 @click.option("--chunk-size", default=4096, show_default=True, help="Tiles per chunk at inference.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace what --out already holds (refused otherwise).")
+@progress_option()
 def train(csv_path, features_dir, id_column, label_column, patient_column, allow_missing, n_bootstrap, threads,
           device, head_name, head_args, out_dir, folds, epochs, lr, weight_decay, max_instances, val_fraction, balance,
-          chunk_size, seed, overwrite) -> None:
+          chunk_size, seed, overwrite, progress) -> None:
     """Train a MIL head with k-fold cross-validation (or on a fixed split) and report slide-level metrics."""
     from ssmamba.io.runs import claim_run_dir
     from ssmamba.mil.bags import read_bag_table
@@ -92,7 +93,7 @@ def train(csv_path, features_dir, id_column, label_column, patient_column, allow
         train=MILTrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, max_instances=max_instances or None,
                              balance_classes=balance, chunk_size=chunk_size, seed=seed, device=device,
                              threads=threads),
-        val_fraction=val_fraction, n_bootstrap=n_bootstrap)
+        val_fraction=val_fraction, n_bootstrap=n_bootstrap, progress=progress)
     extra = {"features_dir": str(features_dir.resolve()), "csv": str(csv_path.resolve())}
     use_folds = folds is not None or all(r.fold is not None for r in table.records)
     try:

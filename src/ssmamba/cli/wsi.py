@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ssmamba.cli.options import device_option
+from ssmamba.cli.options import device_option, progress_option, threads_option
 
 
 def _target_mpp(mpp: float | None, magnification: float | None) -> float:
@@ -119,8 +119,10 @@ def tile(inputs, out_dir, patch_size, mpp, magnification, stride, slide_mpp, min
 @click.option("--skip-errors", is_flag=True, help="Log failing slides to errors.log and go on.")
 @click.option("--overwrite", is_flag=True,
               help="Re-extract slides that already have a features file, also when made with other settings.")
+@threads_option()
+@progress_option()
 def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_size, num_workers, device, slide_dir,
-            skip_errors, overwrite) -> None:
+            skip_errors, overwrite, threads, progress) -> None:
     """Embed the tiles of tiled slides (patches .h5 files, or the folder given to `wsi tile --out`).
 
     Writes OUT/features_<mpp>mpp_<size>px/<encoder>-<hash8>_in<input size>/<slide>.h5 with features [N, D] and
@@ -144,7 +146,7 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
     def step(patches_path: Path):
         result = extract_from_patches(patches_path, model, out_dir or patches_path.parent.parent, slide_dir=slide_dir,
                                       batch_size=batch_size, num_workers=num_workers, device=device,
-                                      overwrite=overwrite)
+                                      overwrite=overwrite, progress=progress)
         click.echo(f"  {result.path}: {result.num_tiles} tiles of {result.key.patch_size} px embedded at "
                    f"{result.key.input_size} px{' (already done)' if result.skipped else ''}")
         return result
