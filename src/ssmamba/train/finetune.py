@@ -27,14 +27,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from ssmamba.eval.inference import predict_proba
 from ssmamba.io.atomic import atomic_write_text
-from ssmamba.io.runs import claim_run_dir, write_skipped
+from ssmamba.io.runs import write_skipped
 from ssmamba.models import create_model, save_pretrained
 from ssmamba.train.checks import require_positive
 from ssmamba.train.engine import Precision, Trainer, load_tensors, save_tensors
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves
 from ssmamba.train.sampling import make_loader
-from ssmamba.train.setup import file_log, resolve_device, seed_everything
+from ssmamba.train.setup import resolve_device, run_folder, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +218,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, o
 
     ``cfg.out`` must be new or empty unless ``resume`` (continue the run in it) or ``overwrite`` (delete it first).
     """
-    out = claim_run_dir(cfg.out, resume=resume, overwrite=overwrite)
-    with file_log(out / "log.txt"):
+    with run_folder(cfg.out, resume, overwrite) as out:
         return _finetune(cfg, out, resume, progress)
 
 
@@ -227,9 +226,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> P
     from ssmamba.data import load_dataset
     from ssmamba.data.transforms import FieldOfView, eval_transform, train_transform
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    start_run(cfg.seed, cfg.threads)
     options = dict(crop_size=cfg.crop_size, group_column=cfg.group_column, seed=cfg.seed, strict=cfg.strict,
                    allow_leakage=cfg.allow_leakage)
     train_set = load_dataset(cfg.data, "train", None, **options)

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from ssmamba.io.atomic import atomic_write_text
-from ssmamba.io.runs import claim_run_dir, write_skipped
+from ssmamba.io.runs import write_skipped
 from ssmamba.models import create_model, save_pretrained
 from ssmamba.ssl import MAMIM
 from ssmamba.train.checks import require_fraction, require_positive
@@ -26,7 +26,7 @@ from ssmamba.train.engine import Precision, Trainer
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves, save_reconstruction_grid
 from ssmamba.train.sampling import make_loader
-from ssmamba.train.setup import file_log, resolve_device, seed_everything
+from ssmamba.train.setup import resolve_device, run_folder, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +113,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
 
     ``cfg.out`` must be new or empty unless ``resume`` (continue the run in it) or ``overwrite`` (delete it first).
     """
-
-    out = claim_run_dir(cfg.out, resume=resume, overwrite=overwrite)
-    with file_log(out / "log.txt"):
+    with run_folder(cfg.out, resume, overwrite) as out:
         return _pretrain(cfg, out, resume, progress)
 
 
@@ -123,9 +121,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> P
     from ssmamba.data import load_unlabelled
     from ssmamba.data.transforms import pretrain_transform
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    start_run(cfg.seed, cfg.threads)
     transform = pretrain_transform(cfg.img_size, zoom_range=(cfg.zoom_min, cfg.zoom_max), hed=cfg.hed,
                                    flips=cfg.flips, rot90=cfg.rot90)
     dataset = load_unlabelled(cfg.data, split=cfg.split, transform=transform, crop_size=cfg.crop_size,

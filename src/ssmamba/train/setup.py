@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "add_file_log", "file_log", "resolve_device"]
+from ssmamba.io.runs import claim_run_dir
+
+__all__ = ["seed_everything", "add_file_log", "file_log", "run_folder", "start_run", "resolve_device"]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -56,3 +58,19 @@ def file_log(path: Path, level: int = logging.INFO) -> Iterator[None]:
         if handler is not None:
             logging.getLogger("ssmamba").removeHandler(handler)
             handler.close()
+
+
+@contextmanager
+def run_folder(out: str | Path, resume: bool, overwrite: bool) -> Iterator[Path]:
+    """Claim ``out`` for a run (new or empty unless ``resume`` or ``overwrite``: see ``claim_run_dir``) and log to
+    its ``log.txt`` while the run lasts."""
+    folder = claim_run_dir(out, resume=resume, overwrite=overwrite)
+    with file_log(folder / "log.txt"):
+        yield folder
+
+
+def start_run(seed: int, threads: int | None = None) -> None:
+    """What every training run does first: torch's CPU threads (when asked for), then every random seed."""
+    if threads:
+        torch.set_num_threads(threads)
+    seed_everything(seed)
