@@ -126,7 +126,10 @@ def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device, threa
             raise click.ClickException(f"cannot read image {inputs}: {error}") from error
         probs = class_probabilities(model, transform(image)[None], tta).numpy()
     else:
-        dataset = load_unlabelled(inputs, crop_size=cfg.get("crop_size") or 32, transform=transform)
+        # every file is decoded first (unreadable ones are skipped and listed), and one that breaks later is an
+        # error: a prediction is written next to the name of the image it was computed from, never a neighbour's
+        dataset = load_unlabelled(inputs, crop_size=cfg.get("crop_size") or 32, transform=transform, verify=True,
+                                  replace_unreadable=False)
         names = [str(record.image) for record in dataset.records]
         probs, _ = predict_proba(model, _loader(dataset, batch_size, num_workers), tta=tta, progress=progress)
         _report_skipped(dataset, out.with_name(out.stem + ".skipped.csv"))

@@ -52,13 +52,16 @@ class ImageDataset(torch.utils.data.Dataset):
         name: where the data came from, for the run log.
 
     ``min_size`` pads (centred, with ``padding``) any image whose side is shorter, e.g. IDC's border strips.
+    An unreadable sample is replaced by the next readable one (training), or with ``replace_unreadable=False``
+    raises ``ValueError`` (inference, where each output belongs to one record).
     """
 
     def __init__(self, records: Sequence[Record], classes: Sequence[str], transform: Callable | None = None, *,
                  name: str = "dataset", skipped: Sequence[tuple[str, str]] = (), strict: bool = False,
                  cache_mb: float = 256, group_name: str | None = None, split_name: str | None = None,
-                 min_size: int | None = None, padding: Padding = Padding.REFLECT):
+                 min_size: int | None = None, padding: Padding = Padding.REFLECT, replace_unreadable: bool = True):
         self.records = list(records)
+        self.replace_unreadable = replace_unreadable
         self.classes = list(classes)
         self.transform = transform
         self.name = name
@@ -103,6 +106,9 @@ class ImageDataset(torch.utils.data.Dataset):
             except IMAGE_ERRORS as error:
                 if self.strict:
                     raise RuntimeError(f"{self.name}: cannot read {record.image}: {error}") from error
+                if not self.replace_unreadable:  # outputs are matched to records by position: never substitute
+                    raise ValueError(f"{self.name}: {record.image} became unreadable after the files were checked "
+                                     f"({error}); rerun to skip and list it") from error
                 logger.warning("%s: skipping unreadable %s (%s); using the next sample instead",
                                self.name, record.image, error)
                 self.skipped.append((str(record.image), f"load failed: {error}"))

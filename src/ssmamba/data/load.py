@@ -68,7 +68,7 @@ def load_dataset(source: str | Path, split: str | Split | None = None, transform
                  group_column: str | None = None, crop_size: int = 32, padding: Padding = Padding.REFLECT,
                  split_fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0, verify: bool | None = None,
                  strict: bool = False, cache_mb: float = 256, min_size: int | None = None,
-                 allow_leakage: bool = False) -> ImageDataset:
+                 allow_leakage: bool = False, replace_unreadable: bool = True) -> ImageDataset:
     """Load one split (or all, ``split=None``) of an image dataset.
 
     Args:
@@ -88,6 +88,8 @@ def load_dataset(source: str | Path, split: str | Split | None = None, transform
         verify: decode every file before training and drop unreadable ones; ``None`` = only when the split has
             at most ``AUTO_VERIFY_MAX_FILES`` files.
         strict: raise on a missing or unreadable file instead of skipping it.
+        replace_unreadable: a file that fails to decode when read is replaced by the next readable sample
+            (training); ``False`` raises instead (inference, where outputs are matched to records by position).
         cache_mb: memory for decoded parent images of nucleus crops, per process (each DataLoader worker).
         allow_leakage: accept the same image in more than one split (logged); by default that raises
             :class:`~ssmamba.errors.DataLeakageError` when a split is asked for. Duplicate rows and images with
@@ -111,7 +113,8 @@ def load_dataset(source: str | Path, split: str | Split | None = None, transform
             raise ValueError(f"{catalogue.name}: split {wanted.value!r} is empty (splits present: {present})")
     dataset = ImageDataset(records, catalogue.classes, transform, name=catalogue.name, skipped=catalogue.skipped,
                            strict=strict, cache_mb=cache_mb, group_name=catalogue.group_name,
-                           split_name=wanted.value if wanted else None, min_size=min_size, padding=padding)
+                           split_name=wanted.value if wanted else None, min_size=min_size, padding=padding,
+                           replace_unreadable=replace_unreadable)
     n_files = len({r.image.file for r in records if not isinstance(r.image, ArrayItem)})
     if verify or (verify is None and 0 < n_files <= AUTO_VERIFY_MAX_FILES):
         new_skips = dataset.verify()
