@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ssmamba.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
 
 
