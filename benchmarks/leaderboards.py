@@ -4,7 +4,7 @@ Each data set runs as one `ssmamba benchmark` over a shared output folder, by ``
 thread each (they split the cells between them through the cells' lock files). Rerunning continues where a run
 stopped; finished cells are never recomputed. The leaderboard files are copied to
 ``benchmarks/results/leaderboard_<dataset>.{md,json,png}``, and every finished cell's record (cell.json,
-result.json, predictions.npz: a few kB, no weights) to ``benchmarks/results/cells/<dataset>/``, from where the next
+result.json, and the test labels with native-magnification probabilities as a CSV: no weights) to ``benchmarks/results/cells/<dataset>/``, from where the next
 run on another machine starts: the matrix can span sittings and machines.
 
     python benchmarks/leaderboards.py pcam1000 idc crchp --jobs 2     # the matrix (hours on 2 CPU cores)
@@ -24,6 +24,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -48,19 +50,34 @@ DATASETS = {
 }
 
 
-CELL_RECORD = ("cell.json", "predictions.npz", "result.json")  # result.json last: it marks a finished cell
+def _export_predictions(npz: Path, csv_path: Path) -> None:
+    """The test labels and native-magnification probabilities (all the leaderboard's CIs need) as a small CSV."""
+    arrays = np.load(npz)
+    labels, probs = arrays["labels"], arrays["probs_x1"]
+    rows = ["label," + ",".join(f"prob_{k}" for k in range(probs.shape[1]))]
+    rows += [f"{y}," + ",".join(f"{p:.4f}" for p in row) for y, row in zip(labels, probs)]
+    csv_path.write_text("\n".join(rows) + "\n")
 
 
-def sync_cells(source: Path, target: Path) -> None:
-    """Copy the record of every finished cell under ``source`` that ``target`` lacks (never overwriting)."""
+def _import_predictions(csv_path: Path, npz: Path) -> None:
+    table = np.loadtxt(csv_path, delimiter=",", skiprows=1, ndmin=2)
+    np.savez_compressed(npz, labels=table[:, 0].astype(np.int64), probs_x1=table[:, 1:].astype(np.float32))
+
+
+def sync_cells(source: Path, target: Path, export: bool) -> None:
+    """Copy the record of every finished cell under ``source`` that ``target`` lacks (never overwriting): cell.json,
+    the predictions (``export``: npz -> CSV; else CSV -> npz), and result.json last, since it marks a finished cell."""
     for result in sorted(source.glob("*/seed_*/result.json")):
         cell = result.parent.relative_to(source)
         if (target / cell / "result.json").exists():
             continue
         (target / cell).mkdir(parents=True, exist_ok=True)
-        for name in CELL_RECORD:
-            if (result.parent / name).is_file():
-                shutil.copyfile(result.parent / name, target / cell / name)
+        shutil.copyfile(result.parent / "cell.json", target / cell / "cell.json")
+        if export and (result.parent / "predictions.npz").is_file():
+            _export_predictions(result.parent / "predictions.npz", target / cell / "predictions.csv")
+        elif not export and (result.parent / "predictions.csv").is_file():
+            _import_predictions(result.parent / "predictions.csv", target / cell / "predictions.npz")
+        shutil.copyfile(result, target / cell / "result.json")
 
 
 def main() -> None:
@@ -83,7 +100,7 @@ def main() -> None:
         print(" ".join(command), flush=True)
         out.mkdir(parents=True, exist_ok=True)
         committed = args.results / "cells" / name
-        sync_cells(committed, out / "cells")  # continue from the cells committed by earlier runs
+        sync_cells(committed, out / "cells", export=False)  # continue from the cells committed by earlier runs
         if args.report_only:
             command.append("--report-only")
         logs = [open(out / f"job{j}.log", "a") for j in range(1 if args.report_only else args.jobs)]
@@ -94,7 +111,7 @@ def main() -> None:
         if any(codes):
             sys.exit(f"{name}: a benchmark process failed (exit codes {codes}); see {out}/job*.log")
         args.results.mkdir(parents=True, exist_ok=True)
-        sync_cells(out / "cells", committed)
+        sync_cells(out / "cells", committed, export=True)
         for suffix in ("md", "json", "png"):
             shutil.copyfile(out / f"leaderboard.{suffix}", args.results / f"leaderboard_{name}.{suffix}")
         print(f"{name}: {args.results}/leaderboard_{name}.md", flush=True)
