@@ -22,7 +22,8 @@ DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-runs/gpu_leaderboards}
 RESULTS=${RESULTS:-benchmarks/results}
 EXTRA=${EXTRA:-}
-export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
+# the checkout's own code, installed or not (the GPU image has torch, timm and triton; see gpu_check.sh for the rest)
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 mkdir -p "$RESULTS"
 for spec in $DATASETS; do
   name=${spec%%=*}
@@ -38,7 +39,7 @@ for spec in $DATASETS; do
   pids=()
   for job in $(seq "$JOBS"); do
     # shellcheck disable=SC2086  # EXTRA is a list of options
-    ssmamba benchmark "${args[@]}" --entries "$ENTRIES" --seeds "$SEEDS" --img-size 64 --batch-size 128 \
+    python3 -m ssmamba benchmark "${args[@]}" --entries "$ENTRIES" --seeds "$SEEDS" --img-size 64 --batch-size 128 \
       --precision bf16 --device "$DEVICE" --threads 2 --num-workers 2 --no-progress --out "$OUT/$name" $EXTRA \
       >>"$OUT/$name/job$job.log" 2>&1 &
     pids+=($!)
