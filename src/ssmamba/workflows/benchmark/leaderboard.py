@@ -224,8 +224,9 @@ def leaderboard_markdown(board: dict, commands: str = "") -> str:
               f"{recipe['balance']}, {recipe['img_size']} px input"
               + (f", {recipe['max_train']} training samples per seed" if recipe.get("max_train") else "") + ".",
               f"- Views: training crops at zoom {recipe['train_zoom'][0]:g}-{recipe['train_zoom'][1]:g} of the native "
-              f"{facts['native_side']}-px images (evaluation: the whole image at zoom {facts['eval_zoom']:g}), "
-              "flips, 90° rotations, HED stain and colour jitter.",
+              f"{facts['native_side']}-px images (evaluation: the whole image at zoom {facts['eval_zoom']:g}"
+              + ("; zoom-out views mirror the image border" if recipe["zoom_min"] < 1 else "")
+              + "), flips, 90° rotations, HED stain and colour jitter.",
               f"- Selection: each run keeps the epoch with the best validation {_LABELS.get(metric, metric)}"
               + (f" (on a fixed random {recipe['max_val']} of the validation samples)" if recipe.get("max_val") else "")
               + "; the test split is evaluated once per cell, after training.",
