@@ -233,3 +233,29 @@ def test_every_benchmark_option_is_documented():
     text = CliRunner().invoke(main, ["benchmark", "--help"]).output
     for option in ("--entries", "--seeds", "--epochs", "--pretrain-epochs", "--magnifications", "--max-val"):
         assert option in text
+
+
+def test_committed_cell_records_round_trip(tmp_path):
+    """benchmarks/leaderboards.py keeps finished cells as text (no binaries) and rebuilds them in a fresh folder."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "leaderboards", Path(__file__).resolve().parents[2] / "benchmarks" / "leaderboards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cell = tmp_path / "run" / "resnet18" / "seed_0"
+    cell.mkdir(parents=True)
+    (cell / "cell.json").write_text('{"seed": 0}')
+    (cell / "result.json").write_text('{"test": {"x1": {}}}')
+    probs = np.random.default_rng(0).dirichlet([1, 1, 1], 50).astype(np.float32)
+    labels = np.random.default_rng(1).integers(0, 3, 50)
+    np.savez_compressed(cell / "predictions.npz", labels=labels, probs_x1=probs, probs_x2=probs)
+    (tmp_path / "run" / "resnet18" / "seed_1").mkdir()  # unfinished: no result.json, not kept
+    module.sync_cells(tmp_path / "run", tmp_path / "committed", export=True)
+    kept = sorted(p.relative_to(tmp_path / "committed").as_posix() for p in (tmp_path / "committed").rglob("*.*"))
+    assert kept == ["resnet18/seed_0/cell.json", "resnet18/seed_0/predictions.csv", "resnet18/seed_0/result.json"]
+    module.sync_cells(tmp_path / "committed", tmp_path / "fresh", export=False)
+    back = np.load(tmp_path / "fresh" / "resnet18" / "seed_0" / "predictions.npz")
+    np.testing.assert_array_equal(back["labels"], labels)
+    np.testing.assert_allclose(back["probs_x1"], probs, atol=5e-5)
+    assert (tmp_path / "fresh" / "resnet18" / "seed_0" / "result.json").read_text() == '{"test": {"x1": {}}}'
