@@ -1,4 +1,4 @@
-"""`selective_scan`: one entry point, several backends, chosen per call.
+"""`selective_scan` and `directional_scan`: one entry point each, several backends, chosen per call.
 
 ``auto``: CUDA tensors -> ``cuda``; CPU tensors -> ``cpu`` (the fused kernel) if it builds, else ``ref`` with a
 one-time ScanFallbackWarning. ``SSMAMBA_SCAN_BACKEND=ref|cpu|cuda`` forces what ``auto`` picks; an explicit
@@ -14,8 +14,9 @@ import torch
 
 from ssmamba.ops import scan_cpu, scan_cuda
 from ssmamba.ops.contract import check_scan_inputs
+from ssmamba.ops.directional import check_directional_inputs, directional_scan_ref, directional_scan_reordered
 from ssmamba.ops.fallback import warn_once
-from ssmamba.ops.scan_cpu import ExtensionBuildError, selective_scan_cpu
+from ssmamba.ops.scan_cpu import ExtensionBuildError, directional_scan_cpu, selective_scan_cpu
 from ssmamba.ops.scan_cuda import selective_scan_cuda
 from ssmamba.ops.scan_ref import selective_scan_ref
 
@@ -39,7 +40,12 @@ class Backend(enum.Enum):
             raise ValueError(f"selective_scan: unknown {source} {value!r}; choose one of {names}") from None
 
 
+def _directional_scan_cuda(*args, **kwargs) -> torch.Tensor:
+    return directional_scan_reordered(selective_scan_cuda, *args, **kwargs)
+
+
 _IMPLEMENTATIONS = {Backend.REF: selective_scan_ref, Backend.CPU: selective_scan_cpu, Backend.CUDA: selective_scan_cuda}
+_DIRECTIONAL = {Backend.REF: directional_scan_ref, Backend.CPU: directional_scan_cpu, Backend.CUDA: _directional_scan_cuda}
 
 
 def _forced_backend() -> Backend | None:
@@ -103,22 +109,63 @@ def selective_scan(
     requested = Backend.parse(backend)
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return _run(_IMPLEMENTATIONS, "selective_scan", requested, u.device, args, {})
+
+
+def directional_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    *,
+    directions,
+    height: int,
+    width: int,
+    backend: str | Backend = "auto",
+) -> torch.Tensor:
+    """K selective scans of a ``height x width`` token grid, each in its direction's order, summed row-major.
+
+    Args:
+        u: (batch, E, H·W) row-major tokens, shared by the directions. delta: (batch, K, E, H·W).
+        A: (K, E, N). B, C: (batch, K·M, N, H·W); direction k uses groups k·M .. k·M + M - 1.
+        D, delta_bias: (K, E) or None. delta_softplus: Δ = softplus(delta + delta_bias).
+        directions: K `ScanDirection` values (or their names); step t of direction k reads token
+            ``scan_order(directions[k], height, width)[t]``.
+        backend: "auto", "ref", "cpu" or "cuda", chosen like `selective_scan`'s.
+    Returns:
+        (batch, E, H·W) in u's dtype: Σ_k of direction k's output at the token it read. The CPU kernel reads
+        every input in place (no reordered copies) and keeps u's memory layout.
+    """
+    requested = Backend.parse(backend)
+    check_directional_inputs(u, delta, A, B, C, D, delta_bias, directions, height, width)
+    kwargs = dict(directions=tuple(directions), height=height, width=width)
+    return _run(_DIRECTIONAL, "directional_scan", requested, u.device,
+                (u, delta, A, B, C, D, delta_bias, delta_softplus), kwargs)  # fmt: skip
+
+
+def _run(implementations: dict, name: str, requested: Backend, device: torch.device, args: tuple, kwargs: dict):
+    """`requested`, or for `auto` the environment's or the device's backend; only `auto` falls back (to ref, with
+    a one-time warning) when the CPU kernel cannot be built."""
     if requested is Backend.AUTO:
         forced = _forced_backend()
         if forced is not None:  # forced like an explicit argument: no fallback
-            return _IMPLEMENTATIONS[forced](*args)
-        requested = _auto_backend(u.device)
+            return implementations[forced](*args, **kwargs)
+        requested = _auto_backend(device)
         if requested is Backend.CPU:
             try:
-                return selective_scan_cpu(*args)
+                return implementations[Backend.CPU](*args, **kwargs)
             except ExtensionBuildError as error:
                 warn_once(
                     "selective_scan:cpu",
-                    f"selective_scan: the fused CPU kernel is unavailable, using the slow reference scan instead "
+                    f"{name}: the fused CPU kernel is unavailable, using the slow reference scan instead "
                     f"(set {BACKEND_ENV}=ref to choose it explicitly). Reason: {error}",
                 )
                 requested = Backend.REF
-    return _IMPLEMENTATIONS[requested](*args)
+    return implementations[requested](*args, **kwargs)
 
 
 def _auto_backend(device: torch.device) -> Backend:

@@ -23,6 +23,7 @@ from types import ModuleType
 import torch
 
 from ssmamba.ops.contract import as_grouped, check_scan_inputs, compute_dtype
+from ssmamba.ops.directional import check_directional_inputs, direction_orders
 
 NO_BUILD_ENV = "SSMAMBA_NO_BUILD"
 _SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
@@ -225,3 +226,49 @@ def selective_scan_cpu(
         )  # fmt: skip
     out = out.to(u.dtype)
     return (out, last_state) if return_last_state else out
+
+
+class _DirectionalScanCpu(torch.autograd.Function):
+    """u, delta, B, C in one storage dtype (float32, bfloat16, float64); A, D, delta_bias in its compute dtype."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, orders, delta_softplus: bool):
+        out = load_extension().directional_forward(u, delta, A, B, C, D, delta_bias, orders, delta_softplus)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        ctx.orders, ctx.delta_softplus = orders, delta_softplus
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
+        grads = load_extension().directional_backward(
+            u, delta, A, B, C, D, delta_bias, ctx.orders, ctx.delta_softplus, dout.to(u.dtype)
+        )
+        return (*grads, None, None)  # du, ddelta, dA, dB, dC, dD, ddelta_bias; nothing for orders and the flag
+
+
+def directional_scan_cpu(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus: bool = False, *,
+                         directions, height: int, width: int) -> torch.Tensor:  # fmt: skip
+    """Directional scan with the fused CPU kernel; same contract as `directional_scan_ref`.
+
+    Reads u, delta, B, C in place through each direction's order and their strides (channels-last tensors are
+    the fast layout). float32 and bfloat16 inputs are read as they are and computed in float32, float64 in
+    float64, anything else cast to float32; the output has u's dtype and layout. Raises ExtensionBuildError if the
+    kernel cannot be built.
+    """
+    check_directional_inputs(u, delta, A, B, C, D, delta_bias, directions, height, width)
+    if u.device.type != "cpu":
+        raise ValueError(f"directional_scan: the 'cpu' backend needs CPU tensors, but `u` is on {u.device}")
+    load_extension()
+    storage = u.dtype if u.dtype in (torch.float32, torch.bfloat16, torch.float64) else torch.float32
+    dtype = compute_dtype(u)
+
+    def cast(t: torch.Tensor | None, to: torch.dtype) -> torch.Tensor | None:
+        return None if t is None else t.to(to)
+
+    with torch.autocast("cpu", enabled=False):
+        out = _DirectionalScanCpu.apply(
+            cast(u, storage), cast(delta, storage), cast(A, dtype), cast(B, storage), cast(C, storage),
+            cast(D, dtype), cast(delta_bias, dtype), direction_orders(directions, height, width), bool(delta_softplus),
+        )  # fmt: skip
+    return out.to(u.dtype)

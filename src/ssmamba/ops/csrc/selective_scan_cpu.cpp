@@ -26,6 +26,7 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #if !defined(__GNUC__) && !defined(__clang__)
@@ -518,10 +519,445 @@ std::vector<at::Tensor> selective_scan_backward(
           p.delta_bias ? ddelta_bias_rows.sum(0) : at::Tensor()};
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Directional scans over a token grid, read in place (the DMS mixer's K directions in one call).
+//
+//   u: (batch, E, L), any strides, shared by the K directions     delta: (batch, K, E, L), any strides
+//   A: (K, E, N)   D, delta_bias: (K, E)   B, C: (batch, G, N, L), any strides, G = K M: direction k's channels
+//   are split into M groups, channel e of direction k reads group k M + e / (E / M)
+//   order: (K, L) permutations: step t of direction k reads token order[k][t] of the row-major grid
+//   out: (batch, E, L) in u's layout = the sum over k of direction k's y_t, written back at the token it read
+//
+// Nothing is reordered, stacked or flipped in memory: every access goes through `order` and the strides. SIMD runs
+// across kLanes adjacent channels instead of across the state, so one step of a channel block is N independent
+// pack chains (latency hidden), y_t needs no horizontal sum, and with channels-last tensors (stride 1 over
+// channels, which is how DMS makes them) one token's block is one contiguous load. B_t and C_t are scalars
+// broadcast to the block. Storage may be float32, bfloat16 or float64; the state and every sum are float32
+// (float64 for float64 inputs). The backward recomputes the states chunk by chunk (kChunk steps) from checkpoints
+// kept every kChunk steps, so its scratch is O(L / kChunk N + kChunk N) packs per thread.
+
+template <typename S>
+struct ComputeOf { using type = float; };
+template <>
+struct ComputeOf<double> { using type = double; };
+template <typename S>
+using Compute = typename ComputeOf<S>::type;
+
+typedef uint16_t u16_pack __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+
+// The values at p, p + stride, ... of n <= kLanes channels, zeros after.
+template <typename S>
+inline Pack<Compute<S>> load_lanes(const S* p, int64_t stride, int64_t n) {
+  using T = Compute<S>;
+  if (stride == 1 && n == kLanes) {
+    if constexpr (std::is_same_v<S, T>) {
+      return load(p);
+    } else {  // bfloat16: the upper half of a float32
+      u16_pack raw;
+      std::memcpy(&raw, p, sizeof raw);
+      const i32_pack bits = __builtin_convertvector(raw, i32_pack) << 16;
+      f32_pack v;
+      std::memcpy(&v, &bits, sizeof v);
+      return v;
+    }
+  }
+  Pack<T> v = {};
+  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<T>(p[i * stride]);
+  return v;
+}
+
+template <typename S>
+inline void store_lanes(S* p, int64_t stride, const Pack<Compute<S>>& v, int64_t n) {
+  if constexpr (std::is_same_v<S, Compute<S>>) {
+    if (stride == 1 && n == kLanes) return store(p, v);
+  }
+  for (int64_t i = 0; i < n; ++i) p[i * stride] = static_cast<S>(v[i]);  // bfloat16: round to nearest even
+}
+
+// dt from the biased raw delta; `slope` (if asked) gets d dt / d raw.
+template <typename T>
+inline Pack<T> delta_to_dt(const Pack<T>& raw, bool softplus, Pack<T>* slope) {
+  if (!softplus) {
+    if (slope) *slope = splat<T>(1);
+    return raw;
+  }
+  const Pack<T> e = exp_minus_abs<T>(raw);
+  if (slope) *slope = sigmoid_pack<T>(raw, e);
+  return (raw > 0 ? raw : Pack<T>{}) + log1p_unit_pack(e);
+}
+
+// dst[n] += sum of the lanes of v[n], n < N
+template <typename T>
+inline void add_lane_sums(T* dst, const Pack<T>* v, int64_t N) {
+  for (int64_t n = 0; n < N; ++n) dst[n] += horizontal_sum(v[n]);
+}
+
+constexpr int64_t kChunk = 64;
+
+// Raw pointers and strides of one call; optional ones are null.
+template <typename S>
+struct GridScan {
+  using T = Compute<S>;
+  const S *u, *delta, *B, *C;
+  const T *A, *D, *delta_bias;
+  const int64_t* order;
+  bool delta_softplus;
+  int64_t batch, directions, channels, length, state, groups_per_direction;
+  int64_t su[3], sdelta[4], sB[4], sC[4];
+
+  int64_t group(int64_t k, int64_t e) const {
+    return k * groups_per_direction + e / (channels / groups_per_direction);
+  }
+  const S* u_at(int64_t b, int64_t e) const { return u + b * su[0] + e * su[1]; }
+  const S* delta_at(int64_t b, int64_t k, int64_t e) const {
+    return delta + b * sdelta[0] + k * sdelta[1] + e * sdelta[2];
+  }
+  const S* B_at(int64_t b, int64_t g) const { return B + b * sB[0] + g * sB[1]; }
+  const S* C_at(int64_t b, int64_t g) const { return C + b * sC[0] + g * sC[1]; }
+};
+
+// A segment: channels [first, first + lanes) of one group, lanes <= kLanes.
+struct Segment {
+  int64_t first, lanes;
+};
+
+std::vector<Segment> segments(int64_t channels, int64_t groups_per_direction) {
+  std::vector<Segment> result;
+  const int64_t width = channels / groups_per_direction;
+  for (int64_t j = 0; j < groups_per_direction; ++j) {
+    for (int64_t e = j * width; e < (j + 1) * width; e += kLanes) {
+      result.push_back({e, std::min(kLanes, (j + 1) * width - e)});
+    }
+  }
+  return result;
+}
+
+template <typename T>
+struct GridScratch {
+  std::vector<Pack<T>> acc, A, h, dh, dA, dB, dC, checkpoints, states, decays, x, dt, slope;
+  GridScratch(int64_t L, int64_t N, bool backward) : acc(L), A(N), h(N) {
+    if (!backward) return;
+    dh.resize(N), dA.resize(N), dB.resize(N), dC.resize(N);
+    checkpoints.resize(((L + kChunk - 1) / kChunk) * N);
+    states.resize((kChunk + 1) * N), decays.resize(kChunk * N);
+    x.resize(kChunk), dt.resize(kChunk), slope.resize(kChunk);
+  }
+};
+
+// Direction k's A (N packs), D and bias of the segment's channels.
+template <typename S>
+void load_direction(const GridScan<S>& in, int64_t k, const Segment& seg, Pack<Compute<S>>* A,
+                    Pack<Compute<S>>& D, Pack<Compute<S>>& bias) {
+  using T = Compute<S>;
+  const int64_t N = in.state, row = k * in.channels + seg.first;
+  for (int64_t n = 0; n < N; ++n) A[n] = load_lanes<T>(in.A + row * N + n, N, seg.lanes);
+  D = in.D ? load_lanes<T>(in.D + row, 1, seg.lanes) : Pack<T>{};
+  bias = in.delta_bias ? load_lanes<T>(in.delta_bias + row, 1, seg.lanes) : Pack<T>{};
+}
+
+// One step of the recurrence for a channel block: h <- exp(dt A) h + dt x B_t; returns C_t . h per channel.
+template <typename S, bool kWithOutput>
+inline Pack<Compute<S>> grid_step(const GridScan<S>& in, const Pack<Compute<S>>* A, const S* B_t, const S* C_t,
+                                  const Pack<Compute<S>>& dt, const Pack<Compute<S>>& dt_x, Pack<Compute<S>>* h) {
+  using T = Compute<S>;
+  Pack<T> y = {};
+  for (int64_t n = 0; n < in.state; ++n) {
+    h[n] = exp_pack(dt * A[n]) * h[n] + dt_x * static_cast<T>(B_t[n * in.sB[2]]);
+    if constexpr (kWithOutput) y += static_cast<T>(C_t[n * in.sC[2]]) * h[n];
+  }
+  return y;
+}
+
+template <typename S>
+void grid_forward_segment(const GridScan<S>& in, int64_t b, const Segment& seg, GridScratch<Compute<S>>& s, S* out,
+                          const int64_t* so) {
+  using T = Compute<S>;
+  const int64_t L = in.length, N = in.state;
+  Pack<T>* acc = s.acc.data();
+  Pack<T>* A = s.A.data();
+  Pack<T>* h = s.h.data();
+  for (int64_t k = 0; k < in.directions; ++k) {
+    Pack<T> D, bias;
+    load_direction(in, k, seg, A, D, bias);
+    std::fill(h, h + N, Pack<T>{});
+    const int64_t* order = in.order + k * L;
+    const S* u = in.u_at(b, seg.first);
+    const S* delta = in.delta_at(b, k, seg.first);
+    const int64_t g = in.group(k, seg.first);
+    const S* B = in.B_at(b, g);
+    const S* C = in.C_at(b, g);
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t l = order[t];
+      const Pack<T> x = load_lanes(u + l * in.su[2], in.su[1], seg.lanes);
+      const Pack<T> dt = delta_to_dt<T>(load_lanes(delta + l * in.sdelta[3], in.sdelta[2], seg.lanes) + bias,
+                                        in.delta_softplus, nullptr);
+      const Pack<T> y = grid_step<S, true>(in, A, B + l * in.sB[3], C + l * in.sC[3], dt, dt * x, h) + D * x;
+      acc[l] = k == 0 ? y : acc[l] + y;
+    }
+  }
+  S* o = out + b * so[0] + seg.first * so[1];
+  for (int64_t l = 0; l < L; ++l) store_lanes(o + l * so[2], so[1], acc[l], seg.lanes);
+}
+
+template <typename S>
+struct GridGrads {
+  using T = Compute<S>;
+  const S* dout;
+  int64_t sdout[3];
+  S *du, *ddelta;
+  int64_t sdu[3], sddelta[4];
+  T *dA_rows, *dD_rows, *ddelta_bias_rows;  // (batch, K, E, N), (batch, K, E), (batch, K, E)
+};
+
+// The backward of one segment, all directions. dB, dC: this unit's (G, L, N) slabs for batch element b.
+template <typename S>
+void grid_backward_segment(const GridScan<S>& in, const GridGrads<S>& g, int64_t b, const Segment& seg,
+                           GridScratch<Compute<S>>& s, Compute<S>* dB, Compute<S>* dC) {
+  using T = Compute<S>;
+  using P = Pack<T>;
+  const int64_t L = in.length, N = in.state, chunks = (L + kChunk - 1) / kChunk;
+  P* acc = s.acc.data();
+  P* A = s.A.data();
+  P* h = s.h.data();
+  P* dh = s.dh.data();
+  P* dA = s.dA.data();
+  P* states = s.states.data();
+  P* decays = s.decays.data();
+  for (int64_t k = 0; k < in.directions; ++k) {
+    P D, bias;
+    load_direction(in, k, seg, A, D, bias);
+    const int64_t* order = in.order + k * L;
+    const S* u = in.u_at(b, seg.first);
+    const S* delta = in.delta_at(b, k, seg.first);
+    const int64_t group = in.group(k, seg.first);
+    const S* B = in.B_at(b, group);
+    const S* C = in.C_at(b, group);
+    auto inputs_at = [&](int64_t l, P& x, P& dt, P* slope) {
+      x = load_lanes(u + l * in.su[2], in.su[1], seg.lanes);
+      dt = delta_to_dt<T>(load_lanes(delta + l * in.sdelta[3], in.sdelta[2], seg.lanes) + bias, in.delta_softplus,
+                          slope);
+    };
+    // forward: the state at the start of every chunk
+    std::fill(h, h + N, P{});
+    for (int64_t t = 0; t < L; ++t) {
+      if (t % kChunk == 0) std::copy(h, h + N, s.checkpoints.data() + (t / kChunk) * N);
+      const int64_t l = order[t];
+      P x, dt;
+      inputs_at(l, x, dt, nullptr);
+      grid_step<S, false>(in, A, B + l * in.sB[3], nullptr, dt, dt * x, h);
+    }
+    // reverse, chunk by chunk: recompute the chunk's states and decays, then walk it backwards
+    std::fill(dh, dh + N, P{});
+    std::fill(dA, dA + N, P{});
+    P dD = {}, ddelta_bias = {};
+    for (int64_t c = chunks - 1; c >= 0; --c) {
+      const int64_t t0 = c * kChunk, steps = std::min(kChunk, L - t0);
+      std::copy(s.checkpoints.data() + c * N, s.checkpoints.data() + (c + 1) * N, states);
+      for (int64_t i = 0; i < steps; ++i) {
+        const int64_t l = order[t0 + i];
+        inputs_at(l, s.x[i], s.dt[i], &s.slope[i]);
+        const P dt = s.dt[i], dt_x = dt * s.x[i];
+        const S* B_t = B + l * in.sB[3];
+        for (int64_t n = 0; n < N; ++n) {
+          const P decay = exp_pack(dt * A[n]);
+          decays[i * N + n] = decay;
+          states[(i + 1) * N + n] = decay * states[i * N + n] + dt_x * static_cast<T>(B_t[n * in.sB[2]]);
+        }
+      }
+      for (int64_t i = steps - 1; i >= 0; --i) {
+        const int64_t l = order[t0 + i];
+        const P dy = load_lanes(g.dout + b * g.sdout[0] + seg.first * g.sdout[1] + l * g.sdout[2], g.sdout[1],
+                                seg.lanes);
+        const P x = s.x[i], dt = s.dt[i], dt_x = dt * x;
+        const S* B_t = B + l * in.sB[3];
+        const S* C_t = C + l * in.sC[3];
+        P ddt = {}, dx = {};
+        for (int64_t n = 0; n < N; ++n) {
+          const T B_n = static_cast<T>(B_t[n * in.sB[2]]), C_n = static_cast<T>(C_t[n * in.sC[2]]);
+          const P decay = decays[i * N + n];
+          const P dh_now = dh[n] + dy * C_n;                           // everything that reaches h_t
+          const P through_decay = dh_now * decay * states[i * N + n];  // d loss / d (dt A), per state
+          s.dC[n] = dy * states[(i + 1) * N + n];
+          s.dB[n] = dh_now * dt_x;
+          dA[n] += through_decay * dt;
+          ddt += through_decay * A[n] + dh_now * (x * B_n);
+          dx += dh_now * B_n;
+          dh[n] = dh_now * decay;
+        }
+        add_lane_sums(dB + (group * L + l) * N, s.dB.data(), N);
+        add_lane_sums(dC + (group * L + l) * N, s.dC.data(), N);
+        const P ddelta = ddt * s.slope[i];
+        store_lanes(g.ddelta + b * g.sddelta[0] + k * g.sddelta[1] + seg.first * g.sddelta[2] + l * g.sddelta[3],
+                    g.sddelta[2], ddelta, seg.lanes);
+        const P du = dy * D + dt * dx;
+        acc[l] = k == 0 ? du : acc[l] + du;
+        dD += dy * x;
+        ddelta_bias += ddelta;
+      }
+    }
+    const int64_t row = (b * in.directions + k) * in.channels + seg.first;
+    for (int64_t i = 0; i < seg.lanes; ++i) {
+      for (int64_t n = 0; n < N; ++n) g.dA_rows[(row + i) * N + n] = dA[n][i];
+      g.dD_rows[row + i] = dD[i];
+      g.ddelta_bias_rows[row + i] = ddelta_bias[i];
+    }
+  }
+  S* du = g.du + b * g.sdu[0] + seg.first * g.sdu[1];
+  for (int64_t l = 0; l < L; ++l) store_lanes(du + l * g.sdu[2], g.sdu[1], acc[l], seg.lanes);
+}
+
+// Checks and pointers of one directional call (the Python wrapper has checked the same with clearer messages).
+struct GridCall {
+  at::Tensor u, delta, A, B, C, order;
+  std::optional<at::Tensor> D, delta_bias;
+  bool delta_softplus;
+
+  GridCall(const at::Tensor& u_, const at::Tensor& delta_, const at::Tensor& A_, const at::Tensor& B_,
+           const at::Tensor& C_, const std::optional<at::Tensor>& D_, const std::optional<at::Tensor>& bias_,
+           const at::Tensor& order_, bool softplus)
+      : u(u_), delta(delta_), A(A_.contiguous()), B(B_), C(C_), order(order_.contiguous()),
+        D(contiguous_or_none(D_)), delta_bias(contiguous_or_none(bias_)), delta_softplus(softplus) {
+    const bool shapes_ok = u.dim() == 3 && delta.dim() == 4 && delta.size(0) == u.size(0) &&
+                           delta.size(2) == u.size(1) && delta.size(3) == u.size(2) && A.dim() == 3 &&
+                           A.size(0) == delta.size(1) && A.size(1) == u.size(1) && B.dim() == 4 &&
+                           B.size(0) == u.size(0) && B.size(1) % A.size(0) == 0 &&
+                           u.size(1) % (B.size(1) / A.size(0)) == 0 && B.size(2) == A.size(2) &&
+                           B.size(3) == u.size(2) && C.sizes() == B.sizes() &&
+                           (!D || D->sizes() == A.sizes().slice(0, 2)) &&
+                           (!delta_bias || delta_bias->sizes() == A.sizes().slice(0, 2)) && order.dim() == 2 &&
+                           order.size(0) == A.size(0) && order.size(1) == u.size(2) &&
+                           order.scalar_type() == at::kLong;
+    TORCH_CHECK(shapes_ok, "directional_scan_cpu: shapes break the contract u (batch, E, L), delta (batch, K, E, L), ",
+                "A (K, E, N), B, C (batch, K M, N, L), D, delta_bias (K, E), order (K, L) int64");
+    const auto storage = u.scalar_type();
+    TORCH_CHECK(storage == at::kFloat || storage == at::kDouble || storage == at::kBFloat16,
+                "directional_scan_cpu: u must be float32, bfloat16 or float64, got ", storage);
+    const auto compute = storage == at::kDouble ? at::kDouble : at::kFloat;
+    for (const at::Tensor* t : {&delta, &B, &C}) {
+      TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == storage, "directional_scan_cpu: delta, B, C must be ",
+                  "CPU tensors of u's dtype");
+    }
+    const std::initializer_list<const at::Tensor*> parameters = {&A, optional_ptr(D), optional_ptr(delta_bias)};
+    for (const at::Tensor* t : parameters) {
+      TORCH_CHECK(!t || (t->device().is_cpu() && t->scalar_type() == compute), "directional_scan_cpu: A, D, ",
+                  "delta_bias must be CPU tensors of the compute dtype ", compute);
+    }
+  }
+
+  template <typename S>
+  GridScan<S> pointers() const {
+    using T = Compute<S>;
+    auto ptr = [](const std::optional<at::Tensor>& t) { return t ? t->data_ptr<T>() : nullptr; };
+    GridScan<S> in{reinterpret_cast<const S*>(u.data_ptr()), reinterpret_cast<const S*>(delta.data_ptr()),
+                   reinterpret_cast<const S*>(B.data_ptr()), reinterpret_cast<const S*>(C.data_ptr()),
+                   A.data_ptr<T>(), ptr(D), ptr(delta_bias), order.data_ptr<int64_t>(), delta_softplus,
+                   u.size(0), A.size(0), u.size(1), u.size(2), A.size(2), B.size(1) / A.size(0)};
+    for (int i = 0; i < 3; ++i) in.su[i] = u.stride(i);
+    for (int i = 0; i < 4; ++i) in.sdelta[i] = delta.stride(i), in.sB[i] = B.stride(i), in.sC[i] = C.stride(i);
+    return in;
+  }
+};
+
+// The directional kernel's storage types: float, bfloat16 (c10::BFloat16 is bit-compatible), double.
+template <typename F>
+void dispatch_storage(at::ScalarType type, F f) {
+  if (type == at::kFloat) {
+    f(float{});
+  } else if (type == at::kDouble) {
+    f(double{});
+  } else {
+    f(c10::BFloat16{});
+  }
+}
+
+at::Tensor directional_scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                    const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
+                                    const std::optional<at::Tensor>& delta_bias, const at::Tensor& order,
+                                    bool delta_softplus) {
+  const GridCall call(u, delta, A, B, C, D, delta_bias, order, delta_softplus);
+  at::Tensor out = at::empty_like(u);  // u's layout
+  dispatch_storage(u.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    const GridScan<S> in = call.pointers<S>();
+    const std::vector<Segment> segs = segments(in.channels, in.groups_per_direction);
+    const int64_t count = static_cast<int64_t>(segs.size());
+    S* out_ptr = reinterpret_cast<S*>(out.data_ptr());
+    const int64_t so[3] = {out.stride(0), out.stride(1), out.stride(2)};
+    at::parallel_for(0, in.batch * count, 1, [&](int64_t begin, int64_t end) {
+      GridScratch<Compute<S>> scratch(in.length, in.state, false);
+      for (int64_t unit = begin; unit < end; ++unit) {
+        grid_forward_segment(in, unit / count, segs[unit % count], scratch, out_ptr, so);
+      }
+    });
+  });
+  return out;
+}
+
+// Returns (du, ddelta, dA, dB, dC, dD, ddelta_bias); dD, ddelta_bias undefined when the input was absent.
+std::vector<at::Tensor> directional_scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                                  const at::Tensor& B, const at::Tensor& C,
+                                                  const std::optional<at::Tensor>& D,
+                                                  const std::optional<at::Tensor>& delta_bias,
+                                                  const at::Tensor& order, bool delta_softplus,
+                                                  const at::Tensor& dout) {
+  const GridCall call(u, delta, A, B, C, D, delta_bias, order, delta_softplus);
+  TORCH_CHECK(dout.sizes() == u.sizes() && dout.scalar_type() == u.scalar_type(),
+              "directional_scan_cpu: dout must be (batch, E, L) of u's dtype");
+  const int64_t batch = u.size(0), K = A.size(0), E = u.size(1), L = u.size(2), N = A.size(2), G = B.size(1);
+  const auto compute = A.options();
+  at::Tensor du = at::empty_like(u), ddelta = at::empty_like(delta);
+  at::Tensor dA_rows = at::empty({batch, K, E, N}, compute);
+  at::Tensor dD_rows = at::empty({batch, K, E}, compute), ddelta_bias_rows = at::empty({batch, K, E}, compute);
+  const std::vector<Segment> segs = segments(E, G / K);
+  const int64_t count = static_cast<int64_t>(segs.size());
+  // Work unit = (batch element, block of segments). dB, dC sum over a group's channels: each block accumulates
+  // into its own (G, L, N) slab, summed at the end (one block per batch element when the batch is large enough).
+  const int64_t wanted_units = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t blocks = std::clamp<int64_t>((wanted_units + batch - 1) / batch, 1, count);
+  const int64_t per_block = (count + blocks - 1) / blocks;
+  at::Tensor dB_slabs = at::zeros({blocks, batch, G, L, N}, compute), dC_slabs = at::zeros_like(dB_slabs);
+  dispatch_storage(u.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    using T = Compute<S>;
+    const GridScan<S> in = call.pointers<S>();
+    GridGrads<S> g{reinterpret_cast<const S*>(dout.data_ptr()), {dout.stride(0), dout.stride(1), dout.stride(2)},
+                   reinterpret_cast<S*>(du.data_ptr()), reinterpret_cast<S*>(ddelta.data_ptr()),
+                   {du.stride(0), du.stride(1), du.stride(2)},
+                   {ddelta.stride(0), ddelta.stride(1), ddelta.stride(2), ddelta.stride(3)},
+                   dA_rows.data_ptr<T>(), dD_rows.data_ptr<T>(), ddelta_bias_rows.data_ptr<T>()};
+    T* dB_base = dB_slabs.data_ptr<T>();
+    T* dC_base = dC_slabs.data_ptr<T>();
+    const int64_t slab = G * L * N;
+    at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+      GridScratch<T> scratch(L, N, true);
+      for (int64_t unit = begin; unit < end; ++unit) {
+        const int64_t b = unit / blocks, block = unit % blocks;
+        T* dB = dB_base + (block * batch + b) * slab;
+        T* dC = dC_base + (block * batch + b) * slab;
+        for (int64_t i = block * per_block; i < std::min(count, (block + 1) * per_block); ++i) {
+          grid_backward_segment(in, g, b, segs[i], scratch, dB, dC);
+        }
+      }
+    });
+  });
+  auto state_major = [&](const at::Tensor& slabs) {
+    return (blocks == 1 ? slabs.squeeze(0) : slabs.sum(0)).to(u.scalar_type()).transpose(2, 3);
+  };
+  return {du,
+          ddelta,
+          dA_rows.sum(0),
+          state_major(dB_slabs),
+          state_major(dC_slabs),
+          call.D ? dD_rows.sum(0) : at::Tensor(),
+          call.delta_bias ? ddelta_bias_rows.sum(0) : at::Tensor()};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ssmamba selective scan, CPU kernel (forward, backward); B, C and their grads in (batch, G, N, L)";
   m.def("forward", &selective_scan_forward, "selective scan forward: (out, last_state)");
   m.def("backward", &selective_scan_backward, "selective scan backward: grads of every input");
+  m.def("directional_forward", &directional_scan_forward, "directional scans of a token grid, summed: out");
+  m.def("directional_backward", &directional_scan_backward, "directional scans backward: grads of every input");
 }
