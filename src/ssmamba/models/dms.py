@@ -8,59 +8,23 @@ diagonals), so that every token sees every other token through some scan (a glob
 scans over average-pooled grids carry coarse, long-range context cheaply (a scan over a 2x pooled grid costs 1/4).
 The outputs of all directions and scales are summed (scales with learned weights), normalised and gated.
 
-All directions of one scale go through ONE selective-scan call: their channels are stacked, and their input-dependent
-B and C use the scan's grouped layout ``(batch, directions, N, L)``.
+All directions of one scale go through ONE directional-scan call (``ssmamba.ops.directional_scan``), which reads the
+channels-last token grid in each direction's order in place and sums the directions' outputs: no flipped,
+transposed or stacked copy of the sequences is made.
 """
 
 from __future__ import annotations
 
 import math
-from enum import Enum
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmamba.ops import selective_scan
+from ssmamba.ops import ScanDirection, directional_scan, scan_order
 
 __all__ = ["ScanDirection", "scan_order", "to_sequence", "from_sequence", "DirectionalMultiScaleMixer",
            "MultiKernelDepthwiseConv"]
-
-
-class ScanDirection(str, Enum):
-    """The order in which a 2D grid of tokens is read as a sequence."""
-
-    ROW = "row"  # left to right, then top to bottom (raster)
-    ROW_REVERSE = "row_reverse"
-    COLUMN = "column"  # top to bottom, then left to right
-    COLUMN_REVERSE = "column_reverse"
-    DIAGONAL = "diagonal"  # along anti-diagonals i + j = const, from the top-left corner
-    DIAGONAL_REVERSE = "diagonal_reverse"
-
-
-@lru_cache(maxsize=256)
-def _scan_order_cpu(direction: ScanDirection, height: int, width: int) -> torch.Tensor:
-    index = torch.arange(height * width).view(height, width)
-    if direction in (ScanDirection.ROW, ScanDirection.ROW_REVERSE):
-        order = index.flatten()
-    elif direction in (ScanDirection.COLUMN, ScanDirection.COLUMN_REVERSE):
-        order = index.t().flatten()
-    else:  # diagonals: sort by (i + j, i); stable, so ties keep raster order
-        i, j = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-        order = index.flatten()[torch.argsort((i + j).flatten() * height + i.flatten())]
-    if direction.value.endswith("_reverse"):
-        order = order.flip(0)
-    return order
-
-
-def scan_order(direction: ScanDirection | str, height: int, width: int, device: torch.device | None = None):
-    """Sequence order of an ``height x width`` grid: position ``t`` of the scan reads row-major token ``order[t]``.
-
-    Returns a LongTensor of shape ``(height * width,)``.
-    """
-    order = _scan_order_cpu(ScanDirection(direction), height, width)
-    return order if device is None else order.to(device)
 
 
 class MultiKernelDepthwiseConv(nn.Module):
@@ -88,10 +52,10 @@ class MultiKernelDepthwiseConv(nn.Module):
 
 
 class _DirectionalScan(nn.Module):
-    """Selective-scan parameters for K directions at one scale, run as one grouped scan.
+    """Selective-scan parameters for K directions at one scale, run as one directional scan.
 
-    ``(B, E, H, W) -> (B, E, H, W)``: the sum over directions of each direction's scan output, mapped back to the
-    row-major grid.
+    ``(B, E, H, W) -> (B, E, H, W)``: the sum over directions of each direction's scan output, at the row-major
+    token it belongs to.
     """
 
     def __init__(self, channels: int, directions: tuple[ScanDirection, ...], d_state: int, dt_rank: int,
@@ -115,22 +79,22 @@ class _DirectionalScan(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, e, h, w = x.shape
         k, n, r, length = len(self.directions), self.d_state, self.dt_rank, h * w
-        flat = x.flatten(2)  # (B, E, L), row-major
-        # The projections act on each token alone, so they run once, in row-major order, as one matmul for all
-        # directions; only their results are reordered into each direction's sequence.
-        x_dbl = torch.matmul(self.x_proj_weight.view(k * (r + 2 * n), e), flat).view(b, k, r + 2 * n, length)
-        x_dbl = torch.stack([to_sequence(x_dbl[:, i], d, h, w) for i, d in enumerate(self.directions)], 1)
-        dt, B, C = torch.split(x_dbl, [r, n, n], dim=2)  # (B, K, R, L), (B, K, N, L) x 2
-        dt = torch.einsum("ker,bkrl->bkel", self.dt_proj_weight, dt)  # (B, K, E, L)
-        u = torch.stack([to_sequence(flat, d, h, w) for d in self.directions], 1)  # (B, K, E, L)
-        y = selective_scan(
-            u.reshape(b, k * e, length), dt.reshape(b, k * e, length), -torch.exp(self.A_log.float()),
-            B.contiguous(), C.contiguous(), self.D.float(), delta_bias=self.dt_bias.float(), delta_softplus=True,
-        ).view(b, k, e, length)
-        out = from_sequence(y[:, 0], self.directions[0], h, w)
-        for i in range(1, k):
-            out = out + from_sequence(y[:, i], self.directions[i], h, w)
-        return out.view(b, e, h, w)
+        # (B, L, E): a view when x is channels-last, as the mixer makes it. The projections act on each token alone,
+        # so they run in row-major order; the scan reads every direction's order from these tensors in place.
+        tokens = x.permute(0, 2, 3, 1).reshape(b, length, e)
+        dt_low = F.linear(tokens, self.x_proj_weight[:, :r].reshape(k * r, e))  # (B, L, K R)
+        bc = F.linear(tokens, self.x_proj_weight[:, r:].reshape(k * 2 * n, e)).view(b, length, k, 2 * n)
+        # per direction Δ = dt_proj_k (low rank): one batched matmul over k, (K, B L, R) @ (K, R, E) -> (K, B L, E)
+        dt = torch.bmm(dt_low.view(b * length, k, r).transpose(0, 1), self.dt_proj_weight.transpose(1, 2))
+        y = directional_scan(
+            tokens.transpose(1, 2),  # u (B, E, L)
+            dt.view(k, b, length, e).permute(1, 0, 3, 2),  # delta (B, K, E, L)
+            -torch.exp(self.A_log.float()).view(k, e, n),
+            bc[..., :n].permute(0, 2, 3, 1), bc[..., n:].permute(0, 2, 3, 1),  # B, C (B, K, N, L)
+            self.D.float().view(k, e), self.dt_bias.float().view(k, e), delta_softplus=True,
+            directions=self.directions, height=h, width=w,
+        )  # fmt: skip
+        return y.view(b, e, h, w)  # u's layout: channels-last when x is
 
 
 def to_sequence(t: torch.Tensor, direction: ScanDirection, height: int, width: int) -> torch.Tensor:

@@ -1,0 +1,86 @@
+"""The DMS mixer's in-place directional scan against the path it replaced (explicit flips, transposes and stacks
+around one grouped selective scan): same parameters, same outputs and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssmamba.models.dms import DirectionalMultiScaleMixer, _DirectionalScan, from_sequence, to_sequence
+from ssmamba.ops import ScanDirection, selective_scan_ref
+
+
+def stacked_scan(scan: _DirectionalScan, x: torch.Tensor) -> torch.Tensor:
+    """The previous `_DirectionalScan.forward`, verbatim but with the reference scan: the oracle."""
+    b, e, h, w = x.shape
+    k, n, r, length = len(scan.directions), scan.d_state, scan.dt_rank, h * w
+    flat = x.flatten(2)
+    x_dbl = torch.matmul(scan.x_proj_weight.view(k * (r + 2 * n), e), flat).view(b, k, r + 2 * n, length)
+    x_dbl = torch.stack([to_sequence(x_dbl[:, i], d, h, w) for i, d in enumerate(scan.directions)], 1)
+    dt, B, C = torch.split(x_dbl, [r, n, n], dim=2)
+    dt = torch.einsum("ker,bkrl->bkel", scan.dt_proj_weight, dt)
+    u = torch.stack([to_sequence(flat, d, h, w) for d in scan.directions], 1)
+    y = selective_scan_ref(
+        u.reshape(b, k * e, length), dt.reshape(b, k * e, length), -torch.exp(scan.A_log.float()),
+        B.contiguous(), C.contiguous(), scan.D.float(), delta_bias=scan.dt_bias.float(), delta_softplus=True,
+    ).view(b, k, e, length)  # fmt: skip
+    out = from_sequence(y[:, 0], scan.directions[0], h, w)
+    for i in range(1, k):
+        out = out + from_sequence(y[:, i], scan.directions[i], h, w)
+    return out.view(b, e, h, w)
+
+
+def grads_of(module: torch.nn.Module, x: torch.Tensor, forward) -> dict[str, torch.Tensor]:
+    module.zero_grad()
+    x = x.detach().requires_grad_()
+    out = forward(x)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * weights).sum().backward()
+    grads = {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+    return {"out": out.detach(), "dx": x.grad} | grads
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("directions", [("row", "row_reverse", "column", "column_reverse"),
+                                        ("row", "diagonal", "diagonal_reverse")])  # fmt: skip
+def test_directional_scan_matches_the_stacked_path(channels_last, directions):
+    torch.manual_seed(0)
+    scan = _DirectionalScan(12, tuple(ScanDirection(d) for d in directions), d_state=8, dt_rank=3)
+    x = torch.randn(2, 12, 5, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    new = grads_of(scan, x, scan)
+    old = grads_of(scan, x, lambda t: stacked_scan(scan, t))
+    assert new.keys() == old.keys() and len(new) == 2 + 5  # out, dx and all five parameters
+    errors = {name: relative(new[name], old[name]) for name in old}
+    assert max(errors.values()) < 1e-5, errors
+
+
+def test_mixer_matches_the_stacked_path_with_unchanged_parameters(monkeypatch):
+    torch.manual_seed(0)
+    mixer = DirectionalMultiScaleMixer(16, scales=(1, 2), d_state=8)
+    keys = set(mixer.state_dict())
+    assert {"scans.0.x_proj_weight", "scans.0.dt_proj_weight", "scans.0.dt_bias", "scans.0.A_log", "scans.0.D",
+            "scans.1.A_log", "scale_logits", "in_proj.weight", "out_proj.weight"} <= keys  # fmt: skip
+    x = torch.randn(2, 7, 9, 16)  # (B, H, W, C), odd grid; the 2x scale scans a 4 x 5 grid
+    new = grads_of(mixer, x, mixer)
+    monkeypatch.setattr(_DirectionalScan, "forward", stacked_scan)
+    old = grads_of(mixer, x, mixer)
+    errors = {name: relative(new[name], old[name]) for name in old}
+    assert new.keys() == old.keys() and max(errors.values()) < 1e-5, errors
+
+
+def test_mixer_under_bfloat16_autocast_stays_close_to_float32():
+    torch.manual_seed(0)
+    mixer = DirectionalMultiScaleMixer(16, d_state=8)
+    x = torch.randn(2, 6, 6, 16)
+    expected = mixer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mixer(x)
+    out.float().sum().backward()
+    assert relative(out.float(), expected) < 3e-2
+    assert all(torch.isfinite(p.grad).all() for p in mixer.parameters() if p.grad is not None)
