@@ -64,8 +64,15 @@ def assert_matches_ref(problem: dict, tolerance: float | None = None, **kwargs) 
 
 @pytest.mark.parametrize("direction", list(ScanDirection))
 def test_every_direction_matches_ref(cpu_kernel, direction):
-    # 9 x 15 = 135 tokens: more than two backward chunks, the last one partial
     assert_matches_ref(make_grid_problem(directions=(direction,), height=9, width=15))
+
+
+@pytest.mark.parametrize("height, width", [(16, 16), (17, 17), (23, 25)])
+def test_long_grids_recomputed_in_chunks_match_ref(cpu_kernel, height, width):
+    # the backward recomputes 256 steps at a time: one whole chunk, two (the last one partial), three
+    problem = make_grid_problem(batch=1, channels=3, directions=("column_reverse", "row"), state=3, height=height,
+                                width=width)  # fmt: skip
+    assert_matches_ref(problem)
 
 
 @pytest.mark.parametrize("groups", [1, 2, 3])

@@ -21,10 +21,12 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -533,8 +535,9 @@ std::vector<at::Tensor> selective_scan_backward(
 // pack chains (latency hidden), y_t needs no horizontal sum, and with channels-last tensors (stride 1 over
 // channels, which is how DMS makes them) one token's block is one contiguous load. B_t and C_t are scalars
 // broadcast to the block. Storage may be float32, bfloat16 or float64; the state and every sum are float32
-// (float64 for float64 inputs). The backward recomputes the states chunk by chunk (kChunk steps) from checkpoints
-// kept every kChunk steps, so its scratch is O(L / kChunk N + kChunk N) packs per thread.
+// (float64 for float64 inputs). The backward recomputes the states chunk by chunk (up to kMaxChunk steps, held
+// in L2 with their decays) from checkpoints kept at chunk starts; a sequence of one chunk (L <= kMaxChunk, e.g.
+// every DMS grid of a 224 px image) needs no checkpoint pass, so its backward recomputes the forward once.
 
 template <typename S>
 struct ComputeOf { using type = float; };
@@ -592,7 +595,7 @@ inline void add_lane_sums(T* dst, const Pack<T>* v, int64_t N) {
   for (int64_t n = 0; n < N; ++n) dst[n] += horizontal_sum(v[n]);
 }
 
-constexpr int64_t kChunk = 64;
+constexpr int64_t kMaxChunk = 256;
 
 // Raw pointers and strides of one call; optional ones are null.
 template <typename S>
@@ -634,13 +637,14 @@ std::vector<Segment> segments(int64_t channels, int64_t groups_per_direction) {
 
 template <typename T>
 struct GridScratch {
+  int64_t chunk;  // steps recomputed at a time by the backward
   std::vector<Pack<T>> acc, A, h, dh, dA, dB, dC, checkpoints, states, decays, x, dt, slope;
-  GridScratch(int64_t L, int64_t N, bool backward) : acc(L), A(N), h(N) {
+  GridScratch(int64_t L, int64_t N, bool backward) : chunk(std::min(L, kMaxChunk)), acc(L), A(N), h(N) {
     if (!backward) return;
     dh.resize(N), dA.resize(N), dB.resize(N), dC.resize(N);
-    checkpoints.resize(((L + kChunk - 1) / kChunk) * N);
-    states.resize((kChunk + 1) * N), decays.resize(kChunk * N);
-    x.resize(kChunk), dt.resize(kChunk), slope.resize(kChunk);
+    checkpoints.resize(((L + chunk - 1) / chunk) * N);
+    states.resize((chunk + 1) * N), decays.resize(chunk * N);
+    x.resize(chunk), dt.resize(chunk), slope.resize(chunk);
   }
 };
 
@@ -715,7 +719,7 @@ void grid_backward_segment(const GridScan<S>& in, const GridGrads<S>& g, int64_t
                            GridScratch<Compute<S>>& s, Compute<S>* dB, Compute<S>* dC) {
   using T = Compute<S>;
   using P = Pack<T>;
-  const int64_t L = in.length, N = in.state, chunks = (L + kChunk - 1) / kChunk;
+  const int64_t L = in.length, N = in.state, chunk = s.chunk, chunks = (L + chunk - 1) / chunk;
   P* acc = s.acc.data();
   P* A = s.A.data();
   P* h = s.h.data();
@@ -737,21 +741,22 @@ void grid_backward_segment(const GridScan<S>& in, const GridGrads<S>& g, int64_t
       dt = delta_to_dt<T>(load_lanes(delta + l * in.sdelta[3], in.sdelta[2], seg.lanes) + bias, in.delta_softplus,
                           slope);
     };
-    // forward: the state at the start of every chunk
+    // forward: the state at the start of every chunk (the first one is zero)
     std::fill(h, h + N, P{});
-    for (int64_t t = 0; t < L; ++t) {
-      if (t % kChunk == 0) std::copy(h, h + N, s.checkpoints.data() + (t / kChunk) * N);
+    std::copy(h, h + N, s.checkpoints.data());
+    for (int64_t t = 0; t < (chunks - 1) * chunk; ++t) {
       const int64_t l = order[t];
       P x, dt;
       inputs_at(l, x, dt, nullptr);
       grid_step<S, false>(in, A, B + l * in.sB[3], nullptr, dt, dt * x, h);
+      if ((t + 1) % chunk == 0) std::copy(h, h + N, s.checkpoints.data() + (t + 1) / chunk * N);
     }
     // reverse, chunk by chunk: recompute the chunk's states and decays, then walk it backwards
     std::fill(dh, dh + N, P{});
     std::fill(dA, dA + N, P{});
     P dD = {}, ddelta_bias = {};
     for (int64_t c = chunks - 1; c >= 0; --c) {
-      const int64_t t0 = c * kChunk, steps = std::min(kChunk, L - t0);
+      const int64_t t0 = c * chunk, steps = std::min(chunk, L - t0);
       std::copy(s.checkpoints.data() + c * N, s.checkpoints.data() + (c + 1) * N, states);
       for (int64_t i = 0; i < steps; ++i) {
         const int64_t l = order[t0 + i];
@@ -952,6 +957,79 @@ std::vector<at::Tensor> directional_scan_backward(const at::Tensor& u, const at:
           call.delta_bias ? ddelta_bias_rows.sum(0) : at::Tensor()};
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Roofline probe (benchmarks/scan_roofline.py): the directional kernel's float32 arithmetic for `units` channel
+// blocks of `length` steps, N states and K directions, with every load and store of tensor data removed (the
+// inputs are made up in registers, B_t and C_t are constants), on the same threads and with the same exp, softplus
+// and step code. With `backward`, one step is what the backward must do at least: recompute the state and its
+// decay, then the reverse step with the two lane sums for dB and dC. Returns seconds.
+template <bool kBackward>
+float probe_block(int64_t L, int64_t N, int64_t K, float seed) {
+  using P = f32_pack;
+  std::vector<P> A(N), h(N), dh(N), dA(N);
+  float sink = 0;
+  P lanes;
+  for (int64_t i = 0; i < kLanes; ++i) lanes[i] = seed + 0.01f * i;
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t n = 0; n < N; ++n) A[n] = lanes * -(1.0f + n), h[n] = P{}, dh[n] = P{}, dA[n] = P{};
+    P raw = lanes - 2.0f, dD = {}, ddelta_bias = {}, out = {};
+    for (int64_t t = 0; t < L; ++t) {
+      raw = raw * 0.9999f + 1e-4f;
+      P slope;
+      const P dt = delta_to_dt<float>(raw, true, kBackward ? &slope : nullptr);
+      const P x = raw * 0.5f, dt_x = dt * x;
+      if constexpr (!kBackward) {
+        P y = x * 0.5f;
+        for (int64_t n = 0; n < N; ++n) {
+          h[n] = exp_pack(dt * A[n]) * h[n] + dt_x * 0.25f;
+          y += 0.5f * h[n];
+        }
+        out += y;
+      } else {
+        const P dy = x * 0.125f;
+        P ddt = {}, dx = {};
+        float lane_sums = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          const P decay = exp_pack(dt * A[n]);
+          const P h_now = decay * h[n] + dt_x * 0.25f;
+          const P dh_now = dh[n] + dy * 0.5f;
+          const P through_decay = dh_now * decay * h[n];
+          lane_sums += horizontal_sum(dy * h_now) + horizontal_sum(dh_now * dt_x);
+          dA[n] += through_decay * dt;
+          ddt += through_decay * A[n] + dh_now * (x * 0.25f);
+          dx += dh_now * 0.25f;
+          dh[n] = dh_now * decay;
+          h[n] = h_now;
+        }
+        const P ddelta = ddt * slope;
+        out += dy * 0.5f + dt * dx;
+        dD += dy * x;
+        ddelta_bias += ddelta;
+        sink += lane_sums;
+      }
+    }
+    sink += horizontal_sum(out + dD + ddelta_bias);
+    for (int64_t n = 0; n < N; ++n) sink += horizontal_sum(h[n] + dA[n]);
+  }
+  return sink;
+}
+
+double arithmetic_probe(int64_t units, int64_t length, int64_t state, int64_t directions, bool backward) {
+  std::vector<float> sinks(units);
+  const auto start = std::chrono::steady_clock::now();
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const float seed = 1.0f + 1e-3f * static_cast<float>(unit);
+      sinks[unit] = backward ? probe_block<true>(length, state, directions, seed)
+                             : probe_block<false>(length, state, directions, seed);
+    }
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  volatile float keep = std::accumulate(sinks.begin(), sinks.end(), 0.0f);  // the work cannot be dropped
+  (void)keep;
+  return seconds;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -960,4 +1038,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &selective_scan_backward, "selective scan backward: grads of every input");
   m.def("directional_forward", &directional_scan_forward, "directional scans of a token grid, summed: out");
   m.def("directional_backward", &directional_scan_backward, "directional scans backward: grads of every input");
+  m.def("arithmetic_probe", &arithmetic_probe, "seconds of the directional kernel's arithmetic without its loads");
 }
