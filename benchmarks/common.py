@@ -153,3 +153,28 @@ def write_result(path: Path, title: str, command: str, table: str, notes: Sequen
     if notes:
         body += [f"- {note}" for note in notes] + [""]
     path.write_text("\n".join(body))
+
+
+def read_section(path: Path, heading: str) -> str | None:
+    """The body of the ``## heading`` section of a markdown file (up to the next ``## ``), or None."""
+    if not path.exists():
+        return None
+    text = path.read_text()
+    marker = f"\n## {heading}\n"
+    if marker not in text:
+        return None
+    body = text.split(marker, 1)[1]
+    return body.split("\n## ", 1)[0].strip("\n")
+
+
+def replace_section(path: Path, heading: str, body: str) -> None:
+    """Write `body` as the ``## heading`` section of a markdown file: replaced in place, or appended."""
+    text = path.read_text() if path.exists() else ""
+    marker = f"\n## {heading}\n"
+    if marker in text:
+        before, rest = text.split(marker, 1)
+        after = rest.split("\n## ", 1)
+        text = before + marker + "\n" + body + "\n" + ("\n## " + after[1] if len(after) > 1 else "")
+    else:
+        text = text.rstrip("\n") + "\n" + marker + "\n" + body + "\n"
+    path.write_text(text)

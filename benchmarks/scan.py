@@ -32,6 +32,8 @@ from common import (  # noqa: E402
     PeakMemory,
     markdown_table,
     median_seconds,
+    read_section,
+    replace_section,
     run_isolated,
     write_result,
 )
@@ -44,6 +46,7 @@ QUICK = dict(batch=4, dim=64, state=16, lengths=(196, 784))
 PASSES = ("forward", "forward+backward")
 REF_SINGLE_RUN_FROM = 3136  # ref cases this long are timed once, without warm-up
 RESULTS = Path(__file__).resolve().parent / "results" / "scan.md"
+ROOFLINE = "Roofline of the directional kernel"  # the section benchmarks/scan_roofline.py writes
 
 
 def make_inputs(batch: int, dim: int, length: int, state: int, device: str, requires_grad: bool) -> dict:
@@ -186,7 +189,10 @@ def main() -> None:
         ]
         command = "python benchmarks/scan.py" + (" --quick" if args.quick else "") + (
             f" --repeats {args.repeats}" if args.repeats != 3 else "")  # fmt: skip
+        roofline = read_section(out, ROOFLINE)  # written by scan_roofline.py; kept
         write_result(out, "Selective scan benchmark", command, table, notes)
+        if roofline is not None:
+            replace_section(out, ROOFLINE, roofline)
         print(f"written to {out}")
 
 

@@ -111,3 +111,18 @@ def test_multi_kernel_conv_is_one_conv_per_channel_group():
     grads = torch.autograd.grad(out.square().sum(), [x, *conv.parameters()])
     assert relative(out, expected) < 1e-6
     assert all(relative(g, e) < 1e-5 for g, e in zip(grads, expected_grads))
+
+
+def test_scalar_decay_mixer_has_one_A_per_channel_and_matches_the_reference_scan(monkeypatch):
+    from ssmamba.models import SSMambaConfig
+
+    assert SSMambaConfig().scalar_decay is False  # the default architecture is unchanged
+    torch.manual_seed(0)
+    mixer = DirectionalMultiScaleMixer(16, d_state=8, scalar_decay=True)
+    assert all(scan.A_log.shape == (4 * 16, 1) for scan in mixer.scans)
+    x = torch.randn(2, 5, 7, 16)
+    fused = grads_of(mixer, x, mixer)
+    monkeypatch.setenv("SSMAMBA_SCAN_BACKEND", "ref")
+    reference = grads_of(mixer, x, mixer)
+    errors = {name: relative(fused[name], reference[name]) for name in reference}
+    assert fused.keys() == reference.keys() and max(errors.values()) < 1e-5, errors

@@ -199,3 +199,11 @@ def test_bad_inputs_name_the_argument(change, message):
         change = dict(D=p["D"].flatten())
     with pytest.raises(ValueError, match=message):
         directional_scan(**(p | change), backend="ref")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_scalar_decay_per_channel_matches_ref(cpu_kernel, dtype):
+    # A (K, E, 1): one exp(Δ a) per step shared by the channel's N states (Mamba-2's scalar A)
+    p = make_grid_problem(dtype=dtype, state=16, channels=12, height=7, width=5)
+    p["A"] = p["A"][..., :1].detach().clone().requires_grad_()
+    assert_matches_ref(p)

@@ -64,7 +64,7 @@ class _DirectionalScan(nn.Module):
     """
 
     def __init__(self, channels: int, directions: tuple[ScanDirection, ...], d_state: int, dt_rank: int,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1):
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, scalar_decay: bool = False):
         super().__init__()
         k, e, n, r = len(directions), channels, d_state, dt_rank
         self.directions = directions
@@ -77,8 +77,10 @@ class _DirectionalScan(nn.Module):
         # Mamba's Δ init: softplus(dt_bias) spread log-uniformly over [dt_min, dt_max]
         dt = torch.exp(torch.rand(k * e) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        # S4D-real init A = -(1..N), stored as log for positivity
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(k * e, 1))
+        if scalar_decay:  # Mamba-2: one A per channel for all N states, A ~ U[1, 16]; one exp per step, not N
+            self.A_log = nn.Parameter(torch.empty(k * e, 1).uniform_(1, 16).log())
+        else:  # S4D-real init A = -(1..N), stored as log for positivity
+            self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(k * e, 1))
         self.D = nn.Parameter(torch.ones(k * e))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +96,7 @@ class _DirectionalScan(nn.Module):
         y = directional_scan(
             tokens.transpose(1, 2),  # u (B, E, L)
             dt.view(k, b, length, e).permute(1, 0, 3, 2),  # delta (B, K, E, L)
-            -torch.exp(self.A_log.float()).view(k, e, n),
+            -torch.exp(self.A_log.float()).view(k, e, -1),  # (K, E, N), or (K, E, 1) with scalar_decay
             B, C,  # (B, K, N, L)
             self.D.float().view(k, e), self.dt_bias.float().view(k, e), delta_softplus=True,
             directions=self.directions, height=h, width=w,
@@ -155,12 +157,15 @@ class DirectionalMultiScaleMixer(nn.Module):
         scales: grid strides to scan at; ``(1, 2)`` adds a scan over the 2x average-pooled grid.
         conv_kernels: kernel sizes of the multi-kernel depthwise conv before the scan; ``(3,)`` is Mamba's conv.
         d_state: SSM state size N. expand: inner width E = expand * C. dt_rank: rank of Δ's projection.
+        scalar_decay: Mamba-2-style A, one value per channel shared by its N states (``A_log`` (K E, 1) instead
+            of (K E, N)): the scan computes one exp per step instead of N.
 
     Shapes: ``(B, H, W, C) -> (B, H, W, C)`` (channels-last, like the LayerNorm around it).
     """
 
     def __init__(self, dim: int, directions=("row", "row_reverse", "column", "column_reverse"), scales=(1, 2),
-                 conv_kernels=(3, 5, 7), d_state: int = 16, expand: float = 1.0, dt_rank: int | None = None):
+                 conv_kernels=(3, 5, 7), d_state: int = 16, expand: float = 1.0, dt_rank: int | None = None,
+                 scalar_decay: bool = False):
         super().__init__()
         directions = tuple(ScanDirection(d) for d in directions)
         if not directions or not scales:
@@ -170,7 +175,8 @@ class DirectionalMultiScaleMixer(nn.Module):
         self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
         self.local_conv = MultiKernelDepthwiseConv(inner, tuple(conv_kernels))
         dt_rank = dt_rank or math.ceil(dim / 16)
-        self.scans = nn.ModuleList(_DirectionalScan(inner, directions, d_state, dt_rank) for _ in self.scales)
+        self.scans = nn.ModuleList(_DirectionalScan(inner, directions, d_state, dt_rank, scalar_decay=scalar_decay)
+                                   for _ in self.scales)  # fmt: skip
         self.scale_logits = nn.Parameter(torch.zeros(len(self.scales)))
         self.out_norm = nn.LayerNorm(inner)
         self.out_proj = nn.Linear(inner, dim, bias=False)

@@ -52,6 +52,7 @@ class SSMambaConfig:
     conv_kernels: tuple[int, ...] = (3, 5, 7)
     d_state: int = 16
     expand: float = 1.0
+    scalar_decay: bool = False  # Mamba-2-style A: one decay per channel for all d_state states (one exp, not N)
     # LPR and attention
     lpr: bool = True
     lpr_kernel: int = 3
@@ -99,7 +100,7 @@ class HybridBlock(nn.Module):
             self.mixer = Attention(dim, num_heads=max(1, dim // cfg.attn_head_dim), qkv_bias=True)
         else:
             self.mixer = DirectionalMultiScaleMixer(dim, cfg.directions, cfg.scales, cfg.conv_kernels,
-                                                    cfg.d_state, cfg.expand)
+                                                    cfg.d_state, cfg.expand, scalar_decay=cfg.scalar_decay)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
         self.gamma1 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))

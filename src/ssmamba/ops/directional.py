@@ -5,7 +5,8 @@
 
     u:              (batch, E, H·W)      row-major tokens, shared by all K directions
     delta:          (batch, K, E, H·W)   row-major; direction k's Δ
-    A:              (K, E, N)            D, delta_bias: (K, E)
+    A:              (K, E, N), or (K, E, 1): one decay per channel shared by its N states (Mamba-2's scalar A)
+    D, delta_bias:  (K, E)
     B, C:           (batch, K·M, N, H·W) row-major; direction k uses groups k·M .. k·M + M - 1, channel e of
                                          direction k group k·M + e // (E / M)
     out:            (batch, E, H·W)      Σ_k scan_k(tokens in direction k's order), put back in row-major order
@@ -102,12 +103,13 @@ def check_directional_inputs(u, delta, A, B, C, D, delta_bias, directions, heigh
     if tuple(delta.shape) != (batch, k, channels, length):
         raise ValueError(f"directional_scan: `delta` must have shape (batch, K, E, L) = "
                          f"{_fmt((batch, k, channels, length))}, got {_fmt(delta.shape)}")  # fmt: skip
-    if A.dim() != 3 or tuple(A.shape[:2]) != (k, channels):
-        raise ValueError(f"directional_scan: `A` must have shape (K, E, N) = ({k}, {channels}, N), got {_fmt(A.shape)}")
-    state = A.shape[2]
     if B.dim() != 4 or B.shape[1] % k or channels % max(1, B.shape[1] // k):
         raise ValueError(f"directional_scan: `B` must have shape (batch, K·M, N, L) with M dividing E = {channels}, "
                          f"got {_fmt(B.shape)}")  # fmt: skip
+    state = B.shape[2]
+    if A.dim() != 3 or tuple(A.shape[:2]) != (k, channels) or A.shape[2] not in (1, state):
+        raise ValueError(f"directional_scan: `A` must have shape (K, E, N) = ({k}, {channels}, {state}) or "
+                         f"(K, E, 1), got {_fmt(A.shape)}")  # fmt: skip
     expected = (batch, B.shape[1], state, length)
     for name, value in (("B", B), ("C", C)):
         if tuple(value.shape) != expected:
@@ -128,7 +130,7 @@ def directional_scan_reordered(
     compute dtype."""
     groups = check_directional_inputs(u, delta, A, B, C, D, delta_bias, directions, height, width)
     batch, channels, length = u.shape
-    k, state, dtype = len(directions), A.shape[2], compute_dtype(u)
+    k, state, dtype = len(directions), B.shape[2], compute_dtype(u)
     orders = direction_orders(directions, height, width, u.device)  # (K, L)
     u_seq = u.to(dtype)[:, :, orders].transpose(1, 2)  # (batch, K, E, L)
     delta_seq = delta.to(dtype).gather(-1, orders[None, :, None, :].expand(batch, k, channels, length))
@@ -138,7 +140,7 @@ def directional_scan_reordered(
     C_seq = C.to(dtype).reshape(grouped).gather(-1, index).reshape(batch, k * groups, state, length)
     y = scan(
         u_seq.reshape(batch, k * channels, length), delta_seq.reshape(batch, k * channels, length),
-        A.to(dtype).reshape(k * channels, state), B_seq, C_seq,
+        A.to(dtype).expand(k, channels, state).reshape(k * channels, state), B_seq, C_seq,
         None if D is None else D.to(dtype).reshape(-1), None,
         None if delta_bias is None else delta_bias.to(dtype).reshape(-1), delta_softplus,
     ).view(batch, k, channels, length)  # fmt: skip

@@ -45,7 +45,9 @@ def _directional_scan_cuda(*args, **kwargs) -> torch.Tensor:
 
 
 _IMPLEMENTATIONS = {Backend.REF: selective_scan_ref, Backend.CPU: selective_scan_cpu, Backend.CUDA: selective_scan_cuda}
-_DIRECTIONAL = {Backend.REF: directional_scan_ref, Backend.CPU: directional_scan_cpu, Backend.CUDA: _directional_scan_cuda}
+_DIRECTIONAL = {
+    Backend.REF: directional_scan_ref, Backend.CPU: directional_scan_cpu, Backend.CUDA: _directional_scan_cuda
+}
 
 
 def _forced_backend() -> Backend | None:
@@ -131,7 +133,8 @@ def directional_scan(
 
     Args:
         u: (batch, E, H·W) row-major tokens, shared by the directions. delta: (batch, K, E, H·W).
-        A: (K, E, N). B, C: (batch, K·M, N, H·W); direction k uses groups k·M .. k·M + M - 1.
+        A: (K, E, N), or (K, E, 1) for one decay per channel (scalar A).
+        B, C: (batch, K·M, N, H·W); direction k uses groups k·M .. k·M + M - 1.
         D, delta_bias: (K, E) or None. delta_softplus: Δ = softplus(delta + delta_bias).
         directions: K `ScanDirection` values (or their names); step t of direction k reads token
             ``scan_order(directions[k], height, width)[t]``.

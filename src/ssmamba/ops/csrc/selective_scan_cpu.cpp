@@ -525,7 +525,8 @@ std::vector<at::Tensor> selective_scan_backward(
 // Directional scans over a token grid, read in place (the DMS mixer's K directions in one call).
 //
 //   u: (batch, E, L), any strides, shared by the K directions     delta: (batch, K, E, L), any strides
-//   A: (K, E, N)   D, delta_bias: (K, E)   B, C: (batch, G, N, L), any strides, G = K M: direction k's channels
+//   A: (K, E, N), or (K, E, 1): one decay per channel shared by its N states (Mamba-2's scalar A: one exp per
+//   step instead of N)   D, delta_bias: (K, E)   B, C: (batch, G, N, L), any strides, G = K M: direction k's channels
 //   are split into M groups, channel e of direction k reads group k M + e / (E / M)
 //   order: (K, L) permutations: step t of direction k reads token order[k][t] of the row-major grid
 //   out: (batch, E, L) in u's layout = the sum over k of direction k's y_t, written back at the token it read
@@ -604,7 +605,7 @@ struct GridScan {
   const S *u, *delta, *B, *C;
   const T *A, *D, *delta_bias;
   const int64_t* order;
-  bool delta_softplus;
+  bool delta_softplus, scalar_decay;  // scalar_decay: A is (K, E, 1)
   int64_t batch, directions, channels, length, state, groups_per_direction;
   int64_t su[3], sdelta[4], sB[4], sC[4];
 
@@ -648,13 +649,15 @@ struct GridScratch {
   }
 };
 
-// Direction k's A (N packs), D and bias of the segment's channels.
+// Direction k's A (N packs; with scalar_decay N copies of the one), D and bias of the segment's channels.
 template <typename S>
 void load_direction(const GridScan<S>& in, int64_t k, const Segment& seg, Pack<Compute<S>>* A,
                     Pack<Compute<S>>& D, Pack<Compute<S>>& bias) {
   using T = Compute<S>;
-  const int64_t N = in.state, row = k * in.channels + seg.first;
-  for (int64_t n = 0; n < N; ++n) A[n] = load_lanes<T>(in.A + row * N + n, N, seg.lanes);
+  const int64_t N = in.state, row = k * in.channels + seg.first, width = in.scalar_decay ? 1 : N;
+  for (int64_t n = 0; n < N; ++n) {
+    A[n] = load_lanes<T>(in.A + row * width + (in.scalar_decay ? 0 : n), width, seg.lanes);
+  }
   D = in.D ? load_lanes<T>(in.D + row, 1, seg.lanes) : Pack<T>{};
   bias = in.delta_bias ? load_lanes<T>(in.delta_bias + row, 1, seg.lanes) : Pack<T>{};
 }
@@ -665,8 +668,10 @@ inline Pack<Compute<S>> grid_step(const GridScan<S>& in, const Pack<Compute<S>>*
                                   const Pack<Compute<S>>& dt, const Pack<Compute<S>>& dt_x, Pack<Compute<S>>* h) {
   using T = Compute<S>;
   Pack<T> y = {};
+  const Pack<T> shared = in.scalar_decay ? exp_pack(dt * A[0]) : Pack<T>{};
   for (int64_t n = 0; n < in.state; ++n) {
-    h[n] = exp_pack(dt * A[n]) * h[n] + dt_x * static_cast<T>(B_t[n * in.sB[2]]);
+    const Pack<T> decay = in.scalar_decay ? shared : exp_pack(dt * A[n]);
+    h[n] = decay * h[n] + dt_x * static_cast<T>(B_t[n * in.sB[2]]);
     if constexpr (kWithOutput) y += static_cast<T>(C_t[n * in.sC[2]]) * h[n];
   }
   return y;
@@ -710,7 +715,7 @@ struct GridGrads {
   int64_t sdout[3];
   S *du, *ddelta;
   int64_t sdu[3], sddelta[4];
-  T *dA_rows, *dD_rows, *ddelta_bias_rows;  // (batch, K, E, N), (batch, K, E), (batch, K, E)
+  T *dA_rows, *dD_rows, *ddelta_bias_rows;  // (batch, K, E, N or 1), (batch, K, E), (batch, K, E)
 };
 
 // The backward of one segment, all directions. dB, dC: this unit's (G, L, N) slabs for batch element b.
@@ -763,8 +768,9 @@ void grid_backward_segment(const GridScan<S>& in, const GridGrads<S>& g, int64_t
         inputs_at(l, s.x[i], s.dt[i], &s.slope[i]);
         const P dt = s.dt[i], dt_x = dt * s.x[i];
         const S* B_t = B + l * in.sB[3];
+        const P shared = in.scalar_decay ? exp_pack(dt * A[0]) : P{};
         for (int64_t n = 0; n < N; ++n) {
-          const P decay = exp_pack(dt * A[n]);
+          const P decay = in.scalar_decay ? shared : exp_pack(dt * A[n]);
           decays[i * N + n] = decay;
           states[(i + 1) * N + n] = decay * states[i * N + n] + dt_x * static_cast<T>(B_t[n * in.sB[2]]);
         }
@@ -802,7 +808,13 @@ void grid_backward_segment(const GridScan<S>& in, const GridGrads<S>& g, int64_t
     }
     const int64_t row = (b * in.directions + k) * in.channels + seg.first;
     for (int64_t i = 0; i < seg.lanes; ++i) {
-      for (int64_t n = 0; n < N; ++n) g.dA_rows[(row + i) * N + n] = dA[n][i];
+      if (in.scalar_decay) {
+        T sum = 0;
+        for (int64_t n = 0; n < N; ++n) sum += dA[n][i];
+        g.dA_rows[row + i] = sum;
+      } else {
+        for (int64_t n = 0; n < N; ++n) g.dA_rows[(row + i) * N + n] = dA[n][i];
+      }
       g.dD_rows[row + i] = dD[i];
       g.ddelta_bias_rows[row + i] = ddelta_bias[i];
     }
@@ -826,14 +838,15 @@ struct GridCall {
                            delta.size(2) == u.size(1) && delta.size(3) == u.size(2) && A.dim() == 3 &&
                            A.size(0) == delta.size(1) && A.size(1) == u.size(1) && B.dim() == 4 &&
                            B.size(0) == u.size(0) && B.size(1) % A.size(0) == 0 &&
-                           u.size(1) % (B.size(1) / A.size(0)) == 0 && B.size(2) == A.size(2) &&
+                           u.size(1) % (B.size(1) / A.size(0)) == 0 &&
+                           (B.size(2) == A.size(2) || A.size(2) == 1) &&
                            B.size(3) == u.size(2) && C.sizes() == B.sizes() &&
                            (!D || D->sizes() == A.sizes().slice(0, 2)) &&
                            (!delta_bias || delta_bias->sizes() == A.sizes().slice(0, 2)) && order.dim() == 2 &&
                            order.size(0) == A.size(0) && order.size(1) == u.size(2) &&
                            order.scalar_type() == at::kLong;
     TORCH_CHECK(shapes_ok, "directional_scan_cpu: shapes break the contract u (batch, E, L), delta (batch, K, E, L), ",
-                "A (K, E, N), B, C (batch, K M, N, L), D, delta_bias (K, E), order (K, L) int64");
+                "A (K, E, N) or (K, E, 1), B, C (batch, K M, N, L), D, delta_bias (K, E), order (K, L) int64");
     const auto storage = u.scalar_type();
     TORCH_CHECK(storage == at::kFloat || storage == at::kDouble || storage == at::kBFloat16,
                 "directional_scan_cpu: u must be float32, bfloat16 or float64, got ", storage);
@@ -856,7 +869,8 @@ struct GridCall {
     GridScan<S> in{reinterpret_cast<const S*>(u.data_ptr()), reinterpret_cast<const S*>(delta.data_ptr()),
                    reinterpret_cast<const S*>(B.data_ptr()), reinterpret_cast<const S*>(C.data_ptr()),
                    A.data_ptr<T>(), ptr(D), ptr(delta_bias), order.data_ptr<int64_t>(), delta_softplus,
-                   u.size(0), A.size(0), u.size(1), u.size(2), A.size(2), B.size(1) / A.size(0)};
+                   A.size(2) == 1 && B.size(2) != 1, u.size(0), A.size(0), u.size(1), u.size(2), B.size(2),
+                   B.size(1) / A.size(0)};
     for (int i = 0; i < 3; ++i) in.su[i] = u.stride(i);
     for (int i = 0; i < 4; ++i) in.sdelta[i] = delta.stride(i), in.sB[i] = B.stride(i), in.sC[i] = C.stride(i);
     return in;
@@ -908,10 +922,10 @@ std::vector<at::Tensor> directional_scan_backward(const at::Tensor& u, const at:
   const GridCall call(u, delta, A, B, C, D, delta_bias, order, delta_softplus);
   TORCH_CHECK(dout.sizes() == u.sizes() && dout.scalar_type() == u.scalar_type(),
               "directional_scan_cpu: dout must be (batch, E, L) of u's dtype");
-  const int64_t batch = u.size(0), K = A.size(0), E = u.size(1), L = u.size(2), N = A.size(2), G = B.size(1);
+  const int64_t batch = u.size(0), K = A.size(0), E = u.size(1), L = u.size(2), N = B.size(2), G = B.size(1);
   const auto compute = A.options();
   at::Tensor du = at::empty_like(u), ddelta = at::empty_like(delta);
-  at::Tensor dA_rows = at::empty({batch, K, E, N}, compute);
+  at::Tensor dA_rows = at::empty({batch, K, E, A.size(2)}, compute);
   at::Tensor dD_rows = at::empty({batch, K, E}, compute), ddelta_bias_rows = at::empty({batch, K, E}, compute);
   const std::vector<Segment> segs = segments(E, G / K);
   const int64_t count = static_cast<int64_t>(segs.size());
@@ -962,9 +976,10 @@ std::vector<at::Tensor> directional_scan_backward(const at::Tensor& u, const at:
 // blocks of `length` steps, N states and K directions, with every load and store of tensor data removed (the
 // inputs are made up in registers, B_t and C_t are constants), on the same threads and with the same exp, softplus
 // and step code. With `backward`, one step is what the backward must do at least: recompute the state and its
-// decay, then the reverse step with the two lane sums for dB and dC. Returns seconds.
+// decay, then the reverse step with the two lane sums for dB and dC. With
+// `scalar_decay`, one exp per step shared by the N states (A of shape (K, E, 1)). Returns seconds.
 template <bool kBackward>
-float probe_block(int64_t L, int64_t N, int64_t K, float seed) {
+float probe_block(int64_t L, int64_t N, int64_t K, bool scalar_decay, float seed) {
   using P = f32_pack;
   std::vector<P> A(N), h(N), dh(N), dA(N);
   float sink = 0;
@@ -980,8 +995,9 @@ float probe_block(int64_t L, int64_t N, int64_t K, float seed) {
       const P x = raw * 0.5f, dt_x = dt * x;
       if constexpr (!kBackward) {
         P y = x * 0.5f;
+        const P shared = scalar_decay ? exp_pack(dt * A[0]) : P{};
         for (int64_t n = 0; n < N; ++n) {
-          h[n] = exp_pack(dt * A[n]) * h[n] + dt_x * 0.25f;
+          h[n] = (scalar_decay ? shared : exp_pack(dt * A[n])) * h[n] + dt_x * 0.25f;
           y += 0.5f * h[n];
         }
         out += y;
@@ -989,8 +1005,9 @@ float probe_block(int64_t L, int64_t N, int64_t K, float seed) {
         const P dy = x * 0.125f;
         P ddt = {}, dx = {};
         float lane_sums = 0;
+        const P shared = scalar_decay ? exp_pack(dt * A[0]) : P{};
         for (int64_t n = 0; n < N; ++n) {
-          const P decay = exp_pack(dt * A[n]);
+          const P decay = scalar_decay ? shared : exp_pack(dt * A[n]);
           const P h_now = decay * h[n] + dt_x * 0.25f;
           const P dh_now = dh[n] + dy * 0.5f;
           const P through_decay = dh_now * decay * h[n];
@@ -1014,14 +1031,15 @@ float probe_block(int64_t L, int64_t N, int64_t K, float seed) {
   return sink;
 }
 
-double arithmetic_probe(int64_t units, int64_t length, int64_t state, int64_t directions, bool backward) {
+double arithmetic_probe(int64_t units, int64_t length, int64_t state, int64_t directions, bool backward,
+                        bool scalar_decay) {
   std::vector<float> sinks(units);
   const auto start = std::chrono::steady_clock::now();
   at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
     for (int64_t unit = begin; unit < end; ++unit) {
       const float seed = 1.0f + 1e-3f * static_cast<float>(unit);
-      sinks[unit] = backward ? probe_block<true>(length, state, directions, seed)
-                             : probe_block<false>(length, state, directions, seed);
+      sinks[unit] = backward ? probe_block<true>(length, state, directions, scalar_decay, seed)
+                             : probe_block<false>(length, state, directions, scalar_decay, seed);
     }
   });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
