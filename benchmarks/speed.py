@@ -91,7 +91,8 @@ def train_case(size: int, batch: int, bf16: bool, repeats: int) -> dict:
         return run
 
     seconds = _alternate({name: step(name) for name in ("ssmamba_tiny", "resnet18")}, repeats, time.process_time)
-    return {"ssmamba_img_per_cpu_s": batch / seconds["ssmamba_tiny"], "resnet18_img_per_cpu_s": batch / seconds["resnet18"]}
+    return {"ssmamba_img_per_cpu_s": batch / seconds["ssmamba_tiny"],
+            "resnet18_img_per_cpu_s": batch / seconds["resnet18"]}
 
 
 def profile_case(size: int) -> dict:
@@ -113,7 +114,9 @@ def profile_case(size: int) -> dict:
 
 def _child(kind: str, args: dict, src: Path, wait_policy: str | None, threads: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "PYTHONPATH")}
-    env |= {"PYTHONPATH": str(src), "OMP_NUM_THREADS": str(threads)} | ({"OMP_WAIT_POLICY": wait_policy} if wait_policy else {})
+    env |= {"PYTHONPATH": str(src), "OMP_NUM_THREADS": str(threads)}
+    if wait_policy:
+        env["OMP_WAIT_POLICY"] = wait_policy
     code = (f"import torch, timm, json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import speed; "
             f"print(json.dumps(speed.{kind}_case(**{args!r})))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -170,7 +173,8 @@ def write(args, inference: list[dict], training: list[dict], profiles: dict) -> 
              f"{args.threads} OpenMP threads, {busy}, median of {args.repeats} alternating runs per case.", "",
              *environment_lines(), "",
              f"## Inference at {args.size} px, batch 1, fp32 (`import torch, timm, ssmamba`)", "",
-             markdown_table(["ssmamba code", "OMP_WAIT_POLICY", "ssmamba_tiny s", "ViT-S/16 s", "ssmamba speed / ViT-S"],
+             markdown_table(["ssmamba code", "OMP_WAIT_POLICY", "ssmamba_tiny s", "ViT-S/16 s",
+                             "ssmamba speed / ViT-S"],
                             [(r["code"], r["omp_wait_policy"], f"{r['ssmamba_s']:.2f}", f"{r['vit_s']:.2f}",
                               f"{r['vit_s'] / r['ssmamba_s']:.2f}x") for r in inference]), "",
              "## Training step (forward + backward + AdamW), images per CPU-second", "",
@@ -182,11 +186,13 @@ def write(args, inference: list[dict], training: list[dict], profiles: dict) -> 
              ""]  # fmt: skip
     for label, prof in profiles.items():
         share = prof["data_movement_share"]
-        lines += [f"## Profile of one ssmamba_tiny forward at {args.size} px ({label} code, default wait policy, {busy})",
+        lines += [f"## Profile of one ssmamba_tiny forward at {args.size} px ({label} code, default wait policy, "
+                  f"{busy})",
                   "", f"copy_ + cat + flip: **{100 * sum(share.values()):.1f}%** of self CPU time "
                   f"({', '.join(f'{k[6:]} {100 * v:.1f}%' for k, v in share.items())}); total {prof['total_s']:.2f} s.",
                   "", markdown_table(["op", "calls", "self CPU s", "share"],
-                                     [(k, c, f"{s:.3f}", f"{100 * f:.1f}%") for k, c, s, f in prof["top"]]), ""]  # fmt: skip
+                                     [(k, c, f"{s:.3f}", f"{100 * f:.1f}%") for k, c, s, f in prof["top"]]),
+                  ""]  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "speed.md").write_text("\n".join(lines))
     (RESULTS / "speed.json").write_text(json.dumps({"inference": inference, "training": training,
