@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ssmamba.errors import CheckpointError
+from ssmamba.ops.hardware import cpu_has_native_bf16
 from ssmamba.train.sampling import set_epoch
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class NonFiniteLossError(RuntimeError):
 class Precision(str, Enum):
     """Arithmetic of the training forward pass. ``bf16`` runs it under bfloat16 autocast (convolutions and matrix
     products in bfloat16; weights, optimiser state, the selective scan and the loss stay float32): about 1.25x more
-    images/s on a CPU with AVX512-BF16 (benchmarks/results/precision.md), more on GPUs."""
+    images/s on a CPU with AVX512-BF16 (benchmarks/results/precision.md), more on GPUs; several times slower on a
+    CPU without bfloat16 hardware (AVX2 only), where the Trainer warns."""
 
     FP32 = "fp32"
     BF16 = "bf16"
@@ -97,6 +99,10 @@ class Trainer:
         self.device = torch.device(device)
         self.model, self.optimizer, self.scheduler, self.loader = model.to(self.device), optimizer, scheduler, loader
         self.precision = Precision(precision)
+        if self.precision is Precision.BF16 and self.device.type == "cpu" and cpu_has_native_bf16() is False:
+            logger.warning("--precision bf16 on a CPU without bfloat16 hardware (no AVX512-BF16/AMX): autocast is "
+                           "emulated and trains several times slower than fp32 (7x for ssmamba_tiny measured); "
+                           "use --precision fp32 here")
         self.out_dir = Path(out_dir)
         self.epochs, self.checkpoint_every, self.grad_clip = epochs, checkpoint_every, grad_clip
         self.log_every, self.progress = log_every, progress
