@@ -127,6 +127,9 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> P
     dataset = load_unlabelled(cfg.data, split=cfg.split, transform=transform, crop_size=cfg.crop_size,
                               strict=cfg.strict, seed=cfg.seed, allow_leakage=cfg.allow_leakage)
     write_skipped(out / "skipped.csv", dataset.skipped)
+    logger.info("field of view: MAMIM views of %d px, each %s-%s native px across (zoom %g-%g of native "
+                "resolution; median image short side %d px)", cfg.img_size, f"{cfg.img_size / cfg.zoom_max:.0f}",
+                f"{cfg.img_size / cfg.zoom_min:.0f}", cfg.zoom_min, cfg.zoom_max, dataset.median_short_side())
     if cfg.max_images and len(dataset) > cfg.max_images:
         keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_images]
         dataset = torch.utils.data.Subset(dataset, sorted(keep.tolist()))
