@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from ssmamba._version import __version__
 
 # name -> module that defines it, imported on first access (PEP 562)
 _LAZY_ATTRIBUTES = {name: "ssmamba.models" for name in ("create_model", "list_models", "load_config",

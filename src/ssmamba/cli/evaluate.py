@@ -20,7 +20,7 @@ _ALLOW_LEAKAGE = click.option("--allow-leakage", is_flag=True,
 def _checkpoint_transform(checkpoint: Path, device: str = "cpu"):
     """The model (on ``device``) and eval transform a checkpoint was trained with (size, mean, std from its
     config.json)."""
-    from ssmamba import create_model
+    from ssmamba.models import create_model
     from ssmamba.data.transforms import eval_transform
 
     model = create_model(checkpoint=checkpoint).eval().to(device)

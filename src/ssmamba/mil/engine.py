@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from ssmamba._version import __version__
 from ssmamba.mil import create_mil_head
 from ssmamba.mil.base import MILHead, drop_instances, subsample_bag
 from ssmamba.mil.bags import BagDataset
@@ -206,8 +207,6 @@ def _predict(head: MILHead, dataset: BagDataset, chunk_size: int, device: str) -
 def save_mil_model(head: MILHead, directory: str | Path, *, head_name: str, head_kwargs: dict,
                    class_names: list[str], extra: dict | None = None) -> Path:
     """Write ``mil_model.safetensors`` + ``mil_config.json`` (everything needed to rebuild the head)."""
-    from ssmamba import __version__
-
     from ssmamba.io.atomic import atomic_directory
 
     directory = Path(directory)

@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ssmamba._version import __version__
 from ssmamba.errors import CheckpointError
 from ssmamba.io.atomic import atomic_directory
 from ssmamba.models.ssmamba import (EVAL_PREPROCESSING, SSMamba, SSMambaConfig, build_ssmamba, feature_extractor,
@@ -268,8 +269,6 @@ def save_pretrained(model: nn.Module, directory: str | Path, pretrained_cfg: dic
     ``model`` is an SSMamba model or a timm model built by :func:`create_model` (not a ``features_only``
     wrapper: save the model it was made from)."""
     directory = Path(directory)
-    from ssmamba import __version__
-
     if isinstance(model, SSMamba):  # model_args is the architecture; the other constructor arguments go beside it
         library, model_args = {}, model.cfg.to_dict()
         constructor_args = {"global_pool": model.global_pool.pool_type, "drop_rate": model.drop_rate,

@@ -51,7 +51,7 @@ class PipelineConfig:
 
 
 def _evaluate(checkpoint: Path, data: str, out: Path, crop_size: int, seed: int) -> dict:
-    from ssmamba import create_model
+    from ssmamba.models import create_model
     from ssmamba.data import load_dataset
     from ssmamba.data.transforms import eval_transform
     from ssmamba.eval.inference import predict_proba

@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ssmamba._version import __version__
 from ssmamba.wsi.encoders import Encoder
 from ssmamba.wsi.feature_key import KEY_ATTRIBUTE, FeatureKey, check_file_key
 from ssmamba.wsi.slide import Slide, open_slide
@@ -127,8 +128,6 @@ def extract_slide_features(grid: TileGrid, encoder: Encoder, out_path: str | Pat
 
 def _write_attributes(h5: h5py.File, coords: h5py.Dataset, grid: TileGrid, encoder: Encoder,
                       key: FeatureKey) -> None:
-    from ssmamba import __version__
-
     geometry = {"patch_size": grid.patch_size, "patch_size_level0": grid.patch_size_level0,
                 "patch_level": grid.read_level, "target_mpp": grid.target_mpp, "level0_mpp": grid.level0_mpp,
                 "level_dim": np.asarray(grid.level0_dimensions, dtype=np.int64), "name": grid.slide_name}
