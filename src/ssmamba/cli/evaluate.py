@@ -169,7 +169,7 @@ def probe(encoder, checkpoint, data, img_size, crop_size, group_column, k, out, 
     from ssmamba.eval.probe import knn_probe, linear_probe
     from ssmamba.eval.report import write_report
     from ssmamba.io.runs import claim_run_dir
-    from ssmamba.wsi.encoders import load_encoder
+    from ssmamba.models.encoders import load_encoder
 
     claim_run_dir(out, overwrite=overwrite)
     enc = load_encoder(encoder, checkpoint=checkpoint)

@@ -130,8 +130,8 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
     Slides whose features file exists with the same key are skipped; another key is an error (--overwrite).
     """
     from ssmamba.wsi.batch import SLIDE_FAILURES, run_over_slides
-    from ssmamba.wsi.encoders import load_encoder
-    from ssmamba.wsi.feature_key import FeatureKeyMismatch
+    from ssmamba.io.features import FeatureKeyMismatch
+    from ssmamba.models.encoders import load_encoder
     from ssmamba.wsi.pipeline import extract_from_patches, find_patch_files
 
     try:
@@ -224,7 +224,7 @@ def heatmap(slide, features_path, model_dir, scores_path, pca, out_path, slide_m
             scaling, smooth, colour_bar, device) -> None:
     """Draw per-tile attention (of a trained MIL head), given scores, or a label-free feature view (--pca) over
     the slide thumbnail, with a colour bar."""
-    from ssmamba.wsi.extract import load_features
+    from ssmamba.io.features import load_features
     from ssmamba.wsi.heatmap import ColourBar, ScoreScaling, add_colour_bar, render_heatmap
     from ssmamba.wsi.slide import SlideError, open_slide
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ssmamba.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ssmamba.models.factory import create_model, list_models
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
 
@@ -138,8 +139,6 @@ def _from_module(model: nn.Module, name: str, checkpoint: Path | None, weights: 
 
 
 def _ssmamba_names() -> set[str]:
-    from ssmamba.models.factory import list_models
-
     return set(list_models())
 
 
@@ -152,8 +151,6 @@ def _load_directory(directory: Path) -> Encoder:
     if weights_path is None:
         raise FileNotFoundError(f"{directory}: no weights file (looked for {', '.join(_WEIGHT_FILES)})")
     if "model_args" in config:  # written by ssmamba.save_pretrained
-        from ssmamba.models.factory import create_model
-
         model = create_model(checkpoint=directory, num_classes=0)
         return _from_module(model, safe_name(config.get("architecture") or "ssmamba"), weights_path, "checkpoint")
     architecture = config.get("architecture")
@@ -171,8 +168,6 @@ def _load_directory(directory: Path) -> Encoder:
 def _load_named(name: str, checkpoint_path: Path | None, pretrained: bool) -> tuple[nn.Module, Path | None]:
     """The model called ``name`` (ssmamba, else timm) and the weights file it was loaded from, if any."""
     if name in _ssmamba_names():
-        from ssmamba.models.factory import create_model
-
         if pretrained:
             raise ValueError(f"{name} has no published weights; pass --checkpoint with a MAMIM-pretrained "
                              f"or fine-tuned checkpoint directory")
