@@ -26,6 +26,15 @@ def _head_kwargs(pairs: tuple[str, ...]) -> dict:
     return kwargs
 
 
+def _registered_head(ctx, param, name: str) -> str:
+    """``--head`` must name a head in :data:`ssmamba.mil.MIL_HEADS` (looked up only when the command runs)."""
+    from ssmamba.mil import MIL_HEADS
+
+    if name not in MIL_HEADS:
+        raise click.BadParameter(f"{name!r} is not a MIL head; choose one of {', '.join(sorted(MIL_HEADS))}")
+    return name
+
+
 def _bag_options(function):
     for option in reversed([
         click.option("--csv", "csv_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -54,8 +63,8 @@ def mil() -> None:
 
 @mil.command()
 @_bag_options
-@click.option("--head", "head_name", type=click.Choice(["abmil", "transmil", "mamba_mil"]), default="abmil",
-              show_default=True)
+@click.option("--head", "head_name", default="abmil", show_default=True, callback=_registered_head,
+              help="A registered MIL head: abmil, transmil and mamba_mil are built in.")
 @click.option("--head-arg", "head_args", multiple=True, help="Constructor argument KEY=VALUE (repeatable).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--folds", type=int, help="K-fold CV over all bags (stratified, by patient if known). Without it: "
@@ -125,7 +134,9 @@ def evaluate(csv_path, features_dir, id_column, label_column, patient_column, al
     from ssmamba.eval.metrics import compute_metrics
     from ssmamba.eval.report import write_report
     from ssmamba.mil.bags import BagDataset, read_bag_table
-    from ssmamba.mil.engine import CONFIG_NAME, BagPredictions, load_mil_model, predict
+    from ssmamba.mil import load_mil_model
+    from ssmamba.mil.checkpoint import CONFIG_NAME
+    from ssmamba.mil.engine import BagPredictions, predict
 
     claim_run_dir(out_dir, overwrite=overwrite)
     model_dirs = [model_dir] if (model_dir / CONFIG_NAME).is_file() else sorted(

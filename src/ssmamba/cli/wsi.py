@@ -164,7 +164,7 @@ def _head_scores(model_dir: Path, bag, features_path: Path, device: str):
     """Per-tile attention of a trained MIL head, after echoing its prediction for the slide."""
     import torch
 
-    from ssmamba.mil.engine import load_mil_model
+    from ssmamba.mil import load_mil_model
 
     head, config = load_mil_model(model_dir, device=device)
     if head.in_dim != bag.features.shape[1]:

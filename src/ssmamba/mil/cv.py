@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from ssmamba.mil import create_mil_head
+from ssmamba.mil import create_mil_head, save_mil_model
 from ssmamba.mil.bags import BagDataset, BagTable
-from ssmamba.mil.engine import BagPredictions, MILTrainConfig, predict, save_mil_model, train_config_dict, train_head
+from ssmamba.mil.engine import BagPredictions, MILTrainConfig, predict, train_config_dict, train_head
 
 # Scalar metrics shown in summary tables, in this order, when the evaluator provides them.
 SUMMARY_METRICS = ("auroc", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "kappa")
