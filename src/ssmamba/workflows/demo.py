@@ -15,6 +15,7 @@ import torch
 
 from ssmamba.train.finetune import FinetuneConfig, finetune
 from ssmamba.train.pretrain import PretrainConfig, pretrain
+from ssmamba.workflows.evaluate import evaluate_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -51,22 +52,8 @@ class PipelineConfig:
 
 
 def _evaluate(checkpoint: Path, data: str, out: Path, crop_size: int, seed: int) -> dict:
-    from ssmamba.models import create_model
-    from ssmamba.data import load_dataset
-    from ssmamba.data.transforms import eval_transform
-    from ssmamba.eval.inference import predict_proba
-    from ssmamba.eval.metrics import compute_metrics
-    from ssmamba.eval.report import write_report
-
-    model = create_model(checkpoint=checkpoint).eval()
-    cfg = model.pretrained_cfg
-    dataset = load_dataset(data, "test", eval_transform(cfg["input_size"][-1], cfg["mean"], cfg["std"]),
-                           classes=cfg["class_names"], crop_size=crop_size, seed=seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=128)
-    probs, labels = predict_proba(model, loader, progress=False)
-    metrics = compute_metrics(labels, probs, cfg["class_names"], n_bootstrap=500, seed=seed)
-    write_report(metrics, out, probs=probs, y_true=labels, title=f"test split (n={len(dataset)})")
-    return metrics
+    return evaluate_checkpoint(checkpoint, data, out, crop_size=crop_size, n_bootstrap=500, seed=seed,
+                               progress=False).metrics
 
 
 def _metrics_row(name: str, metrics: dict) -> list[str]:
