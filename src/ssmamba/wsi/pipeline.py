@@ -8,7 +8,7 @@ Folder layout (``OUT`` is the output folder given to ``tile``)::
     OUT/features_0.50mpp_224px/<encoder>-<hash8>_in<size>/<slide>.h5
                                                     features + coords (TRIDENT/CLAM-style features file)
     OUT/features_0.50mpp_224px/<encoder>-<hash8>_in<size>/feature_key.json
-                                                    everything that made these features (see feature_key.py)
+                                                    everything that made these features (see ssmamba.io.features)
 """
 
 from __future__ import annotations
