@@ -58,7 +58,7 @@ def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, bat
     result = evaluate_checkpoint(checkpoint, data, out, split=split, group_column=group_column, ordinal=ordinal,
                                  n_bootstrap=bootstrap, batch_size=batch_size, num_workers=num_workers, seed=seed,
                                  tta=tta, device=device, progress=progress, allow_leakage=allow_leakage)
-    _echo_skipped(result.dataset, Path(out) / "skipped.csv" if result.dataset.skipped else None)
+    _echo_skipped(result.dataset, result.skipped_list)
     click.echo(result.report.read_text())
 
 
@@ -81,8 +81,8 @@ def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device, threa
     from ssmamba.data.imageio import IMAGE_ERRORS, read_rgb
     from ssmamba.eval.inference import class_probabilities, predict_proba
     from ssmamba.io.atomic import atomic_write_text
-    from ssmamba.io.runs import check_writable
-    from ssmamba.workflows.evaluate import load_classifier, report_skipped
+    from ssmamba.io.runs import check_writable, write_skipped
+    from ssmamba.workflows.evaluate import load_classifier
 
     if out.exists() and not overwrite:
         raise click.ClickException(f"--out {out} already exists; pass --overwrite to replace it or choose another")
@@ -106,7 +106,7 @@ def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device, threa
                                   replace_unreadable=False)
         names = [str(record.image) for record in dataset.records]
         probs, _ = predict_proba(model, _loader(dataset, batch_size, num_workers), tta=tta, progress=progress)
-        _echo_skipped(dataset, report_skipped(dataset, out.with_name(out.stem + ".skipped.csv")))
+        _echo_skipped(dataset, write_skipped(out.with_name(out.stem + ".skipped.csv"), dataset.skipped))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "prediction", *[f"prob_{c}" for c in classes]])

@@ -51,11 +51,6 @@ class PipelineConfig:
             raise ValueError(f"--n-per-class must be > 0, got {self.n_per_class}")
 
 
-def _evaluate(checkpoint: Path, data: str, out: Path, crop_size: int, seed: int) -> dict:
-    return evaluate_checkpoint(checkpoint, data, out, crop_size=crop_size, n_bootstrap=500, seed=seed,
-                               progress=False).metrics
-
-
 def _metrics_row(name: str, metrics: dict) -> list[str]:
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auroc")
     cells = []
@@ -96,7 +91,8 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, overwrite: bool = F
         t0 = time.perf_counter()
         best = finetune(ft_cfg, progress=progress)
         timings[f"fine-tuning ({name})"] = time.perf_counter() - t0
-        results[name] = _evaluate(best, data, Path(ft_cfg.out) / "test", cfg.img_size, cfg.seed)
+        results[name] = evaluate_checkpoint(best, data, Path(ft_cfg.out) / "test", crop_size=cfg.img_size,
+                                            n_bootstrap=500, seed=cfg.seed, progress=False).metrics
     timings["total"] = time.perf_counter() - started
     return _write_report(cfg, out, synthetic, data, results, timings)
 

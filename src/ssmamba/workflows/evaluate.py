@@ -22,7 +22,7 @@ from ssmamba.eval.report import write_report
 from ssmamba.io.runs import write_skipped
 from ssmamba.models import create_model
 
-__all__ = ["Classifier", "Evaluation", "load_classifier", "evaluate_checkpoint", "report_skipped"]
+__all__ = ["Classifier", "Evaluation", "load_classifier", "evaluate_checkpoint"]
 
 
 @dataclass
@@ -64,11 +64,7 @@ class Evaluation:
     labels: np.ndarray
     dataset: ImageDataset
     report: Path  # report.md
-
-
-def report_skipped(dataset: ImageDataset, path: Path) -> Path | None:
-    """Write every file ``dataset`` left out to ``path`` (None when none was)."""
-    return write_skipped(path, dataset.skipped)
+    skipped_list: Path | None  # skipped.csv, the files left out (None when none was)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, *, split: str = "test",
@@ -88,10 +84,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     dataset = load_dataset(data, split, classifier.transform, classes=classes,
                            crop_size=crop_size or classifier.crop_size, group_column=group_column, seed=seed,
                            allow_leakage=allow_leakage)
-    report_skipped(dataset, out / "skipped.csv")
+    skipped_list = write_skipped(out / "skipped.csv", dataset.skipped)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     probs, labels = predict_proba(classifier.model, loader, tta=tta, progress=progress)
     metrics = compute_metrics(labels, probs, classes, ordinal=ordinal, n_bootstrap=n_bootstrap, seed=seed)
     write_report(metrics, out, probs=probs, y_true=labels,
                  title=f"{checkpoint} on {data} ({split}, n={len(dataset)}{', 8-view TTA' if tta else ''})")
-    return Evaluation(metrics, probs, labels, dataset, out / "report.md")
+    return Evaluation(metrics, probs, labels, dataset, out / "report.md", skipped_list)

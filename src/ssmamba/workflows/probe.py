@@ -18,8 +18,8 @@ from ssmamba.eval.inference import embed
 from ssmamba.eval.metrics import compute_metrics
 from ssmamba.eval.probe import knn_probe, linear_probe
 from ssmamba.eval.report import write_report
+from ssmamba.io.runs import write_skipped
 from ssmamba.models.encoders import Encoder
-from ssmamba.workflows.evaluate import report_skipped
 
 __all__ = ["HEADLINE_METRICS", "probe_encoder"]
 
@@ -42,7 +42,7 @@ def probe_encoder(encoder: Encoder, data: str | Path, out: str | Path, *, img_si
     splits, classes = {}, None
     for split in ("train", "val", "test"):
         dataset = load_dataset(data, split, transform, classes=classes, **options)
-        report_skipped(dataset, out / f"skipped_{split}.csv")
+        write_skipped(out / f"skipped_{split}.csv", dataset.skipped)
         classes = dataset.classes
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0)
         splits[split] = embed(encoder.model, loader, progress=progress)
