@@ -130,8 +130,8 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
     Slides whose features file exists with the same key are skipped; another key is an error (--overwrite).
     """
     from ssmamba.wsi.batch import SLIDE_FAILURES, run_over_slides
-    from ssmamba.wsi.encoders import load_encoder
-    from ssmamba.wsi.feature_key import FeatureKeyMismatch
+    from ssmamba.io.features import FeatureKeyMismatch
+    from ssmamba.models.encoders import load_encoder
     from ssmamba.wsi.pipeline import extract_from_patches, find_patch_files
 
     try:
@@ -164,7 +164,7 @@ def _head_scores(model_dir: Path, bag, features_path: Path, device: str):
     """Per-tile attention of a trained MIL head, after echoing its prediction for the slide."""
     import torch
 
-    from ssmamba.mil.engine import load_mil_model
+    from ssmamba.mil import load_mil_model
 
     head, config = load_mil_model(model_dir, device=device)
     if head.in_dim != bag.features.shape[1]:
@@ -224,7 +224,7 @@ def heatmap(slide, features_path, model_dir, scores_path, pca, out_path, slide_m
             scaling, smooth, colour_bar, device) -> None:
     """Draw per-tile attention (of a trained MIL head), given scores, or a label-free feature view (--pca) over
     the slide thumbnail, with a colour bar."""
-    from ssmamba.wsi.extract import load_features
+    from ssmamba.io.features import load_features
     from ssmamba.wsi.heatmap import ColourBar, ScoreScaling, add_colour_bar, render_heatmap
     from ssmamba.wsi.slide import SlideError, open_slide
 
