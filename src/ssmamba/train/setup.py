@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssmamba.io.distributed import barrier, processes
 from ssmamba.io.runs import claim_run_dir
 
 __all__ = ["seed_everything", "add_file_log", "file_log", "run_folder", "start_run", "resolve_device"]
@@ -63,8 +64,13 @@ def file_log(path: Path, level: int = logging.INFO) -> Iterator[None]:
 @contextmanager
 def run_folder(out: str | Path, resume: bool, overwrite: bool) -> Iterator[Path]:
     """Claim ``out`` for a run (new or empty unless ``resume`` or ``overwrite``: see ``claim_run_dir``) and log to
-    its ``log.txt`` while the run lasts."""
+    its ``log.txt`` while the run lasts. Under torchrun, rank 0 claims and logs; the others wait until it has."""
+    if not processes().is_main:
+        barrier()
+        yield Path(out)
+        return
     folder = claim_run_dir(out, resume=resume, overwrite=overwrite)
+    barrier()
     with file_log(folder / "log.txt"):
         yield folder
 
