@@ -15,10 +15,7 @@ draws its own masks.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +30,11 @@ from ssmamba.train.finetune import FinetuneConfig, finetune
 from ssmamba.train.pretrain import PretrainConfig, pretrain
 from ssmamba.train.sampling import EpochSampler, make_loader
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 TOLERANCE = dict(rtol=0, atol=2e-4)  # see the module docstring
-
-_MAIN = "import sys\nfrom ssmamba.cli import main\nsys.argv[0] = 'ssmamba'\nmain()\n"
 
 # rank 0 is killed (SIGKILL) as it starts step 4, after the checkpoint of step 3, in the middle of epoch 2;
 # torchrun then stops rank 1
-_KILL_AT_STEP_5 = """
+_KILL_AT_STEP_4 = """
 import os, signal
 import ssmamba.train.engine as engine
 real = engine.Trainer._train_step
@@ -63,15 +57,6 @@ def compute_metrics(labels, probs, *args, **kwargs):
     return real(labels, probs, *args, **kwargs)
 metrics.compute_metrics = compute_metrics
 """
-
-
-def torchrun(tmp_path: Path, *args, prelude: str = "", nproc: int = 2, env: dict | None = None):
-    script = tmp_path / f"launch_{abs(hash((prelude, args))) % 10**8}.py"
-    script.write_text(prelude + _MAIN)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-               str(script), *map(str, args)]
-    environment = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
 
 
 def _images(root: Path, n_per_class: int = 12, size: int = 32) -> Path:
@@ -113,7 +98,7 @@ def _assert_close(a: dict, b: dict, **tolerance) -> None:
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
+def pretrained(tmp_path_factory, torchrun):
     """The data, and an uninterrupted 2-process MAMIM pretraining run (3 epochs x 2 steps of 2 x 4 images)."""
     root = tmp_path_factory.mktemp("ddp")
     data = _images(root / "data", n_per_class=8)
@@ -146,11 +131,11 @@ def test_two_process_pretraining_writes_one_checkpoint_and_matches_one_process(p
     _assert_close({k: state["model"][k] for k in decoder}, {k: reference["model"][k] for k in decoder})
 
 
-def test_a_killed_two_process_run_resumes_to_the_same_weights(pretrained, tmp_path):
+def test_a_killed_two_process_run_resumes_to_the_same_weights(pretrained, tmp_path, torchrun):
     data, straight, _ = pretrained
     out = tmp_path / "killed"
     args = ["pretrain", "--data", data, "--out", out, "--no-progress", *_options(PRETRAIN)]
-    killed = torchrun(tmp_path, *args, prelude=_KILL_AT_STEP_5)
+    killed = torchrun(tmp_path, *args, prelude=_KILL_AT_STEP_4)
     assert killed.returncode != 0
     assert torch.load(out / STATE_NAME, weights_only=True)["run"]["step"] == 3
 
@@ -172,7 +157,7 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(pretrained, tmp_pa
     assert a["run"]["step"] == b["run"]["step"] == 6
 
 
-def test_two_process_finetuning_matches_one_process_and_validates_the_whole_split(tmp_path):
+def test_two_process_finetuning_matches_one_process_and_validates_the_whole_split(tmp_path, torchrun):
     data = _images(tmp_path / "data")
     out = tmp_path / "ddp"
     result = torchrun(tmp_path, "finetune", "--data", data, "--out", out, "--no-progress", *_options(FINETUNE),

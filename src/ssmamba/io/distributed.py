@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,8 +22,10 @@ import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Processes", "processes", "launch_rank", "process_group", "barrier", "all_gather", "shard",
-           "gather_shards", "mean_over_processes"]
+__all__ = ["Processes", "processes", "launch_rank", "launched_share", "local_device", "process_group", "barrier",
+           "all_gather", "shard", "gather_shards", "mean_over_processes"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,15 +58,28 @@ def launch_rank() -> int:
     return int(os.environ.get("RANK", 0))
 
 
+def launched_share(items: Sequence[T]) -> list[T]:
+    """This process's share of ``items`` under torchrun: every ``WORLD_SIZE``-th item from ``RANK``, decided by the
+    environment alone (no process group, no messages); every item outside torchrun."""
+    return list(items[launch_rank()::int(os.environ.get("WORLD_SIZE", 1))])
+
+
+def local_device(device: torch.device | str) -> torch.device:
+    """``device``, or this process's own GPU (``cuda:LOCAL_RANK``) for a CUDA device under torchrun."""
+    device = torch.device(device)
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
 @contextmanager
 def process_group(device: torch.device) -> Iterator[torch.device]:
     """Join the torchrun job of this process for the duration and yield its device: ``cuda:LOCAL_RANK`` for a CUDA
     ``device``, else ``device``. Without torchrun (or with ``WORLD_SIZE=1``), or inside a group that is already
     set up, nothing is joined (and nothing is left at the end)."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = local_device(device)
     if device.type == "cuda" and world_size > 1:
-        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if world_size == 1 or dist.is_initialized():
         yield device

@@ -9,12 +9,16 @@ Layout of ``<slide>.h5`` (the names TRIDENT and CLAM users expect):
   ``checkpoint``, ``weights_sha256``, ``input_size``, ``input_size_source``, ``mean``, ``std``, ``name``,
   ``slide_path``, ``ssmamba_version``.
 
-Files are written under a ``.partial`` name and renamed when complete, so a slide whose ``.h5`` exists is done,
-provided its feature key is the one asked for (otherwise :class:`~ssmamba.wsi.feature_key.FeatureKeyMismatch`).
+Files are written under a ``.partial`` name of the writing process and renamed when complete, so a slide whose
+``.h5`` exists is done, provided its feature key is the one asked for (otherwise
+:class:`~ssmamba.wsi.feature_key.FeatureKeyMismatch`), and processes or jobs that share a cohort never write into
+one file.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,21 +111,27 @@ def extract_slide_features(grid: TileGrid, encoder: Encoder, out_path: str | Pat
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                         pin_memory=torch.device(device).type == "cuda", persistent_workers=False)
     model = encoder.model.to(device).eval()
-    partial = out_path.with_name(out_path.name + ".partial")
-    with h5py.File(partial, "w") as h5:
-        features = h5.create_dataset("features", shape=(len(grid), encoder.num_features), dtype=np.float32,
-                                     chunks=(max(1, min(len(grid), 1024)), encoder.num_features) if len(grid) else None)
-        coords = h5.create_dataset("coords", data=grid.coords.astype(np.int64).reshape(-1, 2))
-        _write_attributes(h5, coords, grid, encoder, key)
-        for tiles, indices in tqdm(loader, desc=grid.slide_name, unit="batch", disable=not progress, leave=False):
-            embeddings = model(tiles.to(device, non_blocking=True))
-            if embeddings.ndim != 2 or embeddings.shape[1] != encoder.num_features:
-                raise ValueError(f"encoder {encoder.name} returned shape {tuple(embeddings.shape)}, expected "
-                                 f"(batch, {encoder.num_features}); build it with num_classes=0 (pooled embedding)")
-            start, stop = int(indices[0]), int(indices[-1]) + 1  # no shuffling: batches are contiguous
-            features[start:stop] = embeddings.float().cpu().numpy()
-    dataset.close()
-    partial.replace(out_path)
+    partial = out_path.with_name(f"{out_path.name}.{socket.gethostname()}-{os.getpid()}.partial")
+    try:
+        with h5py.File(partial, "w") as h5:
+            chunks = (max(1, min(len(grid), 1024)), encoder.num_features) if len(grid) else None
+            features = h5.create_dataset("features", shape=(len(grid), encoder.num_features), dtype=np.float32,
+                                         chunks=chunks)
+            coords = h5.create_dataset("coords", data=grid.coords.astype(np.int64).reshape(-1, 2))
+            _write_attributes(h5, coords, grid, encoder, key)
+            batches = tqdm(loader, desc=grid.slide_name, unit="batch", disable=not progress, leave=False)
+            for tiles, indices in batches:
+                embeddings = model(tiles.to(device, non_blocking=True))
+                if embeddings.ndim != 2 or embeddings.shape[1] != encoder.num_features:
+                    raise ValueError(f"encoder {encoder.name} returned shape {tuple(embeddings.shape)}, expected "
+                                     f"(batch, {encoder.num_features}); build it with num_classes=0 (pooled "
+                                     "embedding)")
+                start, stop = int(indices[0]), int(indices[-1]) + 1  # no shuffling: batches are contiguous
+                features[start:stop] = embeddings.float().cpu().numpy()
+        dataset.close()
+        partial.replace(out_path)  # atomic: a reader sees the whole file or none
+    finally:
+        partial.unlink(missing_ok=True)  # what a failed write left (nothing after the rename)
     return ExtractionResult(out_path, len(grid), skipped=False, key=key)
 
 

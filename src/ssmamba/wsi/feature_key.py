@@ -16,6 +16,7 @@ from pathlib import Path
 
 import h5py
 
+from ssmamba.io.atomic import atomic_write_text
 from ssmamba.wsi.encoders import Encoder
 
 KEY_FILE = "feature_key.json"
@@ -121,4 +122,5 @@ def claim_folder(folder: Path, key: FeatureKey, overwrite: bool = False) -> None
             raise _mismatch(folder, found, key)
         return
     folder.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(json.dumps(asdict(key), indent=2, sort_keys=True) + "\n")
+    # atomic: processes that extract slides of one cohort side by side read each other's key file
+    atomic_write_text(key_file, json.dumps(asdict(key), indent=2, sort_keys=True) + "\n")
