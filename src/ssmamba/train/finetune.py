@@ -32,7 +32,7 @@ from ssmamba.io.runs import write_skipped
 from ssmamba.models import create_model, save_pretrained
 from ssmamba.train.checks import require_positive
 from ssmamba.train.engine import Precision, Trainer, load_tensors, save_tensors
-from ssmamba.train.optim import param_groups, warmup_cosine
+from ssmamba.train.optim import class_weights, param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves
 from ssmamba.train.sampling import make_loader
 from ssmamba.train.setup import resolve_device, run_folder, start_run
@@ -210,13 +210,6 @@ class FinetuneTrainer(Trainer):
         plot_curves(self.state.history, self.out_dir / "curves.png", x="step",
                     keys=("loss", "val_" + self.cfg.monitor), title="fine-tuning")
         atomic_write_text(self.out_dir / "history.json", json.dumps(self.state.history, indent=1))
-
-
-def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights, mean 1 over classes present: ``(n_classes,)``."""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, overwrite: bool = False,
