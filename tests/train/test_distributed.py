@@ -235,3 +235,30 @@ def test_sync_batch_norm_across_cpu_processes_is_refused_clearly(monkeypatch):
     with pytest.raises(ValueError, match="--sync-batch-norm needs CUDA GPUs"):
         Trainer(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), loader, Path("."),
                 epochs=1, sync_batch_norm=True)
+
+
+def test_two_nodes_over_loopback_train_like_one_node_with_two_processes(pretrained, tmp_path):
+    """The multi-node recipe of the README: two torchrun agents (one process each) meet through a c10d rendezvous
+    on 127.0.0.1, and train to the very weights of one agent with two processes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    data, straight, _ = pretrained
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "two_nodes"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
+         "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+         "--rdzv-id", "loopback", "-m", "ssmamba", "pretrain", "--data", str(data), "--out", str(out),
+         "--no-progress", *_options(PRETRAIN)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "2 process(es) x 4 images" in (out / "log.txt").read_text()
+    a, b = torch.load(straight / STATE_NAME, weights_only=True), torch.load(out / STATE_NAME, weights_only=True)
+    _assert_close(a["model"], b["model"], rtol=0, atol=0)

@@ -217,10 +217,12 @@ class Trainer:
             self.state.step = self.state.epoch * self.steps_per_epoch + done // self.images_per_step
             self.scheduler.last_epoch = self.state.step - 1
             self.scheduler.step()  # the learning rates of the new step count
-            (logger.warning if self.job.is_main else logger.debug)("re-sharded %s (%s): continuing at step %d of %d", self.state_path,
-                           ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), self.state.step,
-                           self.total_steps)
-        (logger.info if self.job.is_main else logger.debug)("resumed from %s at step %d (epoch %d)", self.state_path, self.state.step, self.state.epoch)
+            if self.job.is_main:
+                logger.warning("re-sharded %s (%s): continuing at step %d of %d", self.state_path,
+                               ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), self.state.step,
+                               self.total_steps)
+        if self.job.is_main:
+            logger.info("resumed from %s at step %d (epoch %d)", self.state_path, self.state.step, self.state.epoch)
 
     def checkpoint(self) -> None:
         self.save_state()

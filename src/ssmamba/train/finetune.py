@@ -27,7 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from ssmamba.eval.inference import predict_proba
 from ssmamba.io.atomic import atomic_write_text
-from ssmamba.io.distributed import gather_shards, processes, process_group, shard
+from ssmamba.io.distributed import gather_shards, processes, shard
 from ssmamba.io.runs import write_skipped
 from ssmamba.models import create_model, save_pretrained
 from ssmamba.train.checks import require_positive
@@ -35,7 +35,7 @@ from ssmamba.train.engine import Precision, Trainer, load_tensors, save_tensors
 from ssmamba.train.optim import class_weights, param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves
 from ssmamba.train.sampling import make_loader
-from ssmamba.train.setup import resolve_device, run_folder, start_run
+from ssmamba.train.setup import start_run, training_run
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, o
     Under torchrun every process trains on its share of each batch (``reshard``: resume a run saved by another
     number of processes).
     """
-    with process_group(resolve_device(cfg.device)) as device, run_folder(cfg.out, resume, overwrite) as out:
+    with training_run(cfg.out, cfg.device, resume, overwrite) as (out, device):
         return _finetune(cfg, out, resume, progress, device, reshard)
 
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from ssmamba.io.atomic import atomic_write_text
-from ssmamba.io.distributed import process_group, processes
+from ssmamba.io.distributed import processes
 from ssmamba.io.runs import write_skipped
 from ssmamba.models import create_model, save_pretrained
 from ssmamba.ssl import MAMIM
@@ -27,7 +27,7 @@ from ssmamba.train.engine import Precision, Trainer
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves, save_reconstruction_grid
 from ssmamba.train.sampling import make_loader
-from ssmamba.train.setup import resolve_device, run_folder, start_run
+from ssmamba.train.setup import start_run, training_run
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
     Under torchrun every process trains on its share of each batch (``reshard``: resume a run saved by another
     number of processes).
     """
-    with process_group(resolve_device(cfg.device)) as device, run_folder(cfg.out, resume, overwrite) as out:
+    with training_run(cfg.out, cfg.device, resume, overwrite) as (out, device):
         return _pretrain(cfg, out, resume, progress, device, reshard)
 
 
