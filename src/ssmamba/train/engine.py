@@ -145,7 +145,8 @@ class Trainer:
         self.batches_per_epoch = len(loader)
         self.steps_per_epoch = -(-self.batches_per_epoch // accum_steps)
         self.total_steps = epochs * self.steps_per_epoch
-        self.images_per_step = loader.batch_size * accum_steps * self.job.world_size
+        self.batch_size = getattr(loader, "batch_size", None) or 1  # a plain iterable of batches counts as 1
+        self.images_per_step = self.batch_size * accum_steps * self.job.world_size
         self.micro_position = 0  # index of the batch being computed among the accum_steps x processes of a step
         self.state = RunState()
         self.stop_requested = False
@@ -294,7 +295,7 @@ class Trainer:
             self.load_state(reshard)
         if self.job.is_main:
             logger.info("%d process(es) x %d images x %d accumulation step(s) = %d images per step, %d steps",
-                        self.job.world_size, self.loader.batch_size, self.accum_steps, self.images_per_step,
+                        self.job.world_size, self.batch_size, self.accum_steps, self.images_per_step,
                         self.total_steps)
         bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True, desc=type(self).__name__.replace("Trainer", "").lower() or "train")
