@@ -157,12 +157,12 @@ checkpoint_folder.save_file = save_file
 _INTERRUPT_IN_STEP = """
 import os, signal
 import ssmamba.train.engine as engine
-real = engine.Trainer._optimise
-def _optimise(self, loss):
+real = engine.Trainer._train_step
+def _train_step(self, batches):
     if self.state.step == 2:
         os.kill(os.getpid(), signal.SIGINT)
-    return real(self, loss)
-engine.Trainer._optimise = _optimise
+    return real(self, batches)
+engine.Trainer._train_step = _train_step
 """
 
 

@@ -128,7 +128,10 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
     Writes OUT/features_<mpp>mpp_<size>px/<encoder>-<hash8>_in<input size>/<slide>.h5 with features [N, D] and
     coords [N, 2], and feature_key.json (encoder, weights hash, input size, mpp, patch size, normalisation).
     Slides whose features file exists with the same key are skipped; another key is an error (--overwrite).
+    Under `torchrun --nproc-per-node N -m ssmamba wsi extract ...` each process embeds every N-th slide (on its
+    own GPU); each file is written whole or not at all, so jobs and nodes can share a cohort and reruns go on.
     """
+    from ssmamba.io.distributed import launch_rank, launched_share, local_device
     from ssmamba.wsi.batch import SLIDE_FAILURES, run_over_slides
     from ssmamba.io.features import FeatureKeyMismatch
     from ssmamba.models.encoders import load_encoder
@@ -139,9 +142,12 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
         model = load_encoder(encoder, checkpoint=checkpoint, pretrained=pretrained, input_size=input_size)
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from error
-    click.echo(f"encoder {model.name} ({model.weights} weights, {model.num_features} features, "
-               f"{_input_size_rule(model)}) on {device}; {len(patch_files)} slide(s)")
     error_log = (out_dir or patch_files[0].parent.parent) / "extract_errors.log"
+    mine, device = launched_share(patch_files), str(local_device(device))
+    if launch_rank() == 0:
+        share = f", {len(mine)} in this process" if len(mine) < len(patch_files) else ""
+        click.echo(f"encoder {model.name} ({model.weights} weights, {model.num_features} features, "
+                   f"{_input_size_rule(model)}) on {device}; {len(patch_files)} slide(s){share}")
 
     def step(patches_path: Path):
         result = extract_from_patches(patches_path, model, out_dir or patches_path.parent.parent, slide_dir=slide_dir,
@@ -152,7 +158,7 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
         return result
 
     try:
-        outcome = run_over_slides(patch_files, step, skip_errors=skip_errors, error_log=error_log)
+        outcome = run_over_slides(mine, step, skip_errors=skip_errors, error_log=error_log)
     except FeatureKeyMismatch as error:
         raise click.ClickException(str(error)) from error
     except SLIDE_FAILURES as error:  # already logged with its traceback; say so without a Python trace

@@ -23,6 +23,8 @@ them, and neither imports the other.
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -32,6 +34,7 @@ import h5py
 import numpy as np
 
 from ssmamba._version import __version__
+from ssmamba.io.atomic import atomic_write_text
 
 KEY_FILE = "feature_key.json"
 KEY_ATTRIBUTE = "feature_key"
@@ -137,7 +140,8 @@ def claim_folder(folder: Path, key: FeatureKey, overwrite: bool = False) -> None
             raise _mismatch(folder, found, key)
         return
     folder.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(json.dumps(asdict(key), indent=2, sort_keys=True) + "\n")
+    # atomic: processes that extract slides of one cohort side by side read each other's key file
+    atomic_write_text(key_file, json.dumps(asdict(key), indent=2, sort_keys=True) + "\n")
 
 
 @contextmanager
@@ -156,19 +160,23 @@ def feature_file_writer(path: str | Path, coords: np.ndarray, num_features: int,
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    # named by host and process: jobs that share a cohort never write into one file
+    partial = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.partial")
     rows = len(coords)
-    with h5py.File(partial, "w") as h5:
-        features = h5.create_dataset("features", shape=(rows, num_features), dtype=np.float32,
-                                     chunks=(max(1, min(rows, 1024)), num_features) if rows else None)
-        coords_set = h5.create_dataset("coords", data=np.asarray(coords).astype(np.int64).reshape(-1, 2))
-        coords_set.attrs.update(geometry)
-        h5.attrs.update(geometry)
-        h5.attrs.update(attributes)
-        h5.attrs.update(ssmamba_version=__version__)
-        h5.attrs[KEY_ATTRIBUTE] = key.to_json()
-        yield features
-    partial.replace(path)
+    try:
+        with h5py.File(partial, "w") as h5:
+            features = h5.create_dataset("features", shape=(rows, num_features), dtype=np.float32,
+                                         chunks=(max(1, min(rows, 1024)), num_features) if rows else None)
+            coords_set = h5.create_dataset("coords", data=np.asarray(coords).astype(np.int64).reshape(-1, 2))
+            coords_set.attrs.update(geometry)
+            h5.attrs.update(geometry)
+            h5.attrs.update(attributes)
+            h5.attrs.update(ssmamba_version=__version__)
+            h5.attrs[KEY_ATTRIBUTE] = key.to_json()
+            yield features
+        partial.replace(path)  # atomic: a reader sees the whole file or none
+    finally:
+        partial.unlink(missing_ok=True)  # what a failed write left (nothing after the rename)
 
 
 def count_rows(path: str | Path) -> int:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ssmamba.mil.base import MILHead, drop_instances, subsample_bag
 from ssmamba.mil.bags import BagDataset
+from ssmamba.train.optim import class_weights, warmup_cosine
 
 
 @dataclass
@@ -96,19 +97,6 @@ class BagPredictions:
         Path(path).write_text("\n".join(lines) + "\n")
 
 
-def _class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
-    counts = torch.bincount(torch.tensor(labels), minlength=num_classes).float()
-    weights = counts.sum() / (num_classes * counts.clamp(min=1))
-    return weights
-
-
-def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def train_head(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_set: BagDataset | None = None,
                progress: bool = True) -> list[dict]:
     """Fit ``head`` on ``train_set``; returns one dict per epoch (train loss, and validation loss when given)."""
@@ -125,11 +113,10 @@ def _train(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_set
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = _optimizer(head, config, device)
     total_steps = config.epochs * len(train_set)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, len(train_set), total_steps))
+    scheduler = warmup_cosine(optimizer, len(train_set), total_steps, min_lr_ratio=0.0)
     labels = [record.label for record in train_set.records]
     targets = torch.tensor(labels, device=device).view(-1, 1)  # one (1,) target per bag, made once
-    weights = _class_weights(labels, head.num_classes).to(device) if config.balance_classes else None
+    weights = class_weights(np.asarray(labels), head.num_classes).to(device) if config.balance_classes else None
     history, best_loss, best_state = [], math.inf, None
     for epoch in tqdm(range(config.epochs), desc="epochs", disable=not progress, leave=False):
         head.train()

@@ -1,7 +1,9 @@
 """Embed the tiles of a slide with a frozen encoder and write one HDF5 file per slide.
 
 The file layout is :mod:`ssmamba.io.features`'s. A slide whose ``.h5`` exists is done, provided its feature key
-is the one asked for (otherwise :class:`~ssmamba.io.features.FeatureKeyMismatch`).
+is the one asked for (otherwise :class:`~ssmamba.io.features.FeatureKeyMismatch`). Files are written under a
+``.partial`` name of the writing process and renamed when complete, so processes or jobs that share a cohort never
+write into one file.
 """
 
 from __future__ import annotations
