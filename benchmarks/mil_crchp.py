@@ -80,8 +80,8 @@ def main() -> None:
     if checkpoint:
         extract += ["--checkpoint", checkpoint]
     run(extract, commands)
-    from ssmamba.wsi.encoders import load_encoder
-    from ssmamba.wsi.feature_key import FeatureKey, features_folder
+    from ssmamba.models.encoders import load_encoder
+    from ssmamba.io.features import FeatureKey, features_folder
 
     embedder = load_encoder(encoder, checkpoint=checkpoint, input_size=args.input_size)
     newest = features_folder(tiles, FeatureKey.for_encoder(embedder, 0.5, args.patch_size))

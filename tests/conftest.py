@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,27 @@ import torch
 from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+_MAIN = "import sys\nfrom ssmamba.cli import main\nsys.argv[0] = 'ssmamba'\nmain()\n"
+
+
+def _torchrun(folder: Path, *args, prelude: str = "", nproc: int = 2, env: dict | None = None):
+    """``torchrun --standalone --nproc-per-node NPROC -m ssmamba ARGS`` (gloo, one thread per process) in a fresh
+    interpreter, after ``prelude`` (e.g. a patch that records or kills), from a script written to ``folder``."""
+    script = folder / f"launch_{abs(hash((prelude, args))) % 10**8}.py"
+    script.write_text(prelude + _MAIN)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               str(script), *map(str, args)]
+    environment = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def torchrun():
+    """:func:`_torchrun`: run a command under torchrun with 2 CPU processes."""
+    return _torchrun
 
 
 @pytest.fixture

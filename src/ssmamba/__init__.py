@@ -4,18 +4,21 @@
 backend, no logging handler, and it imports neither torch nor timm. ``ssmamba.create_model`` and the other entry
 points below load :mod:`ssmamba.models` on first use; importing :mod:`ssmamba.models` (which any of them does)
 registers the SSMamba variants with ``timm.create_model``.
+
+The package root is for users only: ``__version__`` (from :mod:`ssmamba._version`) and the lazy aliases below. No
+module of the package imports it (``tests/test_layers.py``); see docs/architecture.md for the layers.
 """
 
 from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from ssmamba._version import __version__
 
 # name -> module that defines it, imported on first access (PEP 562)
 _LAZY_ATTRIBUTES = {name: "ssmamba.models" for name in ("create_model", "list_models", "load_config",
                                                         "save_pretrained")}
-_SUBPACKAGES = ("cli", "data", "eval", "mil", "models", "ops", "ssl", "train", "wsi")
+_SUBPACKAGES = ("cli", "data", "eval", "io", "mil", "models", "ops", "ssl", "train", "workflows", "wsi")
 
 __all__ = ["__version__", "create_model", "list_models", "load_config", "save_pretrained"]
 

@@ -83,7 +83,7 @@ def test_feature_width_mismatch_is_reported(bag_folder):
 
 
 def test_bags_made_with_different_feature_keys_are_refused(bag_folder):
-    from ssmamba.wsi.feature_key import FeatureKey
+    from ssmamba.io.features import FeatureKey
 
     table_path, features = bag_folder
     key = FeatureKey(encoder="ssmamba_tiny", weights="checkpoint", weights_sha256="ab" * 32, input_size=64,

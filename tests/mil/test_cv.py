@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ssmamba.mil.bags import read_bag_table
-from ssmamba.mil.cv import make_folds, validation_split
+from ssmamba.workflows.mil_cv import make_folds, validation_split
 
 
 def test_folds_are_stratified_grouped_by_patient_and_cover_every_bag_once(bag_folder):

@@ -151,7 +151,8 @@ def test_each_head_learns_a_task_where_one_instance_decides_the_bag(name, key_in
 def test_inputs_are_standardised_with_training_statistics_saved_in_the_head(tmp_path):
     import h5py
 
-    from ssmamba.mil.engine import feature_statistics, load_mil_model, save_mil_model
+    from ssmamba.mil import load_mil_model, save_mil_model
+    from ssmamba.mil.engine import feature_statistics
 
     records = []
     for index in range(4):

@@ -18,18 +18,17 @@ from robust_helpers import Assets, cli, digest, error_line, write_manifest
 
 from safetensors import SafetensorError
 
-import ssmamba.models.factory as factory
+import ssmamba.io.pretrained as checkpoint_folder
 import ssmamba.train.engine as engine
 from ssmamba.data.hygiene import check_hygiene
 from ssmamba.data.records import ImageFile, Record
 from ssmamba.errors import CheckpointError, DataLeakageError, NonFiniteOutputError
 from ssmamba.eval.inference import predict_proba
-from ssmamba.mil import create_mil_head
-from ssmamba.mil.engine import load_mil_model, save_mil_model
+from ssmamba.mil import create_mil_head, load_mil_model, save_mil_model
 from ssmamba.models import create_model, save_pretrained
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
-SRC = str(Path(factory.__file__).resolve().parents[2])
+SRC = str(Path(checkpoint_folder.__file__).resolve().parents[2])
 
 
 def _failing_writer(real):
@@ -66,8 +65,8 @@ def _save_state(folder: Path, seed: int) -> Path:
     return folder / "training_state.pt"
 
 
-WRITERS = {"model-checkpoint": (_save_model, factory, "save_file"),
-           "mil-head": (_save_mil, __import__("ssmamba.mil.engine", fromlist=["x"]), "save_file"),
+WRITERS = {"model-checkpoint": (_save_model, checkpoint_folder, "save_file"),
+           "mil-head": (_save_mil, checkpoint_folder, "save_file"),
            "training-state": (_save_state, engine.torch, "save")}
 
 
@@ -146,24 +145,24 @@ _KILL_IN_SAVE = """
 import os, signal
 from pathlib import Path
 
-import ssmamba.models.factory as factory
-real = factory.save_file
+import ssmamba.io.pretrained as checkpoint_folder
+real = checkpoint_folder.save_file
 def save_file(state, path, **kwargs):
     real(state, path, **kwargs)
     Path(path).write_bytes(Path(path).read_bytes()[:100])
     os.kill(os.getpid(), signal.SIGKILL)
-factory.save_file = save_file
+checkpoint_folder.save_file = save_file
 """
 
 _INTERRUPT_IN_STEP = """
 import os, signal
 import ssmamba.train.engine as engine
-real = engine.Trainer._optimise
-def _optimise(self, loss):
+real = engine.Trainer._train_step
+def _train_step(self, batches):
     if self.state.step == 2:
         os.kill(os.getpid(), signal.SIGINT)
-    return real(self, loss)
-engine.Trainer._optimise = _optimise
+    return real(self, batches)
+engine.Trainer._train_step = _train_step
 """
 
 

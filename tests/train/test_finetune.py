@@ -10,8 +10,9 @@ import torch
 
 from ssmamba import create_model, save_pretrained
 from ssmamba.train.engine import NonFiniteLossError
-from ssmamba.train.finetune import (Balancing, FinetuneConfig, FinetuneTrainer, class_weights, finetune,
+from ssmamba.train.finetune import (Balancing, FinetuneConfig, FinetuneTrainer, finetune,
                                     with_recalibrated_batch_norm)
+from ssmamba.train.optim import class_weights
 
 
 def _config(data, out, **kw) -> FinetuneConfig:

@@ -28,6 +28,8 @@ def test_pretrain_on_a_messy_folder(image_folder, tmp_path, caplog):
     assert list(run.glob("reconstruction_*.png"))
     log = (run / "log.txt").read_text()
     assert "corrupt.png" in log  # the skipped file is named in the run log
+    # the field of view is stated at the start (issue 17): 32 px views at zoom 0.25-1 cover 32-128 native px
+    assert "field of view: MAMIM views of 32 px, each 32-128 native px across (zoom 0.25-1 of native" in log
 
 
 def test_resume_gives_the_same_weights_as_a_straight_run(image_folder, tmp_path, monkeypatch):

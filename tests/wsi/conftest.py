@@ -75,7 +75,7 @@ class MeanColourEncoder(nn.Module):
 
 @pytest.fixture
 def stand_in_encoder():
-    from ssmamba.wsi.encoders import encoder_from_module
+    from ssmamba.models.encoders import encoder_from_module
 
     return encoder_from_module(MeanColourEncoder(), "mean-colour", input_size=32)
 

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssmamba.wsi.encoders import load_encoder
-from ssmamba.wsi.extract import load_features
-from ssmamba.wsi.feature_key import FeatureKeyMismatch
+from ssmamba.io.features import FeatureKeyMismatch, load_features
+from ssmamba.models.encoders import load_encoder
 from ssmamba.wsi.pipeline import extract_from_patches, tile_slide
 from ssmamba.wsi.slide import open_slide
 from ssmamba.wsi.tiling import TileGrid, TilingConfig
@@ -138,7 +137,7 @@ def test_a_file_from_other_settings_is_an_error_not_skipped(tiled_blob, stand_in
 
 
 def test_any_size_encoders_embed_tiles_at_the_tile_size_and_vits_at_theirs():
-    from ssmamba.wsi.encoders import InputSizeSource
+    from ssmamba.models.encoders import InputSizeSource
 
     with pytest.warns(UserWarning, match="random weights"):
         ours = load_encoder("ssmamba_test")

@@ -75,6 +75,19 @@ def test_plain_image_dpi_gives_mpp_and_rgba_is_composited_on_white(tmp_path):
     assert tuple(pixels[0, 0]) == (255, 0, 0) and tuple(pixels[15, 0]) == (255, 255, 255)
 
 
+def test_16_bit_slide_uses_the_roi_conversion_not_its_own_maximum(tmp_path):
+    """A dim 16-bit image keeps its brightness: 1/257 scaling, as ROI images get, not stretched to its maximum."""
+    from ssmamba.data.imageio import read_rgb
+
+    path = tmp_path / "dim16.png"
+    grey = np.full((8, 8), 257 * 40, np.uint16)  # 8-bit value 40 everywhere
+    grey[0, 0] = 257 * 100
+    Image.fromarray(grey).save(path)
+    pixels = np.asarray(open_slide(path, mpp=0.5).read_region((0, 0), 0, (8, 8)))
+    assert tuple(pixels[0, 0]) == (100, 100, 100) and tuple(pixels[4, 4]) == (40, 40, 40)  # max-scaling: 255, 102
+    np.testing.assert_array_equal(pixels, np.asarray(read_rgb(path)))
+
+
 def test_plain_image_reads_past_the_edge_as_white(tmp_path):
     path = tmp_path / "edge.png"
     Image.new("RGB", (10, 10), (0, 0, 0)).save(path)

@@ -13,8 +13,7 @@ from ssmamba.cli import main
 
 
 def test_tile_extract_heatmap_on_the_real_slide(cmu_slide, tmp_path):
-    from ssmamba.mil import create_mil_head
-    from ssmamba.mil.engine import save_mil_model
+    from ssmamba.mil import create_mil_head, save_mil_model
 
     runner = CliRunner()
     out = tmp_path / "out"

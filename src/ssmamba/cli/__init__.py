@@ -7,7 +7,7 @@ import os
 
 import click
 
-from ssmamba import __version__
+from ssmamba._version import __version__
 
 # (module, attribute) of every sub-command; imported lazily so `ssmamba --help` stays fast
 # and a broken optional dependency of one command cannot take the others down.

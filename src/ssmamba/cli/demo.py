@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ssmamba.cli.options import build_config, config_options
-from ssmamba.train.pipeline import PipelineConfig
+from ssmamba.workflows.demo import PipelineConfig
 
 
 @click.command()
@@ -19,7 +19,7 @@ def demo(overwrite: bool, progress: bool, **values) -> None:
     --data PATH (a labelled folder or CSV manifest) to run the same pipeline on real data.
     """
     from ssmamba.cli.console import console_logging
-    from ssmamba.train.pipeline import run_pipeline
+    from ssmamba.workflows.demo import run_pipeline
 
     console_logging(progress)
     cfg = build_config(PipelineConfig, values)

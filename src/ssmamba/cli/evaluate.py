@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import click
@@ -17,28 +16,11 @@ _ALLOW_LEAKAGE = click.option("--allow-leakage", is_flag=True,
                               help="Accept the same image in more than one split (an error otherwise).")
 
 
-def _checkpoint_transform(checkpoint: Path, device: str = "cpu"):
-    """The model (on ``device``) and eval transform a checkpoint was trained with (size, mean, std from its
-    config.json)."""
-    from ssmamba import create_model
-    from ssmamba.data.transforms import eval_transform
-
-    model = create_model(checkpoint=checkpoint).eval().to(device)
-    cfg = model.pretrained_cfg
-    if not model.num_classes:
-        raise click.ClickException(f"{checkpoint} has no classification head (an encoder, e.g. from pretrain): "
-                                   "fine-tune it first and pass the fine-tuned checkpoint (e.g. runs/finetune/best)")
-    return model, eval_transform(cfg["input_size"][-1], cfg["mean"], cfg["std"]), cfg
-
-
-def _report_skipped(dataset, path: Path) -> None:
-    """Write every file ``dataset`` left out to ``path`` and name the count on the console."""
-    from ssmamba.io.runs import write_skipped
-
-    written = write_skipped(path, dataset.skipped)
-    if written is not None:
+def _echo_skipped(dataset, path: Path | None) -> None:
+    """Name on the console how many files ``dataset`` left out, and where they are listed."""
+    if path is not None:
         click.echo(f"skipped {len(dataset.skipped)} unreadable file(s), e.g. {dataset.skipped[0][0]}; "
-                   f"full list in {written}", err=True)
+                   f"full list in {path}", err=True)
 
 
 def _loader(dataset, batch_size: int, workers: int):
@@ -69,25 +51,15 @@ def _loader(dataset, batch_size: int, workers: int):
 def evaluate(checkpoint, data, split, out, group_column, ordinal, bootstrap, batch_size, num_workers, seed, tta,
              device, threads, progress, overwrite, allow_leakage):
     """Metrics with bootstrap 95% CIs, confusion matrix and ROC curves for one split."""
-    from ssmamba.data import load_dataset
-    from ssmamba.eval.inference import predict_proba
-    from ssmamba.eval.metrics import compute_metrics
-    from ssmamba.eval.report import write_report
     from ssmamba.io.runs import claim_run_dir
+    from ssmamba.workflows.evaluate import evaluate_checkpoint
 
     claim_run_dir(out, overwrite=overwrite)
-    model, transform, cfg = _checkpoint_transform(checkpoint, device)
-    classes = cfg.get("class_names")
-    if not classes:
-        raise click.ClickException(f"{checkpoint}/config.json has no class_names: is it a fine-tuned checkpoint?")
-    dataset = load_dataset(data, split, transform, classes=classes, crop_size=cfg.get("crop_size") or 32,
-                           group_column=group_column, seed=seed, allow_leakage=allow_leakage)
-    _report_skipped(dataset, Path(out) / "skipped.csv")
-    probs, labels = predict_proba(model, _loader(dataset, batch_size, num_workers), tta=tta, progress=progress)
-    metrics = compute_metrics(labels, probs, classes, ordinal=ordinal, n_bootstrap=bootstrap, seed=seed)
-    write_report(metrics, out, probs=probs, y_true=labels,
-                 title=f"{checkpoint} on {data} ({split}, n={len(dataset)}{', 8-view TTA' if tta else ''})")
-    click.echo((Path(out) / "report.md").read_text())
+    result = evaluate_checkpoint(checkpoint, data, out, split=split, group_column=group_column, ordinal=ordinal,
+                                 n_bootstrap=bootstrap, batch_size=batch_size, num_workers=num_workers, seed=seed,
+                                 tta=tta, device=device, progress=progress, allow_leakage=allow_leakage)
+    _echo_skipped(result.dataset, result.skipped_list)
+    click.echo(result.report.read_text())
 
 
 @click.command()
@@ -109,15 +81,17 @@ def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device, threa
     from ssmamba.data.imageio import IMAGE_ERRORS, read_rgb
     from ssmamba.eval.inference import class_probabilities, predict_proba
     from ssmamba.io.atomic import atomic_write_text
-    from ssmamba.io.runs import check_writable
+    from ssmamba.io.runs import check_writable, write_skipped
+    from ssmamba.workflows.evaluate import load_classifier
 
     if out.exists() and not overwrite:
         raise click.ClickException(f"--out {out} already exists; pass --overwrite to replace it or choose another")
     if out.is_dir():
         raise click.ClickException(f"--out {out} is a folder; give the path of a CSV file")
     check_writable(out.parent, "--out folder")
-    model, transform, cfg = _checkpoint_transform(checkpoint, device)
-    classes = cfg.get("class_names") or [str(i) for i in range(model.num_classes)]
+    classifier = load_classifier(checkpoint, device)
+    model, transform = classifier.model, classifier.transform
+    classes = classifier.class_names or [str(i) for i in range(model.num_classes)]
     if inputs.is_file() and inputs.suffix.lower() != ".csv":
         names = [str(inputs)]
         try:
@@ -128,11 +102,11 @@ def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device, threa
     else:
         # every file is decoded first (unreadable ones are skipped and listed), and one that breaks later is an
         # error: a prediction is written next to the name of the image it was computed from, never a neighbour's
-        dataset = load_unlabelled(inputs, crop_size=cfg.get("crop_size") or 32, transform=transform, verify=True,
+        dataset = load_unlabelled(inputs, crop_size=classifier.crop_size, transform=transform, verify=True,
                                   replace_unreadable=False)
         names = [str(record.image) for record in dataset.records]
         probs, _ = predict_proba(model, _loader(dataset, batch_size, num_workers), tta=tta, progress=progress)
-        _report_skipped(dataset, out.with_name(out.stem + ".skipped.csv"))
+        _echo_skipped(dataset, write_skipped(out.with_name(out.stem + ".skipped.csv"), dataset.skipped))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "prediction", *[f"prob_{c}" for c in classes]])
@@ -162,37 +136,13 @@ def predict(checkpoint, inputs, out, batch_size, num_workers, tta, device, threa
 def probe(encoder, checkpoint, data, img_size, crop_size, group_column, k, out, batch_size, seed, device,
           threads, progress, overwrite, allow_leakage):
     """Linear probe and kNN on frozen features (train -> val for model selection -> test)."""
-    from ssmamba.data import load_dataset
-    from ssmamba.data.transforms import eval_transform
-    from ssmamba.eval.inference import embed
-    from ssmamba.eval.metrics import compute_metrics
-    from ssmamba.eval.probe import knn_probe, linear_probe
-    from ssmamba.eval.report import write_report
     from ssmamba.io.runs import claim_run_dir
-    from ssmamba.wsi.encoders import load_encoder
+    from ssmamba.models.encoders import load_encoder
+    from ssmamba.workflows.probe import probe_encoder
 
     claim_run_dir(out, overwrite=overwrite)
-    enc = load_encoder(encoder, checkpoint=checkpoint)
-    enc.model.to(device)
-    size = img_size or enc.input_size or 224
-    transform = eval_transform(size, enc.mean, enc.std)
-    options = dict(crop_size=crop_size, group_column=group_column, seed=seed, allow_leakage=allow_leakage)
-    splits = {}
-    classes = None
-    for split in ("train", "val", "test"):
-        dataset = load_dataset(data, split, transform, classes=classes, **options)
-        _report_skipped(dataset, Path(out) / f"skipped_{split}.csv")
-        classes = dataset.classes
-        splits[split] = embed(enc.model, _loader(dataset, batch_size, 0), progress=progress)
-    (tx, ty), (vx, vy), (sx, sy) = splits["train"], splits["val"], splits["test"]
-    results = {}
-    linear, cost = linear_probe(tx, ty, vx, vy, sx, len(classes), seed=seed)
-    for name, probs in (("linear", linear), ("knn", knn_probe(tx, ty, sx, len(classes), k))):
-        metrics = compute_metrics(sy, probs, classes, n_bootstrap=1000, seed=seed)
-        write_report(metrics, Path(out) / name, probs=probs, y_true=sy, title=f"{name} probe: {enc.name} on {data}")
-        results[name] = {m: metrics[m] for m in ("accuracy", "balanced_accuracy", "weighted_f1", "macro_f1")}
-    results["linear"]["C"] = cost
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "probe.json").write_text(json.dumps({"encoder": enc.name, "data": str(data), **results}, indent=2))
+    results = probe_encoder(load_encoder(encoder, checkpoint=checkpoint), data, out, img_size=img_size,
+                            crop_size=crop_size, group_column=group_column, k=k, batch_size=batch_size, seed=seed,
+                            device=device, progress=progress, allow_leakage=allow_leakage)
     for name, row in results.items():
         click.echo(f"{name:>6}: " + ", ".join(f"{m} {v:.4f}" for m, v in row.items() if m != "C"))

@@ -12,7 +12,7 @@ def info() -> None:
     """Print versions, threads and the selective-scan backends available here."""
     import torch
 
-    from ssmamba import __version__
+    from ssmamba._version import __version__
     from ssmamba.ops import backend_report, choose_backend
 
     click.echo(f"ssmamba   {__version__}")

@@ -26,6 +26,15 @@ def _head_kwargs(pairs: tuple[str, ...]) -> dict:
     return kwargs
 
 
+def _registered_head(ctx, param, name: str) -> str:
+    """``--head`` must name a head in :data:`ssmamba.mil.MIL_HEADS` (looked up only when the command runs)."""
+    from ssmamba.mil import MIL_HEADS
+
+    if name not in MIL_HEADS:
+        raise click.BadParameter(f"{name!r} is not a MIL head; choose one of {', '.join(sorted(MIL_HEADS))}")
+    return name
+
+
 def _bag_options(function):
     for option in reversed([
         click.option("--csv", "csv_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -54,8 +63,8 @@ def mil() -> None:
 
 @mil.command()
 @_bag_options
-@click.option("--head", "head_name", type=click.Choice(["abmil", "transmil", "mamba_mil"]), default="abmil",
-              show_default=True)
+@click.option("--head", "head_name", default="abmil", show_default=True, callback=_registered_head,
+              help="A registered MIL head: abmil, transmil and mamba_mil are built in.")
 @click.option("--head-arg", "head_args", multiple=True, help="Constructor argument KEY=VALUE (repeatable).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--folds", type=int, help="K-fold CV over all bags (stratified, by patient if known). Without it: "
@@ -77,10 +86,10 @@ def train(csv_path, features_dir, id_column, label_column, patient_column, allow
     """Train a MIL head with k-fold cross-validation (or on a fixed split) and report slide-level metrics."""
     from ssmamba.io.runs import claim_run_dir
     from ssmamba.mil.bags import read_bag_table
+    from ssmamba.mil.engine import MILTrainConfig
+    from ssmamba.workflows.mil_cv import ExperimentSettings, run_cross_validation, run_fixed_split
 
     claim_run_dir(out_dir, overwrite=overwrite)
-    from ssmamba.mil.cv import ExperimentSettings, run_cross_validation, run_fixed_split
-    from ssmamba.mil.engine import MILTrainConfig
 
     try:
         table = read_bag_table(csv_path, features_dir, id_column=id_column, label_column=label_column,
@@ -118,36 +127,16 @@ def train(csv_path, features_dir, id_column, label_column, patient_column, allow
 def evaluate(csv_path, features_dir, id_column, label_column, patient_column, allow_missing, n_bootstrap, threads,
              device, model_dir, out_dir, chunk_size, overwrite) -> None:
     """Score bags with trained head(s) and write predictions.csv, metrics and a report."""
-    import numpy as np
-
     from ssmamba.io.runs import claim_run_dir
-
-    from ssmamba.eval.metrics import compute_metrics
-    from ssmamba.eval.report import write_report
-    from ssmamba.mil.bags import BagDataset, read_bag_table
-    from ssmamba.mil.engine import CONFIG_NAME, BagPredictions, load_mil_model, predict
+    from ssmamba.workflows.mil_cv import evaluate_saved_heads
 
     claim_run_dir(out_dir, overwrite=overwrite)
-    model_dirs = [model_dir] if (model_dir / CONFIG_NAME).is_file() else sorted(
-        p.parent for p in model_dir.glob(f"fold_*/{CONFIG_NAME}"))
-    if not model_dirs:
-        raise click.UsageError(f"{model_dir}: neither a trained head ({CONFIG_NAME}) nor a CV run with fold_*/")
-    heads = [load_mil_model(d, device=device) for d in model_dirs]
-    class_names = heads[0][1]["class_names"]
-    if any(config["class_names"] != class_names for _, config in heads):
-        raise click.UsageError(f"the heads in {model_dir} were trained with different class lists")
     try:
-        table = read_bag_table(csv_path, features_dir, id_column=id_column, label_column=label_column,
-                               patient_column=patient_column, class_names=class_names, allow_missing=allow_missing)
+        result = evaluate_saved_heads(model_dir, csv_path, features_dir, out_dir, id_column=id_column,
+                                      label_column=label_column, patient_column=patient_column,
+                                      allow_missing=allow_missing, n_bootstrap=n_bootstrap, chunk_size=chunk_size,
+                                      device=device, threads=threads)
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from error
-    dataset = BagDataset(table.records)
-    runs = [predict(head, dataset, chunk_size=chunk_size, device=device, threads=threads) for head, _ in heads]
-    predictions = BagPredictions(runs[0].slide_ids, runs[0].y_true, np.mean([r.probs for r in runs], axis=0),
-                                 [np.mean(a, axis=0) for a in zip(*(r.attention for r in runs))])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    predictions.write_csv(out_dir / "predictions.csv", class_names)
-    metrics = compute_metrics(predictions.y_true, predictions.probs, class_names, n_bootstrap=n_bootstrap)
-    write_report(metrics, out_dir, probs=predictions.probs, y_true=predictions.y_true,
-                 title=f"MIL evaluation of {model_dir} ({len(heads)} head(s)) on {csv_path.name}")
-    click.echo(f"{len(dataset)} bags, {len(heads)} head(s); predictions and report in {out_dir}")
+    click.echo(f"{len(result.predictions.slide_ids)} bags, {result.n_heads} head(s); predictions and report in "
+               f"{out_dir}")

@@ -128,10 +128,13 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
     Writes OUT/features_<mpp>mpp_<size>px/<encoder>-<hash8>_in<input size>/<slide>.h5 with features [N, D] and
     coords [N, 2], and feature_key.json (encoder, weights hash, input size, mpp, patch size, normalisation).
     Slides whose features file exists with the same key are skipped; another key is an error (--overwrite).
+    Under `torchrun --nproc-per-node N -m ssmamba wsi extract ...` each process embeds every N-th slide (on its
+    own GPU); each file is written whole or not at all, so jobs and nodes can share a cohort and reruns go on.
     """
+    from ssmamba.io.distributed import launch_rank, launched_share, local_device
     from ssmamba.wsi.batch import SLIDE_FAILURES, run_over_slides
-    from ssmamba.wsi.encoders import load_encoder
-    from ssmamba.wsi.feature_key import FeatureKeyMismatch
+    from ssmamba.io.features import FeatureKeyMismatch
+    from ssmamba.models.encoders import load_encoder
     from ssmamba.wsi.pipeline import extract_from_patches, find_patch_files
 
     try:
@@ -139,9 +142,12 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
         model = load_encoder(encoder, checkpoint=checkpoint, pretrained=pretrained, input_size=input_size)
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from error
-    click.echo(f"encoder {model.name} ({model.weights} weights, {model.num_features} features, "
-               f"{_input_size_rule(model)}) on {device}; {len(patch_files)} slide(s)")
     error_log = (out_dir or patch_files[0].parent.parent) / "extract_errors.log"
+    mine, device = launched_share(patch_files), str(local_device(device))
+    if launch_rank() == 0:
+        share = f", {len(mine)} in this process" if len(mine) < len(patch_files) else ""
+        click.echo(f"encoder {model.name} ({model.weights} weights, {model.num_features} features, "
+                   f"{_input_size_rule(model)}) on {device}; {len(patch_files)} slide(s){share}")
 
     def step(patches_path: Path):
         result = extract_from_patches(patches_path, model, out_dir or patches_path.parent.parent, slide_dir=slide_dir,
@@ -152,7 +158,7 @@ def extract(inputs, encoder, checkpoint, pretrained, input_size, out_dir, batch_
         return result
 
     try:
-        outcome = run_over_slides(patch_files, step, skip_errors=skip_errors, error_log=error_log)
+        outcome = run_over_slides(mine, step, skip_errors=skip_errors, error_log=error_log)
     except FeatureKeyMismatch as error:
         raise click.ClickException(str(error)) from error
     except SLIDE_FAILURES as error:  # already logged with its traceback; say so without a Python trace
@@ -164,7 +170,7 @@ def _head_scores(model_dir: Path, bag, features_path: Path, device: str):
     """Per-tile attention of a trained MIL head, after echoing its prediction for the slide."""
     import torch
 
-    from ssmamba.mil.engine import load_mil_model
+    from ssmamba.mil import load_mil_model
 
     head, config = load_mil_model(model_dir, device=device)
     if head.in_dim != bag.features.shape[1]:
@@ -224,7 +230,7 @@ def heatmap(slide, features_path, model_dir, scores_path, pca, out_path, slide_m
             scaling, smooth, colour_bar, device) -> None:
     """Draw per-tile attention (of a trained MIL head), given scores, or a label-free feature view (--pca) over
     the slide thumbnail, with a colour bar."""
-    from ssmamba.wsi.extract import load_features
+    from ssmamba.io.features import load_features
     from ssmamba.wsi.heatmap import ColourBar, ScoreScaling, add_colour_bar, render_heatmap
     from ssmamba.wsi.slide import SlideError, open_slide
 

@@ -10,6 +10,9 @@ NPZ         a MedMNIST ``.npz`` (PathMNIST)
 PCAM        a PatchCamelyon ``camelyonpatch_level_2_split_*_x.h5`` file, or a folder of them
 ==========  ====================================================================================================
 
+Each kind has one reader, registered with :func:`register_reader` together with the test that recognises its
+sources: a new format is one enum member and one decorated function here.
+
 Splits come from the data (split column or folders) when it has them. Otherwise a seeded split is made, by
 group when groups are known (a group column, or the parent image of nucleus crops), else by row, stratified,
 with a logged warning.
@@ -21,6 +24,7 @@ import enum
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ssmamba.data.arrays import is_pcam_folder, read_npz, read_pcam
@@ -44,22 +48,99 @@ class SourceKind(enum.Enum):
     PCAM = "pcam"
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a reader needs besides the source (see :func:`load_dataset` for each field)."""
+
+    labelled: bool = True
+    classes: Sequence[str] | None = None
+    path_column: str | None = None
+    label_column: str = "label"
+    split_column: str = "split"
+    group_column: str | None = None
+    crop_size: int = 32
+    padding: Padding = Padding.REFLECT
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How one kind of source is recognised (``detects``) and read into a :class:`Catalogue` (``read``)."""
+
+    read: Callable[[Path, ReadOptions], Catalogue]
+    detects: Callable[[Path], bool]
+
+
+# kind -> reader; detect_kind asks them in registration order, so more specific kinds register first
+READERS: dict[SourceKind, Reader] = {}
+
+
+def register_reader(kind: SourceKind, detects: Callable[[Path], bool]):
+    """Decorator: ``read(source, options) -> Catalogue`` reads sources of ``kind``, which ``detects(source)``
+    recognises (for :func:`detect_kind`)."""
+
+    def register(read: Callable[[Path, ReadOptions], Catalogue]):
+        if kind in READERS:
+            raise ValueError(f"a reader for {kind} is already registered")
+        READERS[kind] = Reader(read, detects)
+        return read
+
+    return register
+
+
+def _suffix(source: Path) -> str:
+    return "".join(source.suffixes[-2:]).lower() if source.name.lower().endswith(".gz") else source.suffix.lower()
+
+
+def _is_points_csv(source: Path) -> bool:
+    if _suffix(source) != ".csv":
+        return False
+    header = set(read_header(source))
+    return {"image", "x", "y"} <= header and "path" not in header
+
+
+@register_reader(SourceKind.PCAM, lambda source: is_pcam_folder(source) if source.is_dir()
+                 else _suffix(source) in (".h5", ".hdf5", ".h5.gz"))
+def _read_pcam(source: Path, options: ReadOptions) -> Catalogue:
+    return read_pcam(source, labelled=options.labelled, classes=options.classes)
+
+
+@register_reader(SourceKind.FOLDER, Path.is_dir)
+def _read_folder(source: Path, options: ReadOptions) -> Catalogue:
+    return scan_folder(source, labelled=options.labelled, classes=options.classes)
+
+
+@register_reader(SourceKind.POINTS, _is_points_csv)
+def _read_points(source: Path, options: ReadOptions) -> Catalogue:
+    return read_points(source, labelled=options.labelled, classes=options.classes, crop_size=options.crop_size,
+                       padding=options.padding, image_column=options.path_column or "image",
+                       label_column=options.label_column, split_column=options.split_column,
+                       group_column=options.group_column, strict=options.strict)
+
+
+@register_reader(SourceKind.MANIFEST, lambda source: _suffix(source) == ".csv")
+def _read_manifest(source: Path, options: ReadOptions) -> Catalogue:
+    return read_manifest(source, labelled=options.labelled, classes=options.classes,
+                         path_column=options.path_column, label_column=options.label_column,
+                         split_column=options.split_column, group_column=options.group_column,
+                         strict=options.strict)
+
+
+@register_reader(SourceKind.NPZ, lambda source: _suffix(source) == ".npz")
+def _read_npz(source: Path, options: ReadOptions) -> Catalogue:
+    return read_npz(source, labelled=options.labelled, classes=options.classes)
+
+
 def detect_kind(source: Path) -> SourceKind:
-    """The kind of a source from its type, suffix and (for CSVs) header."""
+    """The kind of a source from its type, suffix and (for CSVs) header: the first registered reader that
+    recognises it."""
     if not source.exists():
         raise FileNotFoundError(f"{source} does not exist")
-    if source.is_dir():
-        return SourceKind.PCAM if is_pcam_folder(source) else SourceKind.FOLDER
-    suffix = "".join(source.suffixes[-2:]).lower() if source.name.lower().endswith(".gz") else source.suffix.lower()
-    if suffix == ".csv":
-        header = set(read_header(source))
-        return SourceKind.POINTS if {"image", "x", "y"} <= header and "path" not in header else SourceKind.MANIFEST
-    if suffix == ".npz":
-        return SourceKind.NPZ
-    if suffix in (".h5", ".hdf5", ".h5.gz"):
-        return SourceKind.PCAM
-    raise ValueError(f"{source}: cannot tell what kind of dataset this is (expected a folder, .csv, .npz or .h5); "
-                     f"pass kind=SourceKind.<...>")
+    kind = next((kind for kind, reader in READERS.items() if reader.detects(source)), None)
+    if kind is None:
+        raise ValueError(f"{source}: cannot tell what kind of dataset this is (expected a folder, .csv, .npz or "
+                         f".h5); pass kind=SourceKind.<...>")
+    return kind
 
 
 def load_dataset(source: str | Path, split: str | Split | None = None, transform: Callable | None = None, *,
@@ -97,9 +178,10 @@ def load_dataset(source: str | Path, split: str | Split | None = None, transform
     """
     source = Path(source)
     kind = kind or detect_kind(source)
-    catalogue = _read(source, kind, labelled=labelled, classes=classes, path_column=path_column,
-                      label_column=label_column, split_column=split_column, group_column=group_column,
-                      crop_size=crop_size, padding=padding, strict=strict)
+    options = ReadOptions(labelled=labelled, classes=classes, path_column=path_column, label_column=label_column,
+                          split_column=split_column, group_column=group_column, crop_size=crop_size,
+                          padding=padding, strict=strict)
+    catalogue = READERS[kind].read(source, options)
     if labelled:
         _check_no_empty_class(catalogue)
     wanted = parse_split(split) if split is not None else None
@@ -135,23 +217,6 @@ def load_unlabelled(source: str | Path, split: str | Split | None = None, transf
                     **options) -> ImageDataset:
     """:func:`load_dataset` for pretraining: labels ignored, any folder of images accepted (recursively)."""
     return load_dataset(source, split, transform, labelled=False, **options)
-
-
-def _read(source: Path, kind: SourceKind, *, labelled, classes, path_column, label_column, split_column,
-          group_column, crop_size, padding, strict) -> Catalogue:
-    if kind is SourceKind.FOLDER:
-        return scan_folder(source, labelled=labelled, classes=classes)
-    if kind is SourceKind.MANIFEST:
-        return read_manifest(source, labelled=labelled, classes=classes, path_column=path_column,
-                             label_column=label_column, split_column=split_column, group_column=group_column,
-                             strict=strict)
-    if kind is SourceKind.POINTS:
-        return read_points(source, labelled=labelled, classes=classes, crop_size=crop_size, padding=padding,
-                           image_column=path_column or "image", label_column=label_column,
-                           split_column=split_column, group_column=group_column, strict=strict)
-    if kind is SourceKind.NPZ:
-        return read_npz(source, labelled=labelled, classes=classes)
-    return read_pcam(source, labelled=labelled, classes=classes)
 
 
 def _check_no_empty_class(catalogue: Catalogue) -> None:

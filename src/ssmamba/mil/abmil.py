@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from ssmamba.mil.base import GatedAttentionPool, MILHead, MILOutput, Standardise, StreamingAttentionPool
+from ssmamba.mil.registry import register_mil_head
 
 
+@register_mil_head("abmil")
 class ABMIL(MILHead):
     """Gated attention-MIL head.
 

@@ -19,8 +19,7 @@ import h5py
 import torch
 from torch.utils.data import Dataset
 
-from ssmamba.wsi.extract import load_features
-from ssmamba.wsi.feature_key import KEY_ATTRIBUTE, FeatureKey
+from ssmamba.io.features import KEY_ATTRIBUTE, FeatureKey, load_features
 
 PATIENT_COLUMNS = ("patient_id", "case_id", "patient")
 SPLIT_NAMES = ("train", "val", "test")

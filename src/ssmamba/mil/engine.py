@@ -1,4 +1,4 @@
-"""Training and inference of one MIL head on bags of features, and saving/loading trained heads.
+"""Training and inference of one MIL head on bags of features (saving and loading: ``mil.checkpoint``).
 
 One bag per optimisation step (bags differ in size), AdamW with a cosine schedule, cross-entropy with optional
 inverse-frequency class weights, random subsampling of large bags during training, and full-bag streaming
@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ssmamba.mil import create_mil_head
 from ssmamba.mil.base import MILHead, drop_instances, subsample_bag
 from ssmamba.mil.bags import BagDataset
-
-WEIGHTS_NAME, CONFIG_NAME = "mil_model.safetensors", "mil_config.json"
+from ssmamba.train.optim import class_weights, warmup_cosine
 
 
 @dataclass
@@ -101,19 +97,6 @@ class BagPredictions:
         Path(path).write_text("\n".join(lines) + "\n")
 
 
-def _class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
-    counts = torch.bincount(torch.tensor(labels), minlength=num_classes).float()
-    weights = counts.sum() / (num_classes * counts.clamp(min=1))
-    return weights
-
-
-def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def train_head(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_set: BagDataset | None = None,
                progress: bool = True) -> list[dict]:
     """Fit ``head`` on ``train_set``; returns one dict per epoch (train loss, and validation loss when given)."""
@@ -130,11 +113,10 @@ def _train(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_set
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = _optimizer(head, config, device)
     total_steps = config.epochs * len(train_set)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, len(train_set), total_steps))
+    scheduler = warmup_cosine(optimizer, len(train_set), total_steps, min_lr_ratio=0.0)
     labels = [record.label for record in train_set.records]
     targets = torch.tensor(labels, device=device).view(-1, 1)  # one (1,) target per bag, made once
-    weights = _class_weights(labels, head.num_classes).to(device) if config.balance_classes else None
+    weights = class_weights(np.asarray(labels), head.num_classes).to(device) if config.balance_classes else None
     history, best_loss, best_state = [], math.inf, None
     for epoch in tqdm(range(config.epochs), desc="epochs", disable=not progress, leave=False):
         head.train()
@@ -201,49 +183,6 @@ def _predict(head: MILHead, dataset: BagDataset, chunk_size: int, device: str) -
         labels.append(label)
     return BagPredictions([r.slide_id for r in dataset.records], np.asarray(labels, dtype=np.int64),
                           np.stack(probs), attention)
-
-
-def save_mil_model(head: MILHead, directory: str | Path, *, head_name: str, head_kwargs: dict,
-                   class_names: list[str], extra: dict | None = None) -> Path:
-    """Write ``mil_model.safetensors`` + ``mil_config.json`` (everything needed to rebuild the head)."""
-    from ssmamba import __version__
-
-    from ssmamba.io.atomic import atomic_directory
-
-    directory = Path(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-    config = {"head": head_name, "in_dim": head.in_dim, "num_classes": head.num_classes,
-              "head_kwargs": {k: getattr(v, "value", v) for k, v in head_kwargs.items()},
-              "class_names": list(class_names), "ssmamba_version": __version__, **(extra or {})}
-    with atomic_directory(directory) as partial:  # complete or absent; a failed save keeps the previous head
-        save_file(state, str(partial / WEIGHTS_NAME))
-        (partial / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
-    return directory
-
-
-def load_mil_model(directory: str | Path, device: str = "cpu") -> tuple[MILHead, dict]:
-    """Rebuild a head saved by :func:`save_mil_model`; returns it (in eval mode) and its config."""
-    directory = Path(directory)
-    config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{directory}: no {CONFIG_NAME}; expected a folder written by `ssmamba mil train`")
-    config = json.loads(config_path.read_text())
-    head = create_mil_head(config["head"], config["in_dim"], config["num_classes"], **config["head_kwargs"])
-    state = load_file(str(directory / WEIGHTS_NAME))
-    _check_loaded(directory, config, state)
-    head.load_state_dict(state)
-    return head.to(device).eval(), config
-
-
-def _check_loaded(directory: Path, config: dict, state: dict) -> None:
-    """Finite weights and one class name per output, or a :class:`CheckpointError` naming ``directory``."""
-    from ssmamba.errors import CheckpointError
-    from ssmamba.models.factory import check_finite_state
-
-    check_finite_state(state, directory)
-    if len(config.get("class_names") or []) != config["num_classes"]:
-        raise CheckpointError(f"{directory / CONFIG_NAME}: {len(config.get('class_names') or [])} class_names for "
-                              f"a head with {config['num_classes']} outputs")
 
 
 def train_config_dict(config: MILTrainConfig) -> dict:

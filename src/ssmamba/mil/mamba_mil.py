@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from ssmamba.mil.base import GatedAttentionPool, MILHead, MILOutput, Standardise, StreamingAttentionPool
 from ssmamba.mil.hilbert import hilbert_order
+from ssmamba.mil.registry import register_mil_head
 from ssmamba.ops import selective_scan
 
 
@@ -170,6 +171,7 @@ class GatedConvBlock(nn.Module):
         return torch.cat(outputs, dim=1)
 
 
+@register_mil_head("mamba_mil")
 class MambaMIL(MILHead):
     """Mamba-MIL head.
 

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ssmamba.mil.base import MILHead, MILOutput, Standardise
+from ssmamba.mil.registry import register_mil_head
 
 
 class SelfAttention(nn.Module):
@@ -90,6 +91,7 @@ class PPEG(nn.Module):
         return torch.cat([cls_token, grid.flatten(2).transpose(1, 2)], dim=1)
 
 
+@register_mil_head("transmil")
 class TransMIL(MILHead):
     """TransMIL head.
 

@@ -24,20 +24,16 @@ import json
 import os
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ssmamba.errors import CheckpointError
-from ssmamba.io.atomic import atomic_directory
+from ssmamba.io import pretrained as checkpoint_folder
+from ssmamba.io.pretrained import CONFIG_NAME, WEIGHTS_NAME
 from ssmamba.models.ssmamba import (EVAL_PREPROCESSING, SSMamba, SSMambaConfig, build_ssmamba, feature_extractor,
                                     variant_configs)
 
 __all__ = ["create_model", "list_models", "save_pretrained", "load_config", "CheckpointMismatchError",
            "DEFAULT_PRETRAINED_CFG"]
-
-WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
 
 # H&E-agnostic defaults (ImageNet statistics), as most pathology encoders use, and ssmamba's eval preprocessing
 # (bilinear short-side resize, centre crop); replaced by what a run trained with.
@@ -74,11 +70,8 @@ def load_config(checkpoint: str | Path) -> dict:
     config_path = (path if path.is_dir() else path.parent) / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} next to checkpoint {checkpoint}: expected {config_path}")
-    try:
-        config = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{config_path} is not valid JSON ({error}); the checkpoint is damaged") from error
-    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+    config = checkpoint_folder.read_config(config_path)
+    if not isinstance(config.get("architecture"), str):
         raise CheckpointError(f"{config_path} has no \"architecture\": not an ssmamba checkpoint config")
     _check_class_names(config, config_path)
     return config
@@ -97,24 +90,9 @@ def _check_class_names(config: dict, config_path: Path) -> None:
                               "outputs; fix class_names or use the config.json saved with these weights")
 
 
-def check_finite_state(state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Raise :class:`CheckpointError` naming ``source`` if any floating tensor of ``state`` has NaN or inf."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise CheckpointError(f"checkpoint {source} has non-finite (NaN/inf) weights in {len(bad)} tensor(s), e.g. "
-                              f"{bad[0]!r}; it cannot give meaningful predictions. Use an earlier checkpoint.")
-
-
 def _load_weights(model: nn.Module, checkpoint: Path, expected: str, allow_head_mismatch: bool) -> None:
     weights_path = checkpoint / WEIGHTS_NAME if checkpoint.is_dir() else checkpoint
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"no weights file at {weights_path}")
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"cannot read weights {weights_path}: {error}; the file is truncated or not "
-                              "safetensors") from error
-    check_finite_state(state, checkpoint)
+    state = checkpoint_folder.read_weights(weights_path, checkpoint)
     head = _classifier_prefix(model)
     if allow_head_mismatch and head:  # a new number of classes (or none: embeddings) on a trained encoder
         own = model.state_dict()
@@ -263,13 +241,11 @@ def _build_timm(arch: str, saved: dict | None, num_classes: int | None, img_size
 def save_pretrained(model: nn.Module, directory: str | Path, pretrained_cfg: dict | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``directory``, atomically: the folder is built beside
     ``directory`` and renamed into place, so it is complete or absent and a failed save (a full disk) leaves the
-    previous checkpoint there intact. Other files in an existing ``directory`` are dropped. Returns the directory.
+    previous checkpoint there intact (:func:`ssmamba.io.pretrained.save_pretrained`, which MIL heads use too).
+    Other files in an existing ``directory`` are dropped. Returns the directory.
 
     ``model`` is an SSMamba model or a timm model built by :func:`create_model` (not a ``features_only``
     wrapper: save the model it was made from)."""
-    directory = Path(directory)
-    from ssmamba import __version__
-
     if isinstance(model, SSMamba):  # model_args is the architecture; the other constructor arguments go beside it
         library, model_args = {}, model.cfg.to_dict()
         constructor_args = {"global_pool": model.global_pool.pool_type, "drop_rate": model.drop_rate,
@@ -286,14 +262,5 @@ def save_pretrained(model: nn.Module, directory: str | Path, pretrained_cfg: dic
         "in_chans": model.in_chans,
         **constructor_args,
         "pretrained_cfg": {**model.pretrained_cfg, **(pretrained_cfg or {})},
-        "ssmamba_version": __version__,
     }
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_directory(directory) as partial:  # complete or absent: a failed save keeps the previous one
-        try:
-            save_file(state, str(partial / WEIGHTS_NAME), metadata={"format": "pt"})
-        except SafetensorError as error:  # a failed write (full disk, size limit)
-            raise CheckpointError(f"could not write checkpoint {directory} ({error}): is the disk full? The "
-                                  "previous checkpoint there, if any, is intact") from error
-        (partial / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
-    return directory
+    return checkpoint_folder.save_pretrained(directory, model.state_dict(), config)

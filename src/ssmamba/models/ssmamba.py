@@ -299,12 +299,19 @@ class SSMamba(nn.Module):
         have none). ``stop_early`` runs no stage after the last one asked for; the final features are then that
         stage's map, unnormalised.
         """
+        return self.forward_intermediates_from_stem(self.forward_stem(x), indices, norm, stop_early, output_fmt,
+                                                    intermediates_only)
+
+    def forward_intermediates_from_stem(self, x: torch.Tensor, indices: int | list[int] | None = None,
+                                        norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                                        intermediates_only: bool = False):
+        """:meth:`forward_intermediates` of a :meth:`forward_stem` output ``(B, dims[0], H/4, W/4)``: the
+        encoder interface for callers that change the stem's tokens first (MAMIM swaps in mask tokens)."""
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_index = len(self.stages) - 1
         intermediates = []
-        x = self.forward_stem(x)
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
         index = -1
         for index, stage in enumerate(stages):

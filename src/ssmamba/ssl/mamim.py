@@ -136,12 +136,9 @@ class MAMIM(nn.Module):
         x = self.encoder.forward_stem(images)  # (B, C0, H/4, W/4)
         m = self.upsample_mask(mask, *x.shape[-2:])
         x = x * (1 - m) + self.mask_token.to(x.dtype) * m
-        maps = []
-        for stage in self.encoder.stages:
-            x = stage(x)
-            maps.append(x)
-        maps[-1] = self.encoder.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return maps[::-1][: self.decoder_levels]
+        maps = self.encoder.forward_intermediates_from_stem(x, indices=self.decoder_levels, norm=True,
+                                                            intermediates_only=True)
+        return maps[::-1]
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
         """Pixels normalised per mask patch (over its pixels and channels, as MAE): ``(B, 3, H, W)``."""

@@ -27,14 +27,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from ssmamba.eval.inference import predict_proba
 from ssmamba.io.atomic import atomic_write_text
+from ssmamba.io.distributed import gather_shards, processes, shard
 from ssmamba.io.runs import write_skipped
 from ssmamba.models import create_model, save_pretrained
 from ssmamba.train.checks import require_positive
 from ssmamba.train.engine import Precision, Trainer, load_tensors, save_tensors
-from ssmamba.train.optim import param_groups, warmup_cosine
+from ssmamba.train.optim import class_weights, param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves
 from ssmamba.train.sampling import make_loader
-from ssmamba.train.setup import resolve_device, run_folder, start_run
+from ssmamba.train.setup import start_run, training_run
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class FinetuneConfig:
     monitor: str = "balanced_accuracy"  # validation metric for early stopping and the best checkpoint
     patience: int = 5  # epochs without improvement before stopping (0 = never stop early)
     grad_clip: float = 3.0
+    accum_steps: int = 1  # batches summed into each optimiser step (a step sees batch-size x this x processes)
+    sync_batch_norm: bool = False  # under torchrun on GPUs: BatchNorm statistics over every process's batch
     max_train: int | None = None  # subsample training samples (seeded), e.g. for a budget experiment
     max_val: int | None = None  # validate on this many samples (the same random subset for every seed and model)
     precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in the training forward pass
@@ -98,7 +101,7 @@ class FinetuneConfig:
         self.balance = Balancing(self.balance)
         self.precision = Precision(self.precision)
         require_positive(self, "img_size", "crop_size", "zoom_min", "zoom_max", "epochs", "batch_size",
-                         "max_train", "ema_decay")
+                         "accum_steps", "max_train", "ema_decay")
         if self.zoom_min > self.zoom_max:
             raise ValueError(f"--zoom-min {self.zoom_min} is larger than --zoom-max {self.zoom_max}")
         if self.monitor not in MONITOR_METRICS:
@@ -144,14 +147,12 @@ class FinetuneTrainer(Trainer):
 
     def compute_loss(self, batch) -> torch.Tensor:
         images, labels = batch
-        return F.cross_entropy(self.model(images), labels, weight=self.loss_weights,
+        return F.cross_entropy(self.train_model(images), labels, weight=self.loss_weights,
                                label_smoothing=self.cfg.label_smoothing)
 
-    def _optimise(self, loss: torch.Tensor) -> float:
-        value = super()._optimise(loss)
+    def on_step(self) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        return value
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -167,11 +168,11 @@ class FinetuneTrainer(Trainer):
 
     def save_state(self) -> None:
         super().save_state()
-        if self.ema is not None:
+        if self.ema is not None and self.job.is_main:
             save_tensors(self.ema.state_dict(), self.out_dir / "ema_state.pt")
 
-    def load_state(self) -> None:
-        super().load_state()
+    def load_state(self, reshard: bool = False) -> None:
+        super().load_state(reshard)
         if self.ema is not None:
             self.ema.load_state_dict(load_tensors(self.out_dir / "ema_state.pt"))
 
@@ -181,7 +182,8 @@ class FinetuneTrainer(Trainer):
     def on_epoch_end(self, epoch: int) -> None:
         from ssmamba.eval.metrics import compute_metrics
 
-        probs, labels = predict_proba(self.eval_model, self.val_loader, progress=False)
+        probs, labels = predict_proba(self.eval_model, self.val_loader, progress=False)  # this process's share
+        probs, labels = gather_shards(probs), gather_shards(labels)  # the whole split, on every process
         metrics = compute_metrics(labels, probs, self.classes, n_bootstrap=0)
         score = float(metrics[self.cfg.monitor])
         train_loss = [row["loss"] for row in self.state.history if row.get("epoch") == epoch and "loss" in row]
@@ -192,37 +194,38 @@ class FinetuneTrainer(Trainer):
         if improved:
             self.state.best_metric, self.state.best_epoch = score, epoch + 1
             self.state.epochs_without_improvement = 0
-            save_pretrained(self.eval_model, self.out_dir / "best", pretrained_cfg={
-                **self.pretrained_cfg, "best_epoch": epoch + 1, f"val_{self.cfg.monitor}": score})
+            if self.job.is_main:
+                save_pretrained(self.eval_model, self.out_dir / "best", pretrained_cfg={
+                    **self.pretrained_cfg, "best_epoch": epoch + 1, f"val_{self.cfg.monitor}": score})
         else:
             self.state.epochs_without_improvement += 1
+        if self.cfg.patience and self.state.epochs_without_improvement >= self.cfg.patience:
+            self.stop_requested = True  # the same on every process: they all scored the same predictions
+        if not self.job.is_main:
+            return
         logger.info("epoch %d: val %s %.4f (best %.4f at epoch %d)", epoch + 1, self.cfg.monitor, score,
                     self.state.best_metric, self.state.best_epoch)
-        if self.cfg.patience and self.state.epochs_without_improvement >= self.cfg.patience:
+        if self.stop_requested:
             logger.info("early stopping: no improvement of val %s for %d epochs", self.cfg.monitor, self.cfg.patience)
-            self.stop_requested = True
         plot_curves(self.state.history, self.out_dir / "curves.png", x="step",
                     keys=("loss", "val_" + self.cfg.monitor), title="fine-tuning")
         atomic_write_text(self.out_dir / "history.json", json.dumps(self.state.history, indent=1))
 
 
-def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights, mean 1 over classes present: ``(n_classes,)``."""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, overwrite: bool = False,
+             reshard: bool = False) -> Path:
     """Fine-tune and return the directory of the best checkpoint (by the validation metric).
 
     ``cfg.out`` must be new or empty unless ``resume`` (continue the run in it) or ``overwrite`` (delete it first).
+    Under torchrun every process trains on its share of each batch (``reshard``: resume a run saved by another
+    number of processes).
     """
-    with run_folder(cfg.out, resume, overwrite) as out:
-        return _finetune(cfg, out, resume, progress)
+    with training_run(cfg.out, cfg.device, resume, overwrite) as (out, device):
+        return _finetune(cfg, out, resume, progress, device, reshard)
 
 
-def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> Path:
+def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool, device: torch.device,
+              reshard: bool) -> Path:
     from ssmamba.data import load_dataset
     from ssmamba.data.transforms import FieldOfView, eval_transform, train_transform
 
@@ -240,7 +243,9 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> P
         raise ValueError(f"{cfg.data}: fine-tuning needs at least 2 classes, found {len(classes)} ({classes}); "
                          "check the label column or class folders")
     val_set = load_dataset(cfg.data, "val", eval_transform(cfg.img_size, mean, std), classes=classes, **options)
-    write_skipped(out / "skipped.csv", list(dict.fromkeys(train_set.skipped + val_set.skipped)))
+    main = processes().is_main
+    if main:
+        write_skipped(out / "skipped.csv", list(dict.fromkeys(train_set.skipped + val_set.skipped)))
     labels = train_set.labels
     if cfg.max_train and len(train_set) > cfg.max_train:
         keep = sorted(torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))
@@ -257,7 +262,8 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> P
     sample_weights = weights[torch.as_tensor(labels)] if cfg.balance is Balancing.SAMPLER else None
     loader = make_loader(train_set, cfg.batch_size, cfg.seed, shuffle=True, num_workers=cfg.num_workers,
                          weights=sample_weights, drop_last=len(train_set) > cfg.batch_size)
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size * 2, num_workers=cfg.num_workers)
+    val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_set, shard(len(val_set))),
+                                             batch_size=cfg.batch_size * 2, num_workers=cfg.num_workers)
 
     model = create_model(cfg.model if cfg.checkpoint is None else None, checkpoint=cfg.checkpoint,
                          num_classes=len(classes), drop_path_rate=cfg.drop_path, img_size=cfg.img_size,
@@ -267,20 +273,24 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool) -> P
                       "native_side": view.native_side, "eval_zoom": view.eval_zoom}
     layer_decay = cfg.layer_decay if cfg.checkpoint else 1.0  # LLRD only makes sense for a pretrained encoder
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, layer_decay), lr=cfg.lr)
-    scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * len(loader)), cfg.epochs * len(loader))
+    steps_per_epoch = -(-len(loader) // cfg.accum_steps)
+    scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     trainer = FinetuneTrainer(model, cfg, classes, val_loader,
                               weights if cfg.balance is Balancing.LOSS else None, pretrained_cfg,
                               optimizer=optimizer, scheduler=scheduler, loader=loader, out_dir=out, epochs=cfg.epochs,
-                              checkpoint_every=len(loader), grad_clip=cfg.grad_clip, progress=progress,
-                              precision=cfg.precision, device=resolve_device(cfg.device))
+                              checkpoint_every=steps_per_epoch, grad_clip=cfg.grad_clip,
+                              progress=progress, precision=cfg.precision, device=device,
+                              accum_steps=cfg.accum_steps, sync_batch_norm=cfg.sync_batch_norm)
     if resume:  # refuse a damaged or crafted training state before anything in the run folder changes
-        trainer.load_state()
-    atomic_write_text(out / "config.yaml", yaml.safe_dump({
-        "finetune": {**asdict(cfg), "balance": cfg.balance.value, "precision": cfg.precision.value},
-        "augmentation": asdict(train_tf.config),
-        "field_of_view": {"native_side": view.native_side, "eval_zoom": view.eval_zoom,
-                          "train_zoom": list(view.train_zoom)},
-        "classes": classes, "n_train": len(train_set), "n_val": len(val_set)}, sort_keys=False))
+        trainer.load_state(reshard)
+    if main:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump({
+            "finetune": {**asdict(cfg), "balance": cfg.balance.value, "precision": cfg.precision.value},
+            "augmentation": asdict(train_tf.config),
+            "field_of_view": {"native_side": view.native_side, "eval_zoom": view.eval_zoom,
+                              "train_zoom": list(view.train_zoom)},
+            "classes": classes, "n_train": len(train_set), "n_val": len(val_set),
+            "processes": processes().world_size}, sort_keys=False))
     trainer.fit()
     return out / "best"
 

@@ -1,14 +1,16 @@
-"""AdamW parameter groups (no decay on norms/biases/SSM dynamics, layer-wise LR decay) and warm-up + cosine."""
+"""AdamW parameter groups (no decay on norms/biases/SSM dynamics, layer-wise LR decay), warm-up + cosine, and
+inverse-frequency class weights for the loss: shared by fine-tuning and MIL head training."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from timm.models import group_parameters
 from torch import nn
 
-__all__ = ["param_groups", "warmup_cosine", "layer_ids"]
+__all__ = ["param_groups", "warmup_cosine", "layer_ids", "class_weights"]
 
 
 def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
@@ -57,3 +59,10 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, mean 1 over classes present: ``(n_classes,)``."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
+    return torch.tensor(weights, dtype=torch.float32)

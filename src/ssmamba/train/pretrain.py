@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from ssmamba.io.atomic import atomic_write_text
+from ssmamba.io.distributed import processes
 from ssmamba.io.runs import write_skipped
 from ssmamba.models import create_model, save_pretrained
 from ssmamba.ssl import MAMIM
@@ -26,7 +27,7 @@ from ssmamba.train.engine import Precision, Trainer
 from ssmamba.train.optim import param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves, save_reconstruction_grid
 from ssmamba.train.sampling import make_loader
-from ssmamba.train.setup import resolve_device, run_folder, start_run
+from ssmamba.train.setup import start_run, training_run
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class PretrainConfig:
     warmup_epochs: float = 1.0
     grad_clip: float = 3.0
     checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
+    accum_steps: int = 1  # batches summed into each optimiser step (a step sees batch-size x this x processes)
+    sync_batch_norm: bool = False  # under torchrun on GPUs: BatchNorm statistics over every process's batch
     max_images: int | None = None  # subsample the data set (seeded) for a quick run
     precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in the training forward pass
     device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
@@ -69,7 +72,7 @@ class PretrainConfig:
     def __post_init__(self):
         self.precision = Precision(self.precision)
         require_positive(self, "img_size", "crop_size", "mask_patch_size", "decoder_levels", "zoom_min", "zoom_max",
-                         "epochs", "batch_size", "max_images")
+                         "epochs", "batch_size", "accum_steps", "max_images")
         require_fraction(self, "mask_ratio")
         if self.zoom_min > self.zoom_max:
             raise ValueError(f"--zoom-min {self.zoom_min} is larger than --zoom-max {self.zoom_max}")
@@ -85,9 +88,13 @@ class PretrainTrainer(Trainer):
 
     def compute_loss(self, batch) -> torch.Tensor:
         images, _ = batch
-        # masks depend on (seed, step) only, so a resumed run draws the same ones
+        # masks depend on (seed, step) and the batch's place in the step only, so a resumed run draws the same ones
+        # and so does a run that splits its steps over processes or accumulation steps in another way
         generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.state.step)
-        loss, _, _ = self.model(images, generator=generator)
+        first = self.micro_position * self.loader.batch_size
+        mask = self.model.masker(first + len(images), *images.shape[-2:], generator=generator,
+                                 device=images.device)[first:]
+        loss, _, _ = self.train_model(images, mask=mask)
         return loss
 
     def on_checkpoint(self) -> None:
@@ -108,16 +115,20 @@ class PretrainTrainer(Trainer):
             plot_curves(self.state.history, self.out_dir / "loss.png", title="MAMIM reconstruction loss")
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False,
+             reshard: bool = False) -> Path:
     """Run MAMIM pretraining; returns the encoder checkpoint directory.
 
     ``cfg.out`` must be new or empty unless ``resume`` (continue the run in it) or ``overwrite`` (delete it first).
+    Under torchrun every process trains on its share of each batch (``reshard``: resume a run saved by another
+    number of processes).
     """
-    with run_folder(cfg.out, resume, overwrite) as out:
-        return _pretrain(cfg, out, resume, progress)
+    with training_run(cfg.out, cfg.device, resume, overwrite) as (out, device):
+        return _pretrain(cfg, out, resume, progress, device, reshard)
 
 
-def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> Path:
+def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool, device: torch.device,
+              reshard: bool) -> Path:
     from ssmamba.data import load_unlabelled
     from ssmamba.data.transforms import pretrain_transform
 
@@ -126,7 +137,12 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> P
                                    flips=cfg.flips, rot90=cfg.rot90)
     dataset = load_unlabelled(cfg.data, split=cfg.split, transform=transform, crop_size=cfg.crop_size,
                               strict=cfg.strict, seed=cfg.seed, allow_leakage=cfg.allow_leakage)
-    write_skipped(out / "skipped.csv", dataset.skipped)
+    main = processes().is_main
+    if main:
+        write_skipped(out / "skipped.csv", dataset.skipped)
+        logger.info("field of view: MAMIM views of %d px, each %s-%s native px across (zoom %g-%g of native "
+                    "resolution; median image short side %d px)", cfg.img_size, f"{cfg.img_size / cfg.zoom_max:.0f}",
+                    f"{cfg.img_size / cfg.zoom_min:.0f}", cfg.zoom_min, cfg.zoom_max, dataset.median_short_side())
     if cfg.max_images and len(dataset) > cfg.max_images:
         keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_images]
         dataset = torch.utils.data.Subset(dataset, sorted(keep.tolist()))
@@ -143,20 +159,23 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> P
     optimizer = torch.optim.AdamW(
         param_groups(mamim, cfg.lr, cfg.weight_decay),
         lr=cfg.lr, betas=(0.9, 0.95))
-    scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * len(loader)), cfg.epochs * len(loader))
+    steps_per_epoch = -(-len(loader) // cfg.accum_steps)
+    scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         preview = torch.stack([dataset[i][0] for i in range(min(8, len(dataset)))])
     trainer = PretrainTrainer(mamim, cfg, mean, std, preview, optimizer=optimizer, scheduler=scheduler,
                               loader=loader, out_dir=out, epochs=cfg.epochs,
-                              checkpoint_every=cfg.checkpoint_every or len(loader), grad_clip=cfg.grad_clip,
-                              progress=progress, precision=cfg.precision, device=resolve_device(cfg.device))
+                              checkpoint_every=cfg.checkpoint_every or steps_per_epoch, grad_clip=cfg.grad_clip,
+                              progress=progress, precision=cfg.precision, device=device,
+                              accum_steps=cfg.accum_steps, sync_batch_norm=cfg.sync_batch_norm)
     if resume:  # refuse a damaged or crafted training state before anything in the run folder changes
-        trainer.load_state()
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(
-        {"pretrain": {**asdict(cfg), "precision": cfg.precision.value}, "augmentation": asdict(transform.config),
-         "n_images": len(dataset)},
-        sort_keys=False))
+        trainer.load_state(reshard)
+    if main:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(
+            {"pretrain": {**asdict(cfg), "precision": cfg.precision.value}, "augmentation": asdict(transform.config),
+             "n_images": len(dataset), "processes": processes().world_size},
+            sort_keys=False))
     trainer.fit()
     logger.info("encoder saved to %s", out / "checkpoint")
     return out / "checkpoint"

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssmamba.io.distributed import barrier, process_group, processes
 from ssmamba.io.runs import claim_run_dir
 
-__all__ = ["seed_everything", "add_file_log", "file_log", "run_folder", "start_run", "resolve_device"]
+__all__ = ["seed_everything", "add_file_log", "file_log", "run_folder", "training_run", "start_run", "resolve_device"]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -63,10 +64,23 @@ def file_log(path: Path, level: int = logging.INFO) -> Iterator[None]:
 @contextmanager
 def run_folder(out: str | Path, resume: bool, overwrite: bool) -> Iterator[Path]:
     """Claim ``out`` for a run (new or empty unless ``resume`` or ``overwrite``: see ``claim_run_dir``) and log to
-    its ``log.txt`` while the run lasts."""
+    its ``log.txt`` while the run lasts. Under torchrun, rank 0 claims and logs; the others wait until it has."""
+    if not processes().is_main:
+        barrier()
+        yield Path(out)
+        return
     folder = claim_run_dir(out, resume=resume, overwrite=overwrite)
+    barrier()
     with file_log(folder / "log.txt"):
         yield folder
+
+
+@contextmanager
+def training_run(out: str | Path, device: str, resume: bool, overwrite: bool) -> Iterator[tuple[Path, torch.device]]:
+    """:func:`run_folder` inside the torchrun job of this process (if any): yields the claimed folder and this
+    process's device (its own GPU under torchrun)."""
+    with process_group(resolve_device(device)) as local, run_folder(out, resume, overwrite) as folder:
+        yield folder, local
 
 
 def start_run(seed: int, threads: int | None = None) -> None:

@@ -1,5 +1,8 @@
 """Whole-slide images: opening slides, tissue detection, tiling at a target µm/px, tile embedding, heatmaps.
 
+The encoders and the feature-file layout live below this layer (:mod:`ssmamba.models.encoders`,
+:mod:`ssmamba.io.features`) and are re-exported here.
+
 Typical use (the same steps as ``ssmamba wsi tile`` / ``extract`` / ``heatmap``)::
 
     from ssmamba.wsi import TilingConfig, load_encoder, tile_slide, extract_from_patches
@@ -8,9 +11,9 @@ Typical use (the same steps as ``ssmamba wsi tile`` / ``extract`` / ``heatmap``)
     extract_from_patches(tiled.patches_path, encoder, "out/")
 """
 
-from ssmamba.wsi.encoders import Encoder, InputSizeSource, encoder_from_module, load_encoder
-from ssmamba.wsi.extract import SlideFeatures, extract_slide_features, load_features
-from ssmamba.wsi.feature_key import FeatureKey, FeatureKeyMismatch, features_folder
+from ssmamba.io.features import FeatureKey, FeatureKeyMismatch, SlideFeatures, features_folder, load_features
+from ssmamba.models.encoders import Encoder, InputSizeSource, encoder_from_module, load_encoder
+from ssmamba.wsi.extract import extract_slide_features
 from ssmamba.wsi.heatmap import (ColourBar, ScoreScaling, add_colour_bar, first_principal_component,
                                  render_heatmap)
 from ssmamba.wsi.pipeline import extract_from_patches, find_patch_files, patches_folder, tile_slide

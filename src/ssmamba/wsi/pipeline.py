@@ -8,7 +8,7 @@ Folder layout (``OUT`` is the output folder given to ``tile``)::
     OUT/features_0.50mpp_224px/<encoder>-<hash8>_in<size>/<slide>.h5
                                                     features + coords (TRIDENT/CLAM-style features file)
     OUT/features_0.50mpp_224px/<encoder>-<hash8>_in<size>/feature_key.json
-                                                    everything that made these features (see feature_key.py)
+                                                    everything that made these features (see ssmamba.io.features)
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssmamba.wsi.encoders import Encoder
+from ssmamba.io.features import FeatureKey, claim_folder, features_folder
+from ssmamba.models.encoders import Encoder
 from ssmamba.wsi.extract import ExtractionResult, extract_slide_features
-from ssmamba.wsi.feature_key import FeatureKey, claim_folder, features_folder
 from ssmamba.wsi.slide import open_slide
 from ssmamba.wsi.tiling import TileGrid, TilingConfig, draw_tiles, plan_tiles
 
@@ -81,7 +81,7 @@ def extract_from_patches(patches_path: str | Path, encoder: Encoder, out_dir: st
     """Embed the tiles listed in one patches file into ``<FeatureKey.folder>/<slide>.h5`` under ``out_dir``.
 
     The folder's ``feature_key.json`` is written on first use; a folder or file made with other settings raises
-    :class:`~ssmamba.wsi.feature_key.FeatureKeyMismatch` unless ``overwrite``.
+    :class:`~ssmamba.io.features.FeatureKeyMismatch` unless ``overwrite``.
 
     Args:
         slide_dir: folder holding the slides now, when they moved since tiling (looked up by file name).

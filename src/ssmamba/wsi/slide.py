@@ -3,7 +3,9 @@
 ``open_slide(path)`` tries, in order, OpenSlide (Aperio, Hamamatsu, MIRAX, generic tiled TIFF, ...), tiffslide
 (pure-Python TIFF pyramids OpenSlide refuses, e.g. SubIFD-based OME-TIFF) and PIL (PNG, JPEG, BMP, untiled TIFF).
 Every backend returns the same :class:`Slide`: level geometry, the µm per pixel of level 0, and
-``read_region(location, level, size)`` with ``location`` in level-0 pixels (OpenSlide's convention), returning RGB.
+``read_region(location, level, size)`` with ``location`` in level-0 pixels (OpenSlide's convention), returning RGB
+converted by :func:`ssmamba.data.imageio.to_rgb`, the conversion ROI images get too (alpha composited on white,
+16-bit scaled by the fixed 1/257, never by a tile's own maximum).
 
 The µm/px of level 0 is read from the slide's metadata; when it is absent or implausible a :class:`MissingMppError`
 says where we looked, and the caller passes ``mpp=`` (``--slide-mpp`` on the command line) to override it.
@@ -17,8 +19,9 @@ import math
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
 from PIL import Image
+
+from ssmamba.data.imageio import to_rgb
 
 # µm/px outside this range is not a microscope scan: 72 or 96 dpi placeholders written by image editors give
 # 353 or 265 µm/px, and we would rather ask the user than tile at a resolution that is silently wrong.
@@ -127,21 +130,6 @@ class Slide(abc.ABC):
                 f"mpp={self.mpp:.4g})")
 
 
-def _rgba_to_rgb(image: Image.Image) -> Image.Image:
-    """Composite on white: transparent regions outside the scanned area are background, not black tissue."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: rescale rather than clip to 255
-        array = np.asarray(image, dtype=np.float64)
-        top = array.max() if array.max() > 0 else 1.0
-        return Image.fromarray((array / top * 255).round().astype(np.uint8)).convert("RGB")
-    return image.convert("RGB")
-
-
 def mpp_from_properties(properties: Mapping[str, object]) -> float | None:
     """µm/px of level 0 from OpenSlide/tiffslide properties, or None when absent or implausible.
 
@@ -209,7 +197,7 @@ class OpenSlideSlide(Slide):
             region = self._slide.read_region((int(location[0]), int(location[1])), level, (int(size[0]), int(size[1])))
         except openslide.OpenSlideError as error:
             raise SlideError(f"{self.path}: cannot read region {location} level {level}: {error}") from error
-        return _rgba_to_rgb(region)
+        return to_rgb(region)
 
     def close(self) -> None:
         self._slide.close()
@@ -232,7 +220,7 @@ class TiffSlideSlide(Slide):
                                              (int(size[0]), int(size[1])))
         except (ValueError, OSError, KeyError) as error:  # tifffile reports corrupt tiles as ValueError
             raise SlideError(f"{self.path}: cannot read region {location} level {level}: {error}") from error
-        return _rgba_to_rgb(region)
+        return to_rgb(region)
 
     def close(self) -> None:
         self._slide.close()
@@ -249,7 +237,7 @@ class PILImageSlide(Slide):
         try:
             with Image.open(path) as opened:
                 found = _mpp_from_pil_info(opened)
-                self._image = _rgba_to_rgb(opened)
+                self._image = to_rgb(opened)
                 self._image.load()
         except Image.DecompressionBombError as error:
             raise SlideError(f"{path}: larger than {MAX_PLAIN_IMAGE_PIXELS:,} pixels; convert it to a tiled "

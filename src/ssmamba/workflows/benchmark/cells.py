@@ -138,7 +138,7 @@ class Cell:
         test = dict(result.get("test", {}))
         missing = [f for f in (1.0, *factors) if _factor_key(f) not in test]
         if missing:
-            test.update(self._evaluate(best, missing, device, num_workers))
+            test.update(self.evaluate(best, missing, device, num_workers))
         result = {**self._costs(best), **result, "test": test,
                   "wall_s": result.get("wall_s", 0.0) + time.perf_counter() - started}
         if "inference_img_s" not in result:
@@ -199,7 +199,7 @@ class Cell:
                 "best_epoch": fine.get("best_epoch"), "val_" + self.recipe["monitor"]: fine.get("best_metric"),
                 "threads": torch.get_num_threads()}
 
-    def _evaluate(self, best: Path, factors: list[float], device: str, num_workers: int) -> dict:
+    def evaluate(self, best: Path, factors: list[float], device: str, num_workers: int) -> dict:
         """Test metrics at each magnification factor; probabilities go to ``predictions.npz``."""
         from ssmamba.data import load_dataset
         from ssmamba.data.load import SourceKind, detect_kind

@@ -1,4 +1,5 @@
-"""Slide-level experiments: k-fold cross-validation or a fixed train/val/test split, with saved models and reports.
+"""Slide-level experiments: k-fold cross-validation or a fixed train/val/test split, with saved models and reports,
+and the evaluation of saved heads (one, or every fold's averaged) on new bags. Used by ``ssmamba mil``.
 
 Folds are stratified by label and, when the CSV has a patient column, grouped by patient (scikit-learn's
 ``StratifiedGroupKFold``), so no patient is in both the training and the test part of a fold. A CSV ``fold``
@@ -24,9 +25,13 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from ssmamba.mil import create_mil_head
-from ssmamba.mil.bags import BagDataset, BagTable
-from ssmamba.mil.engine import BagPredictions, MILTrainConfig, predict, save_mil_model, train_config_dict, train_head
+from ssmamba.eval.metrics import compute_metrics, summarise_folds
+from ssmamba.eval.report import (Document, FigureBlock, Heading, Paragraph, Table, metrics_blocks, plot_confusion_matrix,
+                                 plot_curves, plot_roc, write_report)
+from ssmamba.mil import create_mil_head, load_mil_model, save_mil_model
+from ssmamba.mil.bags import BagDataset, BagTable, read_bag_table
+from ssmamba.mil.checkpoint import CONFIG_NAME
+from ssmamba.mil.engine import BagPredictions, MILTrainConfig, predict, train_config_dict, train_head
 
 # Scalar metrics shown in summary tables, in this order, when the evaluator provides them.
 SUMMARY_METRICS = ("auroc", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "kappa")
@@ -85,9 +90,6 @@ class ExperimentSettings:
 
 def _fit_and_score(table: BagTable, train_idx, val_idx, test_idx, settings: ExperimentSettings, out_dir: Path,
                    fold_seed: int, extra: dict) -> tuple[dict, BagPredictions, list[dict]]:
-    from ssmamba.eval.metrics import compute_metrics
-    from ssmamba.eval.report import plot_curves, write_report
-
     records = table.records
     train_set = BagDataset([records[i] for i in train_idx])
     val_set = BagDataset([records[i] for i in val_idx]) if len(val_idx) else None
@@ -128,8 +130,6 @@ def _loss_series(histories: list[list[dict]]) -> dict[str, list[float]]:
 def run_cross_validation(table: BagTable, settings: ExperimentSettings, out_dir: str | Path,
                          n_folds: int | None = 5, seed: int = 0, extra: dict | None = None) -> dict:
     """K-fold CV; returns (and writes to ``cv_summary.json``) per-fold metrics, mean ± std and pooled metrics."""
-    from ssmamba.eval.metrics import compute_metrics, summarise_folds
-
     out_dir = Path(out_dir)
     fold_metrics, pooled_true, pooled_probs, histories = [], [], [], []
     for k, (train_idx, test_idx) in enumerate(make_folds(table, n_folds, seed)):
@@ -160,8 +160,6 @@ def run_cross_validation(table: BagTable, settings: ExperimentSettings, out_dir:
 def _pooled_figures(out_dir: Path, pooled: dict, y_true: np.ndarray, probs: np.ndarray,
                     histories: list[list[dict]]) -> tuple[str, ...]:
     """Confusion matrix and ROC of the pooled out-of-fold predictions, and every fold's loss curves."""
-    from ssmamba.eval.report import plot_confusion_matrix, plot_curves, plot_roc
-
     plot_confusion_matrix(pooled, out_dir / "pooled_confusion_matrix.png")
     plot_roc(y_true, probs, pooled["classes"], out_dir / "pooled_roc.png")
     plot_curves(_loss_series(histories), out_dir / "curves.png")
@@ -198,8 +196,6 @@ def _json_default(value):
 def summary_document(summary: dict, title: str, figures: tuple[str, ...] = ()):
     """The pooled out-of-fold metrics with their bootstrap CIs and ``figures``, then one row per fold and
     mean ± std, as a report :class:`~ssmamba.eval.report.Document` (``summary.md`` and ``summary.html``)."""
-    from ssmamba.eval.report import Document, FigureBlock, Heading, Paragraph, Table, metrics_blocks
-
     pooled = summary["pooled_out_of_fold"]
     names = [m for m in SUMMARY_METRICS if m in summary["summary"]]
     rows = [[str(k), str(metrics["n"]), *(_format(_scalar(metrics, m)) for m in names)]
@@ -216,3 +212,45 @@ def summary_document(summary: dict, title: str, figures: tuple[str, ...] = ()):
 
 def _format(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def saved_heads(model_dir: Path) -> list[Path]:
+    """The head folders of ``model_dir``: itself when it is one, else its ``fold_*`` heads (a CV run)."""
+    if (model_dir / CONFIG_NAME).is_file():
+        return [model_dir]
+    heads = sorted(p.parent for p in model_dir.glob(f"fold_*/{CONFIG_NAME}"))
+    if not heads:
+        raise ValueError(f"{model_dir}: neither a trained head ({CONFIG_NAME}) nor a CV run with fold_*/")
+    return heads
+
+
+@dataclass
+class HeadsEvaluation:
+    predictions: BagPredictions  # probabilities and attention averaged over the heads
+    metrics: dict
+    n_heads: int
+
+
+def evaluate_saved_heads(model_dir: str | Path, csv_path: str | Path, features_dir: str | Path, out_dir: str | Path,
+                         *, id_column: str = "slide_id", label_column: str = "label",
+                         patient_column: str | None = None, allow_missing: bool = False, n_bootstrap: int = 1000,
+                         chunk_size: int = 4096, device: str = "cpu", threads: int | None = None) -> HeadsEvaluation:
+    """Score the bags of ``csv_path`` with the head(s) in ``model_dir`` (fold heads are averaged) and write
+    ``predictions.csv``, the metrics and a report into ``out_dir`` (which the caller claimed)."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    heads = [load_mil_model(d, device=device) for d in saved_heads(model_dir)]
+    class_names = heads[0][1]["class_names"]
+    if any(config["class_names"] != class_names for _, config in heads):
+        raise ValueError(f"the heads in {model_dir} were trained with different class lists")
+    table = read_bag_table(csv_path, features_dir, id_column=id_column, label_column=label_column,
+                           patient_column=patient_column, class_names=class_names, allow_missing=allow_missing)
+    dataset = BagDataset(table.records)
+    runs = [predict(head, dataset, chunk_size=chunk_size, device=device, threads=threads) for head, _ in heads]
+    predictions = BagPredictions(runs[0].slide_ids, runs[0].y_true, np.mean([r.probs for r in runs], axis=0),
+                                 [np.mean(a, axis=0) for a in zip(*(r.attention for r in runs))])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictions.write_csv(out_dir / "predictions.csv", class_names)
+    metrics = compute_metrics(predictions.y_true, predictions.probs, class_names, n_bootstrap=n_bootstrap)
+    write_report(metrics, out_dir, probs=predictions.probs, y_true=predictions.y_true,
+                 title=f"MIL evaluation of {model_dir} ({len(heads)} head(s)) on {Path(csv_path).name}")
+    return HeadsEvaluation(predictions, metrics, len(heads))

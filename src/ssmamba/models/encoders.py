@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ssmamba.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ssmamba.models.factory import create_model, list_models
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
 
@@ -138,9 +139,7 @@ def _from_module(model: nn.Module, name: str, checkpoint: Path | None, weights: 
 
 
 def _ssmamba_names() -> set[str]:
-    import ssmamba
-
-    return set(ssmamba.list_models())
+    return set(list_models())
 
 
 def _load_directory(directory: Path) -> Encoder:
@@ -152,9 +151,7 @@ def _load_directory(directory: Path) -> Encoder:
     if weights_path is None:
         raise FileNotFoundError(f"{directory}: no weights file (looked for {', '.join(_WEIGHT_FILES)})")
     if "model_args" in config:  # written by ssmamba.save_pretrained
-        import ssmamba
-
-        model = ssmamba.create_model(checkpoint=directory, num_classes=0)
+        model = create_model(checkpoint=directory, num_classes=0)
         return _from_module(model, safe_name(config.get("architecture") or "ssmamba"), weights_path, "checkpoint")
     architecture = config.get("architecture")
     if not architecture:
@@ -171,12 +168,10 @@ def _load_directory(directory: Path) -> Encoder:
 def _load_named(name: str, checkpoint_path: Path | None, pretrained: bool) -> tuple[nn.Module, Path | None]:
     """The model called ``name`` (ssmamba, else timm) and the weights file it was loaded from, if any."""
     if name in _ssmamba_names():
-        import ssmamba
-
         if pretrained:
             raise ValueError(f"{name} has no published weights; pass --checkpoint with a MAMIM-pretrained "
                              f"or fine-tuned checkpoint directory")
-        model = ssmamba.create_model(name, checkpoint=checkpoint_path, num_classes=0)
+        model = create_model(name, checkpoint=checkpoint_path, num_classes=0)
         if checkpoint_path is not None and checkpoint_path.is_dir():
             return model, _weights_file(checkpoint_path)
         return model, checkpoint_path

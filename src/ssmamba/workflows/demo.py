@@ -15,6 +15,7 @@ import torch
 
 from ssmamba.train.finetune import FinetuneConfig, finetune
 from ssmamba.train.pretrain import PretrainConfig, pretrain
+from ssmamba.workflows.evaluate import evaluate_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -48,25 +49,6 @@ class PipelineConfig:
                        batch_size=self.batch_size)
         if self.n_per_class < 1:
             raise ValueError(f"--n-per-class must be > 0, got {self.n_per_class}")
-
-
-def _evaluate(checkpoint: Path, data: str, out: Path, crop_size: int, seed: int) -> dict:
-    from ssmamba import create_model
-    from ssmamba.data import load_dataset
-    from ssmamba.data.transforms import eval_transform
-    from ssmamba.eval.inference import predict_proba
-    from ssmamba.eval.metrics import compute_metrics
-    from ssmamba.eval.report import write_report
-
-    model = create_model(checkpoint=checkpoint).eval()
-    cfg = model.pretrained_cfg
-    dataset = load_dataset(data, "test", eval_transform(cfg["input_size"][-1], cfg["mean"], cfg["std"]),
-                           classes=cfg["class_names"], crop_size=crop_size, seed=seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=128)
-    probs, labels = predict_proba(model, loader, progress=False)
-    metrics = compute_metrics(labels, probs, cfg["class_names"], n_bootstrap=500, seed=seed)
-    write_report(metrics, out, probs=probs, y_true=labels, title=f"test split (n={len(dataset)})")
-    return metrics
 
 
 def _metrics_row(name: str, metrics: dict) -> list[str]:
@@ -109,7 +91,8 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, overwrite: bool = F
         t0 = time.perf_counter()
         best = finetune(ft_cfg, progress=progress)
         timings[f"fine-tuning ({name})"] = time.perf_counter() - t0
-        results[name] = _evaluate(best, data, Path(ft_cfg.out) / "test", cfg.img_size, cfg.seed)
+        results[name] = evaluate_checkpoint(best, data, Path(ft_cfg.out) / "test", crop_size=cfg.img_size,
+                                            n_bootstrap=500, seed=cfg.seed, progress=False).metrics
     timings["total"] = time.perf_counter() - started
     return _write_report(cfg, out, synthetic, data, results, timings)
 

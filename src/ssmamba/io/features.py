@@ -1,4 +1,13 @@
-"""What makes two feature files comparable: the feature key, and the folder named after it.
+"""The feature-file layout: one HDF5 file of tile embeddings per slide, and the key that makes two comparable.
+
+Layout of ``<slide>.h5`` (the names TRIDENT and CLAM users expect), written by :func:`write_feature_file` and read
+by :func:`load_features`:
+
+- ``features``: (N, D) float32, one row per tile;
+- ``coords``: (N, 2) int64 top-left (x, y) in level-0 pixels, with the tiling geometry as attributes;
+- file attributes: ``feature_key`` (the full :class:`FeatureKey` as JSON), ``patch_size``, ``patch_size_level0``,
+  ``target_mpp``, ``level0_mpp``, ``encoder``, ``encoder_weights``, ``checkpoint``, ``weights_sha256``,
+  ``input_size``, ``input_size_source``, ``mean``, ``std``, ``name``, ``slide_path``, ``ssmamba_version``.
 
 Features change with the encoder and its weights, the side tiles are embedded at, the tiles' resolution and
 size, and the input normalisation. All of these form the :class:`FeatureKey`; it names the folder the features
@@ -6,17 +15,26 @@ go to (readably: ``features_0.50mpp_224px/ssmamba_tiny-1a2b3c4d_in224/``), is wr
 feature file (attribute ``feature_key``, JSON) and into ``feature_key.json`` in the folder. Adding a slide to a
 folder whose key differs is an error (:class:`FeatureKeyMismatch`) unless the caller asks to overwrite, so a
 folder never holds features of two settings, and ``mil train`` refuses bags whose keys disagree.
+
+This module is the bottom layer both sides share: ``ssmamba.wsi`` writes these files and ``ssmamba.mil`` reads
+them, and neither imports the other.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import h5py
+import numpy as np
 
-from ssmamba.wsi.encoders import Encoder
+from ssmamba._version import __version__
+from ssmamba.io.atomic import atomic_write_text
 
 KEY_FILE = "feature_key.json"
 KEY_ATTRIBUTE = "feature_key"
@@ -52,8 +70,9 @@ class FeatureKey:
     std: tuple[float, ...]
 
     @classmethod
-    def for_encoder(cls, encoder: Encoder, target_mpp: float, patch_size: int) -> "FeatureKey":
-        """The key of ``encoder`` applied to ``patch_size`` px tiles at ``target_mpp`` µm/px."""
+    def for_encoder(cls, encoder, target_mpp: float, patch_size: int) -> "FeatureKey":
+        """The key of ``encoder`` (an :class:`ssmamba.models.encoders.Encoder`) applied to ``patch_size`` px
+        tiles at ``target_mpp`` µm/px."""
         size, source = encoder.tile_input_size(patch_size)
         return cls(encoder=encoder.architecture, weights=encoder.weights, weights_sha256=encoder.weights_sha256,
                    input_size=int(size), input_size_source=source.value, target_mpp=round(float(target_mpp), 6),
@@ -121,4 +140,73 @@ def claim_folder(folder: Path, key: FeatureKey, overwrite: bool = False) -> None
             raise _mismatch(folder, found, key)
         return
     folder.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(json.dumps(asdict(key), indent=2, sort_keys=True) + "\n")
+    # atomic: processes that extract slides of one cohort side by side read each other's key file
+    atomic_write_text(key_file, json.dumps(asdict(key), indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def feature_file_writer(path: str | Path, coords: np.ndarray, num_features: int, key: FeatureKey, *,
+                        geometry: dict, attributes: dict) -> Iterator[h5py.Dataset]:
+    """Write the feature file ``path`` (see the module docstring): yields its ``features`` dataset, (N, D)
+    float32 with N = ``len(coords)``, for the caller to fill; the file is written under a ``.partial`` name and
+    renamed to ``path`` only when the block ends normally, so a ``.h5`` that exists is complete.
+
+    Args:
+        coords: (N, 2) level-0 top-left corners of the tiles.
+        key: the feature key, stored as JSON in the ``feature_key`` attribute.
+        geometry: the tiling (``patch_size``, ``patch_size_level0``, ``target_mpp``, ``level0_mpp``, ``name``, ...),
+            stored on the file and on ``coords`` (where CLAM looks for it).
+        attributes: further file attributes (encoder, weights, normalisation, slide path).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # named by host and process: jobs that share a cohort never write into one file
+    partial = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.partial")
+    rows = len(coords)
+    try:
+        with h5py.File(partial, "w") as h5:
+            features = h5.create_dataset("features", shape=(rows, num_features), dtype=np.float32,
+                                         chunks=(max(1, min(rows, 1024)), num_features) if rows else None)
+            coords_set = h5.create_dataset("coords", data=np.asarray(coords).astype(np.int64).reshape(-1, 2))
+            coords_set.attrs.update(geometry)
+            h5.attrs.update(geometry)
+            h5.attrs.update(attributes)
+            h5.attrs.update(ssmamba_version=__version__)
+            h5.attrs[KEY_ATTRIBUTE] = key.to_json()
+            yield features
+        partial.replace(path)  # atomic: a reader sees the whole file or none
+    finally:
+        partial.unlink(missing_ok=True)  # what a failed write left (nothing after the rename)
+
+
+def count_rows(path: str | Path) -> int:
+    """The number of tiles in a feature file (0 when it has no ``features``)."""
+    with h5py.File(path, "r") as h5:
+        return int(h5["features"].shape[0]) if "features" in h5 else 0
+
+
+@dataclass
+class SlideFeatures:
+    """Contents of a feature file: ``features`` (N, D) float32, ``coords`` (N, 2) int64, and its attributes."""
+
+    features: np.ndarray
+    coords: np.ndarray
+    attrs: dict
+
+
+def load_features(path: str | Path) -> SlideFeatures:
+    """Read a feature file written by :func:`feature_file_writer` (or by CLAM/TRIDENT: same dataset names)."""
+    with h5py.File(path, "r") as h5:
+        if "features" not in h5:
+            raise ValueError(f"{path}: no 'features' dataset (found {sorted(h5.keys())})")
+        features = h5["features"][:].astype(np.float32)
+        if features.ndim == 3 and features.shape[0] == 1:  # some CLAM forks store (1, N, D)
+            features = features[0]
+        coords = h5["coords"][:].astype(np.int64) if "coords" in h5 else np.zeros((len(features), 2), np.int64)
+        if coords.ndim == 3 and coords.shape[0] == 1:
+            coords = coords[0]
+        attrs = {**dict(h5.attrs), **(dict(h5["coords"].attrs) if "coords" in h5 else {})}
+    if features.ndim != 2 or coords.shape != (len(features), 2):
+        raise ValueError(f"{path}: expected features (N, D) and coords (N, 2), got {features.shape} and "
+                         f"{coords.shape}")
+    return SlideFeatures(features, coords, attrs)

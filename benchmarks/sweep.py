@@ -1,0 +1,214 @@
+"""Validation-only sweeps of the model and recipe (issue 12): which settings to keep, chosen without the test split.
+
+Each trial is a named set of `ssmamba finetune` options (and, for trials with a MAMIM stage, `ssmamba pretrain`
+options) on top of the budget of ``benchmarks/leaderboards.py`` for that data set. Every (trial, seed) runs in its own
+folder under ``--out`` and is never recomputed; a pretraining run is shared by every trial with the same pretraining
+options and seed. Only the validation metric that picks the checkpoint is read; the test split is loaded only by
+``--test TRIAL``, once, for the trial chosen on validation (the benchmark's own evaluation, at 1x, 0.5x and 2x).
+The table goes to ``benchmarks/results/sweep_<dataset>.{md,json}``; the trials, in order, are the record of what was
+tried (docs/results.md summarises them).
+
+    python benchmarks/sweep.py crchp --trials base,ls-1e-2 --seeds 0        # two trials, one seed
+    python benchmarks/sweep.py crchp --report-only                          # table of the finished runs
+    python benchmarks/sweep.py crchp --test lr-3e-3 --seeds 0,1,2           # the chosen trial's test split, once
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from leaderboards import DATA, ROOT  # noqa: E402  (the same data paths as the leaderboards)
+
+RESULTS = ROOT / "benchmarks" / "results"
+# fp32: on a CPU without AVX512-BF16 (this machine: AVX2) bf16 autocast trains ~7x slower than fp32. Every trial of a
+# sweep uses the same precision, so trials compare among themselves (the leaderboards ran bf16 on an AVX512-BF16 CPU).
+COMMON = ["--img-size", "64", "--batch-size", "64", "--precision", "fp32", "--threads", "1", "--no-progress"]
+# The leaderboards' fine-tuning and MAMIM budgets, per data set (benchmarks/leaderboards.py).
+FINETUNE = {
+    "crchp": ["--data", str(DATA / "crchp" / "nuclei.csv"), "--crop-size", "64", "--max-train", "1000",
+              "--max-val", "800", "--epochs", "8", "--monitor", "weighted_f1", "--patience", "0",
+              "--zoom-min", "1.0", "--zoom-max", "1.25"],
+    "idc": ["--data", str(DATA / "idc" / "labels.csv"), "--max-train", "1000", "--max-val", "800", "--epochs", "8",
+            "--balance", "loss", "--patience", "0", "--zoom-min", "1.0", "--zoom-max", "1.25"],
+    "pcam1000": ["--data", str(DATA / "pcam1000" / "labels.csv"), "--epochs", "10", "--patience", "0",
+                 "--zoom-min", "1.0", "--zoom-max", "1.25"],
+}
+PRETRAIN = {
+    "crchp": ["--data", str(DATA / "crchp" / "nuclei.csv"), "--split", "train", "--crop-size", "64",
+              "--max-images", "6000", "--epochs", "1"],
+    "idc": ["--data", str(DATA / "idc" / "labels.csv"), "--split", "train", "--epochs", "1"],
+    "pcam1000": ["--data", str(DATA / "pcam1000" / "labels.csv"), "--split", "train", "--epochs", "10"],
+}
+
+# name -> (pretraining options or None for random init, fine-tuning options). Later options win over the budget's.
+TRIALS: dict[str, tuple[list[str] | None, list[str]]] = {
+    "base": (None, []),
+    "base+mamim": ([], []),
+    # residual branches start at 1e-5 of their size: with ~125 optimizer steps they may never grow (ConvNeXt-style)
+    "ls-1e-2": (None, ["--model-args", "layer_scale_init=0.01"]),
+    "ls-1": (None, ["--model-args", "layer_scale_init=1.0"]),
+    "lr-3e-3": (None, ["--lr", "0.003"]),
+    "dp-0": (None, ["--drop-path", "0"]),
+    "ls-1e-2+mamim": (["--model-args", "layer_scale_init=0.01"], []),
+    "mamim-4ep": (["--epochs", "4"], []),
+    # the budget's one learning rate for every entry (1e-3) left ssmamba's validation score still rising at the last
+    # epoch; does a larger one help it, and does it help ResNet-18 the same (a shared recipe must stay fair)?
+    "lr-5e-3": (None, ["--lr", "0.005"]),
+    "lr-3e-3+ls-1e-2": (None, ["--lr", "0.003", "--model-args", "layer_scale_init=0.01"]),
+    "lr-3e-3+mamim": ([], ["--lr", "0.003"]),
+    "resnet18": (None, ["--model", "resnet18"]),
+    "resnet18-lr-3e-3": (None, ["--model", "resnet18", "--lr", "0.003"]),
+    "mamim-4ep+ls-1e-2": (["--epochs", "4", "--model-args", "layer_scale_init=0.01"], []),
+}
+
+
+def _key(options: list[str]) -> str:
+    return hashlib.sha1(json.dumps(options).encode()).hexdigest()[:10]
+
+
+def _run(command: list[str], log: Path) -> None:
+    print(" ".join(command), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    with open(log, "a") as handle:
+        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    if code:
+        sys.exit(f"failed ({code}): {' '.join(command)}; see {log}")
+
+
+def _finished(folder: Path) -> dict | None:
+    state = folder / "run_state.json"
+    if not (folder / "DONE").is_file() or not state.is_file():
+        return None
+    return json.loads(state.read_text())
+
+
+def _stage(kind: str, options: list[str], folder: Path) -> dict:
+    """Run `ssmamba <kind>` into ``folder`` unless it finished; resume it if it was interrupted."""
+    done = _finished(folder)
+    if done is not None:
+        return done
+    resume = ["--resume"] if (folder / "training_state.pt").is_file() else ["--overwrite"]
+    folder.mkdir(parents=True, exist_ok=True)
+    _run([sys.executable, "-m", "ssmamba", kind, *options, "--out", str(folder), *resume], folder.parent / "log.txt")
+    (folder / "DONE").write_text("")
+    return _finished(folder)
+
+
+def run_trial(dataset: str, name: str, seed: int, out: Path) -> dict:
+    pretrain_options, finetune_options = TRIALS[name]
+    seed_args = ["--seed", str(seed)]
+    row = {"trial": name, "seed": seed, "pretrain_options": pretrain_options, "finetune_options": finetune_options,
+           "pretrain_cpu_s": 0.0}
+    checkpoint = []
+    if pretrain_options is not None:
+        options = [*PRETRAIN[dataset], *COMMON, *pretrain_options, *seed_args]
+        folder = out / "pretrain" / f"{_key(options)}_seed{seed}"
+        state = _stage("pretrain", options, folder)
+        row["pretrain_cpu_s"] = state.get("cpu_seconds", 0.0)
+        checkpoint = ["--checkpoint", str(folder / "checkpoint")]
+    options = [*FINETUNE[dataset], *COMMON, *finetune_options, *checkpoint, *seed_args]
+    state = _stage("finetune", options, out / "trials" / name / f"seed_{seed}")
+    history = json.loads((out / "trials" / name / f"seed_{seed}" / "history.json").read_text())
+    monitor = next(k for k in history[-1] if k.startswith("val_"))
+    row.update({"monitor": monitor, "val": state["best_metric"], "best_epoch": state.get("best_epoch"),
+                "finetune_cpu_s": state.get("cpu_seconds", 0.0),
+                "val_curve": [r[monitor] for r in history if monitor in r]})
+    return row
+
+
+def test_once(dataset: str, name: str, seeds: list[int], out: Path, results: Path) -> dict:
+    """The test split, read once, for a trial chosen on validation: each seed's best checkpoint at native
+    magnification and at 0.5x / 2x, by the benchmark's own evaluation (``Cell.evaluate``), so the numbers compare
+    with the leaderboard's. Written to ``results/sweep_<dataset>_test_<trial>.json``."""
+    from ssmamba.workflows.benchmark.cells import Cell
+    from ssmamba.workflows.benchmark.entries import parse_entry
+
+    path = results / f"sweep_{dataset}_test_{name}.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    data = FINETUNE[dataset][FINETUNE[dataset].index("--data") + 1]
+    crop = int(FINETUNE[dataset][FINETUNE[dataset].index("--crop-size") + 1]) if "--crop-size" in FINETUNE[dataset] \
+        else 64
+    for seed in seeds:
+        if str(seed) in done:
+            continue
+        run = out / "trials" / name / f"seed_{seed}"
+        if _finished(run) is None:
+            sys.exit(f"Error: {run} is not a finished run; run the trial first")
+        cell = Cell(run / "test", parse_entry("ssmamba-mamim"), seed, data, {"crop_size": crop, "batch_size": 64})
+        (run / "test").mkdir(exist_ok=True)
+        done[str(seed)] = cell.evaluate(run / "best", [1.0, 0.5, 2.0], "cpu", 0)
+        path.write_text(json.dumps(done, indent=1))
+    return done
+
+
+def report(dataset: str, rows: list[dict], results: Path) -> str:
+    by_trial: dict[str, list[dict]] = {}
+    for row in rows:
+        by_trial.setdefault(row["trial"], []).append(row)
+    monitor = rows[0]["monitor"] if rows else "val"
+    lines = [f"# Validation sweep: {dataset}", "",
+             f"`python benchmarks/sweep.py {dataset}`: the leaderboard budget of `benchmarks/leaderboards.py`, "
+             f"validation only (no test image read). {monitor}: best epoch's value on the validation subset.", "",
+             f"| trial | pretraining | fine-tuning | seeds | {monitor} (mean ± std) | per seed | CPU-min |",
+             "|---|---|---|---|---|---|---|"]
+    for name, group in by_trial.items():
+        values = np.array([r["val"] for r in group])
+        first = group[0]  # the options as run (TRIALS may have changed since)
+        pre, fine = first.get("pretrain_options", TRIALS[name][0]), first.get("finetune_options", TRIALS[name][1])
+        cpu = np.mean([r["pretrain_cpu_s"] + r["finetune_cpu_s"] for r in group]) / 60
+        lines.append(f"| {name} | {'random init' if pre is None else ' '.join(pre) or 'MAMIM, budget default'} | "
+                     f"{' '.join(fine) or 'budget default'} | {len(group)} | {values.mean():.3f} ± "
+                     f"{values.std(ddof=1) if len(values) > 1 else 0:.3f} | "
+                     f"{', '.join(f'{v:.3f}' for v in values)} | {cpu:.1f} |")
+    text = "\n".join(lines) + "\n"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"sweep_{dataset}.md").write_text(text)
+    (results / f"sweep_{dataset}.json").write_text(json.dumps(rows, indent=1))
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=list(FINETUNE))
+    parser.add_argument("--trials", default=",".join(TRIALS), help="comma-separated names of TRIALS")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "sweeps")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--test", metavar="TRIAL", help="read the test split once for this trial's --seeds "
+                        "(the trial chosen on validation); trains nothing")
+    args = parser.parse_args()
+    out = args.out / args.dataset
+    names = [t for t in args.trials.split(",") if t]
+    unknown = [t for t in names if t not in TRIALS]
+    if unknown:
+        sys.exit(f"Error: --trials: unknown {unknown}; known: {', '.join(TRIALS)}")
+    if args.test:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        print(json.dumps(test_once(args.dataset, args.test, seeds, out, args.results), indent=1))
+        return
+    rows_path = args.results / f"sweep_{args.dataset}.json"
+
+    def recorded() -> list[dict]:  # re-read each time: several sweeps may share the results file
+        return json.loads(rows_path.read_text()) if rows_path.is_file() else []
+
+    for name in names:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            if args.report_only or any(r["trial"] == name and r["seed"] == seed for r in recorded()):
+                continue
+            row = run_trial(args.dataset, name, seed, out)
+            print(report(args.dataset, [*recorded(), row], args.results), flush=True)
+    print(report(args.dataset, recorded(), args.results))
+
+
+if __name__ == "__main__":
+    main()
