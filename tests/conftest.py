@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data sets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails at once (and the Hugging Face hub is told it is offline), so a test
+    that asks for hub weights can never download, whatever the code under test does."""
+    def refuse(*args, **kwargs):
+        raise OSError("network access is blocked in this test")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ def test_tiny_parameter_budget():
     assert 5e6 <= params <= 10e6, params
 
 
-def test_timm_create_model_after_import():
+def test_timm_create_model_after_import(no_network):
     timm = pytest.importorskip("timm")
     model = timm.create_model("ssmamba_test", num_classes=3)
     assert isinstance(model, ssmamba.models.SSMamba)

@@ -137,7 +137,7 @@ def test_prune_intermediate_layers(x):
         torch.testing.assert_close(model(x), expected)  # timm's convention: no head, no pooling
 
 
-def test_default_cfg_and_pretrained_cfg():
+def test_default_cfg_and_pretrained_cfg(no_network):
     model = timm.create_model("ssmamba_test")
     assert model.default_cfg is model.pretrained_cfg
     cfg = model.pretrained_cfg
