@@ -28,6 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from leaderboards import DATA, ROOT  # noqa: E402  (the same data paths as the leaderboards)
 
+from ssmamba.train.engine import STATE_NAME, SUMMARY_NAME  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 # fp32: on a CPU without AVX512-BF16 (this machine: AVX2) bf16 autocast trains ~7x slower than fp32. Every trial of a
 # sweep uses the same precision, so trials compare among themselves (the leaderboards ran bf16 on an AVX512-BF16 CPU).
@@ -85,7 +87,7 @@ def _run(command: list[str], log: Path) -> None:
 
 
 def _finished(folder: Path) -> dict | None:
-    state = folder / "run_state.json"
+    state = folder / SUMMARY_NAME
     if not (folder / "DONE").is_file() or not state.is_file():
         return None
     return json.loads(state.read_text())
@@ -96,7 +98,7 @@ def _stage(kind: str, options: list[str], folder: Path) -> dict:
     done = _finished(folder)
     if done is not None:
         return done
-    resume = ["--resume"] if (folder / "training_state.pt").is_file() else ["--overwrite"]
+    resume = ["--resume"] if (folder / STATE_NAME).is_file() else ["--overwrite"]
     folder.mkdir(parents=True, exist_ok=True)
     _run([sys.executable, "-m", "ssmamba", kind, *options, "--out", str(folder), *resume], folder.parent / "log.txt")
     (folder / "DONE").write_text("")
