@@ -70,6 +70,14 @@ TRIALS: dict[str, tuple[list[str] | None, list[str]]] = {
     "resnet18": (None, ["--model", "resnet18"]),
     "resnet18-lr-3e-3": (None, ["--model", "resnet18", "--lr", "0.003"]),
     "mamim-4ep+ls-1e-2": (["--epochs", "4", "--model-args", "layer_scale_init=0.01"], []),
+    # the architecture ablations at the learning rate chosen above (random init: MAMIM did not help at this budget),
+    # the same switches as the leaderboard's ssmamba-dms / ssmamba-lpr presets, and the cheaper scalar-decay state
+    "lr-3e-3-dms": (None, ["--lr", "0.003", "--model-args", "directions=[row]", "--model-args", "scales=[1]",
+                           "--model-args", "conv_kernels=[3]"]),
+    "lr-3e-3-lpr": (None, ["--lr", "0.003", "--model-args", "lpr=false"]),
+    "lr-3e-3+scalar-decay": (None, ["--lr", "0.003", "--model-args", "scalar_decay=true"]),
+    # longer MAMIM where the pretext loss still falls, fine-tuned at the chosen learning rate
+    "mamim-4ep+lr-3e-3": (["--epochs", "4"], ["--lr", "0.003"]),
 }
 
 
