@@ -78,6 +78,10 @@ TRIALS: dict[str, tuple[list[str] | None, list[str]]] = {
     "lr-3e-3+scalar-decay": (None, ["--lr", "0.003", "--model-args", "scalar_decay=true"]),
     # longer MAMIM where the pretext loss still falls, fine-tuned at the chosen learning rate
     "mamim-4ep+lr-3e-3": (["--epochs", "4"], ["--lr", "0.003"]),
+    # ResNet-18 leads by a dense 3x3 prior: the conv stages as two dense 3x3 convs per block (MambaVision's) instead
+    # of the depthwise inverted bottleneck (ConvNeXt's, which convnext_atto shows learns slowly at this budget)
+    "lr-3e-3+dense": (None, ["--lr", "0.003", "--model-args", "conv_block=dense"]),
+    "dense": (None, ["--model-args", "conv_block=dense"]),
 }
 
 

@@ -8,7 +8,7 @@ from timm.layers import Attention, DropPath
 
 from ssmamba import create_model
 from ssmamba.models.dms import DirectionalMultiScaleMixer, ScanDirection, scan_order
-from ssmamba.models.ssmamba import ConvBlock, HybridBlock, LocalPerceptionResidual, SSMambaConfig
+from ssmamba.models.ssmamba import ConvBlock, DenseConvBlock, HybridBlock, LocalPerceptionResidual, SSMambaConfig
 
 SIZES = [(32, 32), (50, 50), (64, 64), (96, 96), (224, 224), (333, 517)]
 
@@ -293,3 +293,35 @@ def test_drop_path_drops_whole_samples_of_the_residual_branch_and_keeps_the_expe
     assert not torch.allclose(out, full)
     with torch.no_grad():
         torch.testing.assert_close(block.eval()(x), full)
+
+
+def test_dense_conv_block_starts_as_the_identity_then_learns():
+    torch.manual_seed(0)
+    block = DenseConvBlock(8, SSMambaConfig())
+    x = torch.randn(2, 8, 6, 6)
+    assert torch.equal(block(x), x)  # the last BN's scale starts at zero
+    block(x).square().sum().backward()
+    assert block.norm2.weight.grad.abs().sum() > 0  # the zero scale is learnt out of
+    with torch.no_grad():
+        block.norm2.weight.fill_(1.0)
+    y = block(x)
+    assert not torch.allclose(y, x) and y.shape == x.shape
+    y.sum().backward()
+    assert block.conv1.weight.grad.abs().sum() > 0
+
+
+def test_conv_block_is_a_config_value_saved_with_the_checkpoint(tmp_path):
+    from ssmamba.models import save_pretrained
+
+    model = create_model("ssmamba_test", num_classes=2, conv_block="dense").eval()
+    conv_stages = model.stages[: model.cfg.conv_stages]
+    assert all(isinstance(block, DenseConvBlock) for stage in conv_stages for block in stage.blocks)
+    assert not any(isinstance(m, ConvBlock) for m in model.modules())
+    inverted = create_model("ssmamba_test", num_classes=2, conv_block="inverted")
+    assert all(isinstance(block, ConvBlock) for stage in inverted.stages[:2] for block in stage.blocks)
+    save_pretrained(model, tmp_path / "ckpt")
+    loaded = create_model(checkpoint=tmp_path / "ckpt").eval()
+    x = torch.randn(1, 3, 48, 48)
+    assert loaded.cfg.conv_block == "dense" and torch.equal(loaded(x), model(x))
+    with pytest.raises(ValueError, match="conv_block must be one of"):
+        SSMambaConfig(conv_block="depthwise")

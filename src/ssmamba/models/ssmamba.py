@@ -35,8 +35,8 @@ from torch import nn
 
 from ssmamba.models.dms import DirectionalMultiScaleMixer
 
-__all__ = ["SSMamba", "SSMambaConfig", "LocalPerceptionResidual", "HybridBlock", "ConvBlock", "build_ssmamba",
-           "feature_extractor", "variant_configs", "EVAL_PREPROCESSING"]
+__all__ = ["SSMamba", "SSMambaConfig", "LocalPerceptionResidual", "HybridBlock", "ConvBlock", "DenseConvBlock",
+           "CONV_BLOCKS", "build_ssmamba", "feature_extractor", "variant_configs", "EVAL_PREPROCESSING"]
 
 @dataclass
 class SSMambaConfig:
@@ -45,6 +45,7 @@ class SSMambaConfig:
     dims: tuple[int, ...] = (48, 96, 192, 384)
     depths: tuple[int, ...] = (2, 2, 6, 2)
     conv_stages: int = 2  # how many of the first stages are convolutional (the rest are state-space)
+    conv_block: str = "inverted"  # the convolutional stages' block, a key of CONV_BLOCKS
     mlp_ratio: float = 4.0
     # DMS
     directions: tuple[str, ...] = ("row", "row_reverse", "column", "column_reverse")
@@ -68,6 +69,8 @@ class SSMambaConfig:
             raise ValueError(f"dims {self.dims} and depths {self.depths} must have the same length")
         if not 0 <= self.conv_stages <= len(self.dims):
             raise ValueError(f"conv_stages must be in [0, {len(self.dims)}], got {self.conv_stages}")
+        if self.conv_block not in CONV_BLOCKS:
+            raise ValueError(f"conv_block must be one of {sorted(CONV_BLOCKS)}, got {self.conv_block!r}")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -117,22 +120,46 @@ class HybridBlock(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    """Inverted-bottleneck residual conv block, channels-first: dwconv3x3 -> BN -> 1x1 expand -> GELU -> 1x1.
+    """Inverted-bottleneck residual conv block, channels-first: dwconv3x3 -> BN -> 1x1 expand -> GELU -> 1x1,
+    scaled per channel (layer scale). ``(B, C, H, W) -> (B, C, H, W)``."""
 
-    ``(B, C, H, W) -> (B, C, H, W)``.
-    """
-
-    def __init__(self, dim: int, mlp_ratio: float = 4.0, layer_scale_init: float = 1e-5, drop_path: float = 0.0):
+    def __init__(self, dim: int, cfg: SSMambaConfig, drop_path: float = 0.0):
         super().__init__()
-        hidden = int(dim * mlp_ratio)
+        hidden = int(dim * cfg.mlp_ratio)
         self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm = nn.BatchNorm2d(dim)
         self.pw1, self.act, self.pw2 = nn.Conv2d(dim, hidden, 1), nn.GELU(), nn.Conv2d(hidden, dim, 1)
-        self.gamma = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
+        self.gamma = nn.Parameter(torch.full((dim, 1, 1), cfg.layer_scale_init))
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path(self.gamma * self.pw2(self.act(self.pw1(self.norm(self.dwconv(x))))))
+
+
+class DenseConvBlock(nn.Module):
+    """Residual block of two dense 3x3 convolutions, channels-first: conv3x3 -> BN -> GELU -> conv3x3 -> BN.
+
+    ResNet's basic block without the activation after the sum, as MambaVision's convolutional stages use it. Every
+    output channel sees every input channel in its 3x3 neighbourhood, a stronger local prior than a depthwise
+    filter for small crops and few labels. The last BN's scale starts at zero (timm's ``zero_init_last``), so the
+    block starts as the identity. ``(B, C, H, W) -> (B, C, H, W)``.
+    """
+
+    def __init__(self, dim: int, cfg: SSMambaConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
+        self.norm1, self.act = nn.BatchNorm2d(dim), nn.GELU()
+        self.conv2 = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(dim)
+        nn.init.zeros_(self.norm2.weight)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.norm2(self.conv2(self.act(self.norm1(self.conv1(x))))))
+
+
+# The convolutional stages' block, by ``SSMambaConfig.conv_block``; each takes ``(dim, cfg, drop_path)``.
+CONV_BLOCKS: dict[str, type[nn.Module]] = {"inverted": ConvBlock, "dense": DenseConvBlock}
 
 
 def _downsample(in_dim: int, out_dim: int, batch_norm: bool) -> nn.Module:
@@ -199,7 +226,7 @@ class SSMamba(nn.Module):
             blocks = []
             for j in range(depth):
                 if is_conv:
-                    blocks.append(ConvBlock(dim, cfg.mlp_ratio, cfg.layer_scale_init, rates[start + j]))
+                    blocks.append(CONV_BLOCKS[cfg.conv_block](dim, cfg, rates[start + j]))
                 else:
                     blocks.append(HybridBlock(dim, cfg, use_attention=j >= depth - cfg.attn_blocks,
                                               drop_path=rates[start + j]))
