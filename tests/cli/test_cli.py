@@ -105,8 +105,10 @@ def test_evaluate_predict_and_probe(trained, image_folder, tmp_path):
 def test_demo_end_to_end_reduced(tmp_path):
     result = invoke("demo", "--out", tmp_path / "demo", "--model", "ssmamba_test", "--img-size", 32,
                     "--n-per-class", 12, "--pretrain-epochs", 1, "--finetune-epochs", 1, "--batch-size", 16,
-                    "--mask-patch-size", 8, "--no-progress")
+                    "--mask-patch-size", 8, "--threads", 1, "--no-progress")
     assert "synthetic" in result.output.lower()
+    for stage in ("pretrain", "finetune"):  # --threads reaches both stages and is saved in their run configs
+        assert yaml.safe_load((tmp_path / "demo" / stage / "config.yaml").read_text())[stage]["threads"] == 1
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "balanced accuracy" in report
     for image in ("pretrain/loss.png", "finetune/curves.png", "finetune/test/confusion_matrix.png"):

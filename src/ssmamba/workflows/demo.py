@@ -40,6 +40,7 @@ class PipelineConfig:
     mask_patch_size: int = 16
     seed: int = 0
     scratch_baseline: bool = False  # also fine-tune from random init with the same budget, for comparison
+    threads: int | None = None  # CPU threads torch uses [default: torch's, i.e. OMP_NUM_THREADS or the cores]
 
     def __post_init__(self):
         # the stages' own checks, now, so a bad value fails before any data is generated or read
@@ -75,7 +76,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, overwrite: bool = F
         data = str(make_synthetic_dataset(out / "data", cfg.n_per_class, size=cfg.img_size, seed=cfg.seed))
         save_class_grid(out / "synthetic_classes.png", size=cfg.img_size, seed=cfg.seed)
     common = dict(data=data, model=cfg.model, img_size=cfg.img_size, crop_size=cfg.img_size, seed=cfg.seed,
-                  batch_size=cfg.batch_size)
+                  batch_size=cfg.batch_size, threads=cfg.threads)
     timings = {}
     t0 = time.perf_counter()
     encoder = pretrain(PretrainConfig(**common, out=str(out / "pretrain"), split="train", epochs=cfg.pretrain_epochs,
