@@ -206,6 +206,9 @@ def plot_roc(y_true, probs, classes: list[str], path: Path) -> Path:
             RocCurveDisplay.from_predictions(positive, probs[:, k], name=classes[k], ax=axes, plot_chance_level=False)
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
     axes.set_title("ROC" if len(classes) == 2 else "ROC (one-vs-rest)")
+    # sklearn labels the axes "(Positive label: 1)": the boolean one-vs-rest target, not a class of the data
+    axes.set_xlabel("False positive rate")
+    axes.set_ylabel("True positive rate")
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
