@@ -82,6 +82,13 @@ TRIALS: dict[str, tuple[list[str] | None, list[str]]] = {
     # of the depthwise inverted bottleneck (ConvNeXt's, which convnext_atto shows learns slowly at this budget)
     "lr-3e-3+dense": (None, ["--lr", "0.003", "--model-args", "conv_block=dense"]),
     "dense": (None, ["--model-args", "conv_block=dense"]),
+    # drop-path 0.1 regularises ~100-step budgets that are far from overfitting
+    "lr-3e-3+dense+dp-0": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--drop-path", "0"]),
+    # layer scale 1e-5: Adam moves a scale by about lr per step, so after the budget's ~100-125 steps each hybrid
+    # branch is at most ~0.3x its size (the earlier ls-1e-2 trial ran at lr 1e-3); 1.0 is timm's "no layer scale"
+    "lr-3e-3+dense+ls-1": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args",
+                                  "layer_scale_init=1.0"]),
+    "lr-1e-3+dense+ls-1": (None, ["--model-args", "conv_block=dense", "--model-args", "layer_scale_init=1.0"]),
 }
 
 

@@ -41,6 +41,9 @@ DEFAULT_PRETRAINED_CFG = {**EVAL_PREPROCESSING, "mpp": None, "class_names": None
 
 # SSMamba constructor arguments saved in config.json next to model_args (the SSMambaConfig), with their defaults.
 _SSMAMBA_SAVED_ARGS = {"global_pool": "avg", "drop_rate": 0.0, "drop_path_rate": 0.0}
+# SSMambaConfig fields added after checkpoints had been written, with the value every such checkpoint was built with
+# (which need not be today's default): a config.json without them still loads as what it is.
+_SSMAMBA_FIELDS_BEFORE = {"conv_block": "inverted"}
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -192,6 +195,7 @@ def _build_ssmamba(arch: str, saved: dict | None, num_classes: int | None, kwarg
         if not isinstance(base, dict) or set(base) - cfg_fields:
             raise CheckpointError(f"config.json of {arch} has model_args that are not SSMambaConfig fields: "
                                   f"{sorted(set(base) - cfg_fields) if isinstance(base, dict) else base!r}")
+        base = {**_SSMAMBA_FIELDS_BEFORE, **base}
         kwargs.setdefault("in_chans", saved.get("in_chans", 3))
         for key, default in _SSMAMBA_SAVED_ARGS.items():
             kwargs.setdefault(key, saved.get(key, default))
