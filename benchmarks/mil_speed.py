@@ -63,7 +63,11 @@ def measure_cell(head_name: str, n_bags: int, dim: int, min_size: int, max_size:
 
     from ssmamba.mil import create_mil_head
     from ssmamba.mil.bags import BagDataset, BagRecord
-    from ssmamba.mil.engine import MILTrainConfig, predict, train_head
+    try:
+        from ssmamba.mil.inference import predict
+        from ssmamba.mil.training import MILTrainConfig, train_head
+    except ModuleNotFoundError:  # a baseline from before MIL training moved onto the shared Trainer
+        from ssmamba.mil.engine import MILTrainConfig, predict, train_head
 
     if threads:
         torch.set_num_threads(threads)

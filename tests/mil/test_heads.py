@@ -7,7 +7,8 @@ from sklearn.metrics import roc_auc_score
 from ssmamba.mil import MIL_HEADS, create_mil_head
 from ssmamba.mil.bags import BagDataset, BagRecord
 from ssmamba.mil.base import StreamingAttentionPool, drop_instances, subsample_bag
-from ssmamba.mil.engine import MILTrainConfig, predict, train_head
+from ssmamba.mil.inference import predict
+from ssmamba.mil.training import MILTrainConfig, train_head
 
 HEADS = sorted(MIL_HEADS)
 
@@ -152,7 +153,7 @@ def test_inputs_are_standardised_with_training_statistics_saved_in_the_head(tmp_
     import h5py
 
     from ssmamba.mil import load_mil_model, save_mil_model
-    from ssmamba.mil.engine import feature_statistics
+    from ssmamba.mil.training import feature_statistics
 
     records = []
     for index in range(4):

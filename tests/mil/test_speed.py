@@ -9,8 +9,10 @@ from torch.nn import functional as F
 
 from ssmamba.mil import create_mil_head
 from ssmamba.mil.bags import BagDataset
-from ssmamba.mil.engine import MILTrainConfig, _optimizer, torch_threads, train_head
+from ssmamba.mil.inference import torch_threads
+from ssmamba.mil.training import MILTrainConfig, head_optimizer, train_head
 from ssmamba.mil.transmil import PPEG
+from ssmamba.train.optim import param_groups
 
 
 def test_ppeg_single_convolution_equals_identity_plus_three_convolutions():
@@ -50,8 +52,8 @@ def test_fused_optimiser_takes_the_same_steps_as_the_plain_one():
     torch.manual_seed(0)
     heads = [create_mil_head("abmil", 8, 2, hidden_dim=16, dropout=0.0) for _ in range(2)]
     heads[1].load_state_dict(heads[0].state_dict())
-    fused = _optimizer(heads[0], MILTrainConfig(lr=1e-2), torch.device("cpu"))
-    plain = torch.optim.AdamW(heads[1].parameters(), lr=1e-2, weight_decay=MILTrainConfig().weight_decay)
+    fused = head_optimizer(heads[0], MILTrainConfig(lr=1e-2), torch.device("cpu"))
+    plain = torch.optim.AdamW(param_groups(heads[1], 1e-2, MILTrainConfig().weight_decay), lr=1e-2)
     assert fused.defaults["fused"]
     features = torch.randn(30, 8)
     for _ in range(5):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from trainer_hooks import poison_loss_from_epoch, record_bf16_autocast
 
 from ssmamba import create_model, save_pretrained
 from ssmamba.train.engine import NonFiniteLossError
@@ -110,13 +111,7 @@ def test_early_stopping(image_folder, tmp_path):
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(image_folder, tmp_path, monkeypatch):
-    original = FinetuneTrainer.compute_loss
-
-    def poisoned(self, batch):
-        loss = original(self, batch)
-        return loss * float("nan") if self.state.epoch == 1 else loss
-
-    monkeypatch.setattr(FinetuneTrainer, "compute_loss", poisoned)
+    poison_loss_from_epoch(monkeypatch, FinetuneTrainer, 1)
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at step \d+ \(epoch 1\).*training_state.pt"):
         finetune(_config(image_folder, tmp_path / "run"), progress=False)
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
@@ -130,14 +125,7 @@ def test_class_weights_are_inverse_frequency():
 
 
 def test_bf16_precision_runs_the_forward_under_autocast(image_folder, tmp_path, monkeypatch):
-    seen = []
-    original = FinetuneTrainer.compute_loss
-
-    def spy(self, batch):
-        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-        return original(self, batch)
-
-    monkeypatch.setattr(FinetuneTrainer, "compute_loss", spy)
+    seen = record_bf16_autocast(monkeypatch, FinetuneTrainer)
     finetune(_config(image_folder, tmp_path / "run", epochs=1, precision="bf16"), progress=False)
     assert seen and all(seen)
     saved = (tmp_path / "run" / "config.yaml").read_text()

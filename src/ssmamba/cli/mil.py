@@ -13,6 +13,7 @@ import click
 import yaml
 
 from ssmamba.cli.options import device_option, progress_option
+from ssmamba.train.engine import Precision
 
 
 def _head_kwargs(pairs: tuple[str, ...]) -> dict:
@@ -77,19 +78,23 @@ def mil() -> None:
               help="In CV, hold out this share of each fold's training bags to pick the best epoch.")
 @click.option("--balance/--no-balance", default=True, show_default=True, help="Inverse-frequency class weights.")
 @click.option("--chunk-size", default=4096, show_default=True, help="Tiles per chunk at inference.")
+@click.option("--precision", type=click.Choice([p.value for p in Precision]), default=Precision.FP32.value,
+              show_default=True, help="bf16: bfloat16 autocast in the training forward pass.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (the same options): finished "
+              "folds are kept, the interrupted one continues from its last epoch.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out already holds (refused otherwise).")
 @progress_option()
 def train(csv_path, features_dir, id_column, label_column, patient_column, allow_missing, n_bootstrap, threads,
           device, head_name, head_args, out_dir, folds, epochs, lr, weight_decay, max_instances, val_fraction, balance,
-          chunk_size, seed, overwrite, progress) -> None:
+          chunk_size, precision, seed, resume, overwrite, progress) -> None:
     """Train a MIL head with k-fold cross-validation (or on a fixed split) and report slide-level metrics."""
     from ssmamba.io.runs import claim_run_dir
     from ssmamba.mil.bags import read_bag_table
-    from ssmamba.mil.engine import MILTrainConfig
+    from ssmamba.mil.training import MILTrainConfig
     from ssmamba.workflows.mil_cv import ExperimentSettings, run_cross_validation, run_fixed_split
 
-    claim_run_dir(out_dir, overwrite=overwrite)
+    claim_run_dir(out_dir, resume=resume, overwrite=overwrite)
 
     try:
         table = read_bag_table(csv_path, features_dir, id_column=id_column, label_column=label_column,
@@ -100,17 +105,18 @@ def train(csv_path, features_dir, id_column, label_column, patient_column, allow
     settings = ExperimentSettings(
         head_name=head_name, head_kwargs=_head_kwargs(head_args),
         train=MILTrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, max_instances=max_instances or None,
-                             balance_classes=balance, chunk_size=chunk_size, seed=seed, device=device,
-                             threads=threads),
+                             balance_classes=balance, chunk_size=chunk_size, precision=precision, seed=seed,
+                             device=device, threads=threads),
         val_fraction=val_fraction, n_bootstrap=n_bootstrap, progress=progress)
     extra = {"features_dir": str(features_dir.resolve()), "csv": str(csv_path.resolve())}
     use_folds = folds is not None or all(r.fold is not None for r in table.records)
     try:
         if use_folds:
-            summary = run_cross_validation(table, settings, out_dir, n_folds=folds, seed=seed, extra=extra)
+            summary = run_cross_validation(table, settings, out_dir, n_folds=folds, seed=seed, extra=extra,
+                                           resume=resume)
             click.echo((out_dir / "summary.md").read_text())
         else:
-            metrics = run_fixed_split(table, settings, out_dir, seed=seed, extra=extra)
+            metrics = run_fixed_split(table, settings, out_dir, seed=seed, extra=extra, resume=resume)
             click.echo(f"test metrics written to {out_dir}; " + ", ".join(
                 f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     except ValueError as error:

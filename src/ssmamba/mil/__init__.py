@@ -7,8 +7,9 @@ Heads share one interface (see :class:`ssmamba.mil.base.MILHead`)::
     logits, attention = head.predict_bag(features, coords)  # one bag, streamed in chunks
 
 Each head is one class registered by name (:func:`~ssmamba.mil.registry.register_mil_head`); importing this
-package imports the three built-in ones. Cross-validation and reports over bags are in
-:mod:`ssmamba.workflows.mil_cv`.
+package imports the three built-in ones. A head trains on the engine every training run shares
+(:mod:`ssmamba.mil.training`) and scores bags whole (:mod:`ssmamba.mil.inference`); cross-validation and reports
+over bags are in :mod:`ssmamba.workflows.mil_cv`.
 """
 
 from ssmamba.mil import abmil, mamba_mil, transmil  # noqa: F401 (each registers its head)

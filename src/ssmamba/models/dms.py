@@ -16,13 +16,13 @@ transposed or stacked copy of the sequences is made.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ssmamba.ops import ScanDirection, directional_scan, scan_order
+from ssmamba.ops.directional import index_cache
 
 __all__ = ["ScanDirection", "scan_order", "to_sequence", "from_sequence", "upsample_nearest",
            "DirectionalMultiScaleMixer", "MultiKernelDepthwiseConv"]
@@ -130,7 +130,7 @@ def from_sequence(t: torch.Tensor, direction: ScanDirection, height: int, width:
     return t
 
 
-@lru_cache(maxsize=256)
+@index_cache
 def _nearest_tokens(height: int, width: int, out_height: int, out_width: int) -> torch.Tensor:
     def source(size: int, out_size: int) -> torch.Tensor:  # F.interpolate's "nearest": floor(i * in / out) in fp32
         scale = torch.tensor(size / out_size, dtype=torch.float32)

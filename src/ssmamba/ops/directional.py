@@ -19,7 +19,7 @@ gathers each direction's sequence explicitly, runs a plain selective scan and sc
 from __future__ import annotations
 
 from enum import Enum
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import Callable, Sequence
 
 import torch
@@ -28,7 +28,7 @@ from ssmamba.ops.contract import compute_dtype
 from ssmamba.ops.scan_ref import selective_scan_ref
 
 __all__ = ["ScanDirection", "scan_order", "direction_orders", "check_directional_inputs",
-           "directional_scan_reordered", "directional_scan_ref"]
+           "directional_scan_reordered", "directional_scan_ref", "index_cache"]
 
 
 class ScanDirection(str, Enum):
@@ -42,7 +42,21 @@ class ScanDirection(str, Enum):
     DIAGONAL_REVERSE = "diagonal_reverse"
 
 
-@lru_cache(maxsize=256)
+def index_cache(function: Callable) -> Callable:
+    """``lru_cache`` for a function that builds index tensors, which it runs with inference mode off: a tensor first
+    built inside ``torch.inference_mode`` (tile embedding does that) and cached would make every later training step
+    that saves it for backward fail ("Inference tensors cannot be saved for backward")."""
+
+    @lru_cache(maxsize=256)
+    @wraps(function)
+    def cached(*args):
+        with torch.inference_mode(False):
+            return function(*args)
+
+    return cached
+
+
+@index_cache
 def _scan_order_cpu(direction: ScanDirection, height: int, width: int) -> torch.Tensor:
     index = torch.arange(height * width).view(height, width)
     if direction in (ScanDirection.ROW, ScanDirection.ROW_REVERSE):
@@ -66,7 +80,7 @@ def scan_order(direction: ScanDirection | str, height: int, width: int, device: 
     return order if device is None else order.to(device)
 
 
-@lru_cache(maxsize=256)
+@index_cache
 def _direction_orders_cpu(directions: tuple[ScanDirection, ...], height: int, width: int) -> torch.Tensor:
     return torch.stack([_scan_order_cpu(d, height, width) for d in directions]).contiguous()
 

@@ -1,4 +1,5 @@
-"""The step engine shared by pretraining and fine-tuning: optimise, log, checkpoint, resume, stop on NaN.
+"""The step engine shared by pretraining, fine-tuning and MIL head training: optimise, log, checkpoint, resume,
+stop on NaN.
 
 A :class:`Trainer` subclass says what one step computes (``compute_loss``) and what happens at checkpoints and at
 the end of an epoch; the engine owns the loop. A training state (``training_state.pt``: model, optimiser, schedule,
@@ -165,6 +166,14 @@ class Trainer:
     def on_step(self) -> None:
         """Called after each optimiser step (e.g. update an EMA of the weights)."""
 
+    def state_extras(self) -> dict:
+        """Tensors (and plain values) a subclass keeps in the training state beside the model and optimiser, e.g.
+        the weights of its best epoch: written in the same atomic file, so they always match the rest."""
+        return {}
+
+    def load_state_extras(self, extras: dict) -> None:
+        """Restore what :meth:`state_extras` returned when the state was saved (``{}`` for a state without any)."""
+
     # ---- state -----------------------------------------------------------------------------------------------
     @property
     def state_path(self) -> Path:
@@ -184,7 +193,7 @@ class Trainer:
         payload = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "run": self.state.__dict__, "torch_rng": rng[0],
-            "process_rng": rng, "layout": self.layout,
+            "process_rng": rng, "layout": self.layout, "extras": self.state_extras(),
         }
         save_tensors(payload, self.state_path)  # atomic: an interruption never leaves a half-written state
 
@@ -208,6 +217,7 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.state = RunState(**payload["run"])
+        self.load_state_extras(payload.get("extras", {}))
         rng = payload.get("process_rng", [payload["torch_rng"]])
         if self.job.rank < len(rng) and not changed:
             torch.set_rng_state(rng[self.job.rank])

@@ -26,12 +26,15 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from ssmamba.eval.metrics import compute_metrics, summarise_folds
+from ssmamba.io.atomic import atomic_directory
 from ssmamba.eval.report import (Document, FigureBlock, Heading, Paragraph, Table, metrics_blocks, plot_confusion_matrix,
                                  plot_curves, plot_roc, write_report)
 from ssmamba.mil import create_mil_head, load_mil_model, save_mil_model
 from ssmamba.mil.bags import BagDataset, BagTable, read_bag_table
 from ssmamba.mil.checkpoint import CONFIG_NAME
-from ssmamba.mil.engine import BagPredictions, MILTrainConfig, predict, train_config_dict, train_head
+from ssmamba.mil.inference import BagPredictions, predict
+from ssmamba.mil.training import MILTrainConfig, train_config_dict, train_head
+from ssmamba.train.engine import STATE_NAME
 
 # Scalar metrics shown in summary tables, in this order, when the evaluator provides them.
 SUMMARY_METRICS = ("auroc", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "kappa")
@@ -89,30 +92,44 @@ class ExperimentSettings:
 
 
 def _fit_and_score(table: BagTable, train_idx, val_idx, test_idx, settings: ExperimentSettings, out_dir: Path,
-                   fold_seed: int, extra: dict) -> tuple[dict, BagPredictions, list[dict]]:
+                   fold_seed: int, extra: dict, resume: bool) -> tuple[dict, BagPredictions, list[dict]]:
+    """Train one head (or, on ``resume``, continue its training, or take the finished one) and score its test bags.
+
+    The fold folder is written whole at the end (:func:`~ssmamba.io.atomic.atomic_directory`): a folder with a
+    head in it is complete, and a resumed run re-scores that head instead of training it again. Until then the
+    folder holds the training state that ``resume`` continues from."""
     records = table.records
-    train_set = BagDataset([records[i] for i in train_idx])
-    val_set = BagDataset([records[i] for i in val_idx]) if len(val_idx) else None
     test_set = BagDataset([records[i] for i in test_idx])
-    torch.manual_seed(fold_seed)
-    head = create_mil_head(settings.head_name, train_set.feature_dim, len(table.class_names), **settings.head_kwargs)
     config = MILTrainConfig(**{**train_config_dict(settings.train), "seed": fold_seed})
-    history = train_head(head, train_set, config, val_set, progress=settings.progress)
+    finished = resume and (out_dir / CONFIG_NAME).is_file()
+    if finished:
+        head, _ = load_mil_model(out_dir, device=config.device)
+        history = json.loads((out_dir / "history.json").read_text())
+    else:
+        train_set = BagDataset([records[i] for i in train_idx])
+        val_set = BagDataset([records[i] for i in val_idx]) if len(val_idx) else None
+        torch.manual_seed(fold_seed)
+        head = create_mil_head(settings.head_name, train_set.feature_dim, len(table.class_names),
+                               **settings.head_kwargs)
+        history = train_head(head, train_set, config, val_set, out_dir=out_dir,
+                             resume=resume and (out_dir / STATE_NAME).is_file(), progress=settings.progress)
     predictions = predict(head, test_set, chunk_size=config.chunk_size, device=config.device,
                           threads=config.threads)
     metrics = compute_metrics(predictions.y_true, predictions.probs, table.class_names,
                               n_bootstrap=settings.n_bootstrap, seed=fold_seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_mil_model(head, out_dir, head_name=settings.head_name, head_kwargs=settings.head_kwargs,
-                   class_names=table.class_names, extra=extra)
-    predictions.write_csv(out_dir / "predictions.csv", table.class_names)
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-    (out_dir / "split.json").write_text(json.dumps({
-        "train": [records[i].slide_id for i in train_idx], "val": [records[i].slide_id for i in val_idx],
-        "test": [records[i].slide_id for i in test_idx]}, indent=1))
-    plot_curves(_loss_series([history]), out_dir / "curves.png")
-    write_report(metrics, out_dir, probs=predictions.probs, y_true=predictions.y_true,
-                 title=f"{settings.head_name}: {out_dir.name}", extra_figures=("curves.png",))
+    if finished:
+        return metrics, predictions, history
+    with atomic_directory(out_dir) as folder:  # replaces the training state: the fold is done
+        save_mil_model(head, folder, head_name=settings.head_name, head_kwargs=settings.head_kwargs,
+                       class_names=table.class_names, extra=extra)
+        predictions.write_csv(folder / "predictions.csv", table.class_names)
+        (folder / "history.json").write_text(json.dumps(history, indent=1))
+        (folder / "split.json").write_text(json.dumps({
+            "train": [records[i].slide_id for i in train_idx], "val": [records[i].slide_id for i in val_idx],
+            "test": [records[i].slide_id for i in test_idx]}, indent=1))
+        plot_curves(_loss_series([history]), folder / "curves.png")
+        write_report(metrics, folder, probs=predictions.probs, y_true=predictions.y_true,
+                     title=f"{settings.head_name}: {out_dir.name}", extra_figures=("curves.png",))
     return metrics, predictions, history
 
 
@@ -128,14 +145,19 @@ def _loss_series(histories: list[list[dict]]) -> dict[str, list[float]]:
 
 
 def run_cross_validation(table: BagTable, settings: ExperimentSettings, out_dir: str | Path,
-                         n_folds: int | None = 5, seed: int = 0, extra: dict | None = None) -> dict:
-    """K-fold CV; returns (and writes to ``cv_summary.json``) per-fold metrics, mean ± std and pooled metrics."""
+                         n_folds: int | None = 5, seed: int = 0, extra: dict | None = None,
+                         resume: bool = False) -> dict:
+    """K-fold CV; returns (and writes to ``cv_summary.json``) per-fold metrics, mean ± std and pooled metrics.
+
+    ``resume``: continue an interrupted run in ``out_dir`` (finished folds are re-scored, the interrupted one
+    continues from its training state), to the same heads and predictions as an uninterrupted run."""
     out_dir = Path(out_dir)
     fold_metrics, pooled_true, pooled_probs, histories = [], [], [], []
     for k, (train_idx, test_idx) in enumerate(make_folds(table, n_folds, seed)):
         train_idx, val_idx = validation_split(table, train_idx, settings.val_fraction, seed + k)
         metrics, predictions, history = _fit_and_score(table, train_idx, val_idx, test_idx, settings,
-                                                       out_dir / f"fold_{k}", seed + k, {**(extra or {}), "fold": k})
+                                                       out_dir / f"fold_{k}", seed + k, {**(extra or {}), "fold": k},
+                                                       resume)
         fold_metrics.append(metrics)
         histories.append(history)
         pooled_true.append(predictions.y_true)
@@ -167,14 +189,15 @@ def _pooled_figures(out_dir: Path, pooled: dict, y_true: np.ndarray, probs: np.n
 
 
 def run_fixed_split(table: BagTable, settings: ExperimentSettings, out_dir: str | Path, seed: int = 0,
-                    extra: dict | None = None) -> dict:
-    """Train on split=train (select on split=val when present), test on split=test."""
+                    extra: dict | None = None, resume: bool = False) -> dict:
+    """Train on split=train (select on split=val when present), test on split=test (``resume``: continue an
+    interrupted run in ``out_dir``)."""
     splits = np.asarray([r.split for r in table.records])
     if not (splits == "train").any() or not (splits == "test").any():
         raise ValueError(f"{table.source}: the split column needs 'train' and 'test' rows (or use --folds K)")
     indices = np.arange(len(splits))
     metrics, _, _ = _fit_and_score(table, indices[splits == "train"], indices[splits == "val"],
-                                   indices[splits == "test"], settings, Path(out_dir), seed, extra or {})
+                                   indices[splits == "test"], settings, Path(out_dir), seed, extra or {}, resume)
     return metrics
 
 
