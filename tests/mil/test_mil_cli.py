@@ -49,8 +49,15 @@ def test_train_with_kfold_cv_then_evaluate(bag_folder, tmp_path):
                                   str(features), "--out", str(tmp_path / "eval"), "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
     assert "3 head(s)" in result.output
+    assert "bags:" in result.output  # a progress bar over the bags of each head
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == 24 and metrics["classes"] == ["benign", "tumour"]
+    quiet = runner.invoke(main, ["mil", "evaluate", "--model", str(out), "--csv", str(table), "--features",
+                                 str(features), "--out", str(tmp_path / "quiet"), "--bootstrap", "0", "--threads", "1",
+                                 "--no-progress"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "bags:" not in quiet.output and "3 head(s)" in quiet.output
+    assert (tmp_path / "quiet" / "predictions.csv").read_text() == (tmp_path / "eval" / "predictions.csv").read_text()
 
 
 def test_train_on_the_split_column(tmp_path, key_instance_bags, bag_writer):

@@ -130,8 +130,9 @@ def train(csv_path, features_dir, id_column, label_column, patient_column, allow
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--chunk-size", default=4096, show_default=True, help="Tiles per chunk at inference.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out already holds (refused otherwise).")
+@progress_option()
 def evaluate(csv_path, features_dir, id_column, label_column, patient_column, allow_missing, n_bootstrap, threads,
-             device, model_dir, out_dir, chunk_size, overwrite) -> None:
+             device, model_dir, out_dir, chunk_size, overwrite, progress) -> None:
     """Score bags with trained head(s) and write predictions.csv, metrics and a report."""
     from ssmamba.io.runs import claim_run_dir
     from ssmamba.workflows.mil_cv import evaluate_saved_heads
@@ -141,7 +142,7 @@ def evaluate(csv_path, features_dir, id_column, label_column, patient_column, al
         result = evaluate_saved_heads(model_dir, csv_path, features_dir, out_dir, id_column=id_column,
                                       label_column=label_column, patient_column=patient_column,
                                       allow_missing=allow_missing, n_bootstrap=n_bootstrap, chunk_size=chunk_size,
-                                      device=device, threads=threads)
+                                      device=device, threads=threads, progress=progress)
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from error
     click.echo(f"{len(result.predictions.slide_ids)} bags, {result.n_heads} head(s); predictions and report in "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ssmamba.mil.bags import BagDataset
 from ssmamba.mil.base import MILHead
@@ -55,15 +56,15 @@ class BagPredictions:
 
 @torch.no_grad()
 def predict(head: MILHead, dataset: BagDataset, chunk_size: int = 4096, device: str | torch.device = "cpu",
-            threads: int | None = None) -> BagPredictions:
+            threads: int | None = None, progress: bool = False) -> BagPredictions:
     """Class probabilities and attention for every bag, each bag whole (streamed ``chunk_size`` tiles at a time).
 
-    ``threads``: torch CPU threads (None: torch's setting).
+    ``threads``: torch CPU threads (None: torch's setting); ``progress``: a progress bar over the bags.
     """
     with torch_threads(threads):
         head.to(device).eval()
         probs, labels, attention = [], [], []
-        for index in range(len(dataset)):
+        for index in tqdm(range(len(dataset)), desc="bags", unit="bag", disable=not progress, leave=False):
             features, coords, label = dataset[index]
             out = head.predict_bag(features, coords, chunk_size=chunk_size)
             probs.append(torch.softmax(out.logits.float(), dim=-1)[0].cpu().numpy())

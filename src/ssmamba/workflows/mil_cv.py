@@ -257,7 +257,8 @@ class HeadsEvaluation:
 def evaluate_saved_heads(model_dir: str | Path, csv_path: str | Path, features_dir: str | Path, out_dir: str | Path,
                          *, id_column: str = "slide_id", label_column: str = "label",
                          patient_column: str | None = None, allow_missing: bool = False, n_bootstrap: int = 1000,
-                         chunk_size: int = 4096, device: str = "cpu", threads: int | None = None) -> HeadsEvaluation:
+                         chunk_size: int = 4096, device: str = "cpu", threads: int | None = None,
+                         progress: bool = False) -> HeadsEvaluation:
     """Score the bags of ``csv_path`` with the head(s) in ``model_dir`` (fold heads are averaged) and write
     ``predictions.csv``, the metrics and a report into ``out_dir`` (which the caller claimed)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -268,7 +269,8 @@ def evaluate_saved_heads(model_dir: str | Path, csv_path: str | Path, features_d
     table = read_bag_table(csv_path, features_dir, id_column=id_column, label_column=label_column,
                            patient_column=patient_column, class_names=class_names, allow_missing=allow_missing)
     dataset = BagDataset(table.records)
-    runs = [predict(head, dataset, chunk_size=chunk_size, device=device, threads=threads) for head, _ in heads]
+    runs = [predict(head, dataset, chunk_size=chunk_size, device=device, threads=threads, progress=progress)
+            for head, _ in heads]
     predictions = BagPredictions(runs[0].slide_ids, runs[0].y_true, np.mean([r.probs for r in runs], axis=0),
                                  [np.mean(a, axis=0) for a in zip(*(r.attention for r in runs))])
     out_dir.mkdir(parents=True, exist_ok=True)
