@@ -89,6 +89,11 @@ TRIALS: dict[str, tuple[list[str] | None, list[str]]] = {
     "lr-3e-3+dense+ls-1": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args",
                                   "layer_scale_init=1.0"]),
     "lr-1e-3+dense+ls-1": (None, ["--model-args", "conv_block=dense", "--model-args", "layer_scale_init=1.0"]),
+    # MAMIM (the budget's pretraining) for the dense-conv model, fine-tuned at the chosen rate
+    "lr-3e-3+dense+mamim": (["--model-args", "conv_block=dense"], ["--lr", "0.003"]),
+    # where the state-space stages start: at 64 px stage 3 is a 4 x 4 grid; how much does scanning it buy?
+    "lr-3e-3+dense+conv3": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args",
+                                   "conv_stages=3"]),
 }
 
 
