@@ -259,3 +259,27 @@ def test_committed_cell_records_round_trip(tmp_path):
     np.testing.assert_array_equal(back["labels"], labels)
     np.testing.assert_allclose(back["probs_x1"], probs, atol=5e-5)
     assert (tmp_path / "fresh" / "resnet18" / "seed_0" / "result.json").read_text() == '{"test": {"x1": {}}}'
+
+
+def test_a_cell_from_before_entries_recorded_their_architecture_is_reused_only_for_that_architecture(tmp_path):
+    """Entries record their whole architecture, so a changed variant default is never read from an older cell."""
+    from ssmamba.workflows.benchmark.cells import RecipeMismatchError
+    from ssmamba.workflows.benchmark.entries import saved_entry
+
+    def cell(**backbone_args):
+        return Cell(tmp_path / "cell", parse_entry("ssmamba-lpr", "ssmamba_test", backbone_args), 0, "d.csv", {})
+
+    key = cell().key
+    del key["entry"]["architecture"]  # as cells were written before
+    (tmp_path / "cell").mkdir()
+    (tmp_path / "cell" / "cell.json").write_text(json.dumps(key))
+    cell(conv_block="inverted").check_key()  # what those cells were built with
+    with pytest.raises(RecipeMismatchError, match="another recipe"):
+        cell(conv_block="dense").check_key()
+    assert "architecture" not in parse_entry("resnet18").to_dict()
+    # the committed leaderboard cells are those of the inverted-bottleneck model
+    committed = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "cells" / "crchp"
+    for name in ("ssmamba", "ssmamba-dms", "ssmamba-lpr"):
+        entry = saved_entry(json.loads((committed / name / "seed_0" / "cell.json").read_text())["entry"])
+        assert entry["architecture"] == parse_entry(name, backbone_args={"conv_block": "inverted"}).architecture
+        assert entry["architecture"]["conv_block"] == "inverted"

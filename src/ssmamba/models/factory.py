@@ -29,8 +29,8 @@ from torch import nn
 from ssmamba.errors import CheckpointError
 from ssmamba.io import pretrained as checkpoint_folder
 from ssmamba.io.pretrained import CONFIG_NAME, WEIGHTS_NAME
-from ssmamba.models.ssmamba import (EVAL_PREPROCESSING, SSMamba, SSMambaConfig, build_ssmamba, feature_extractor,
-                                    variant_configs)
+from ssmamba.models.ssmamba import (EVAL_PREPROCESSING, FIELDS_ADDED_LATER, SSMamba, SSMambaConfig, build_ssmamba,
+                                    feature_extractor, variant_configs)
 
 __all__ = ["create_model", "list_models", "save_pretrained", "load_config", "CheckpointMismatchError",
            "DEFAULT_PRETRAINED_CFG"]
@@ -41,9 +41,6 @@ DEFAULT_PRETRAINED_CFG = {**EVAL_PREPROCESSING, "mpp": None, "class_names": None
 
 # SSMamba constructor arguments saved in config.json next to model_args (the SSMambaConfig), with their defaults.
 _SSMAMBA_SAVED_ARGS = {"global_pool": "avg", "drop_rate": 0.0, "drop_path_rate": 0.0}
-# SSMambaConfig fields added after checkpoints had been written, with the value every such checkpoint was built with
-# (which need not be today's default): a config.json without them still loads as what it is.
-_SSMAMBA_FIELDS_BEFORE = {"conv_block": "inverted"}
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -195,7 +192,7 @@ def _build_ssmamba(arch: str, saved: dict | None, num_classes: int | None, kwarg
         if not isinstance(base, dict) or set(base) - cfg_fields:
             raise CheckpointError(f"config.json of {arch} has model_args that are not SSMambaConfig fields: "
                                   f"{sorted(set(base) - cfg_fields) if isinstance(base, dict) else base!r}")
-        base = {**_SSMAMBA_FIELDS_BEFORE, **base}
+        base = {**FIELDS_ADDED_LATER, **base}  # a config.json written before a field existed loads as what it is
         kwargs.setdefault("in_chans", saved.get("in_chans", 3))
         for key, default in _SSMAMBA_SAVED_ARGS.items():
             kwargs.setdefault(key, saved.get(key, default))

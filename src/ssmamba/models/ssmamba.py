@@ -36,7 +36,8 @@ from torch import nn
 from ssmamba.models.dms import DirectionalMultiScaleMixer
 
 __all__ = ["SSMamba", "SSMambaConfig", "LocalPerceptionResidual", "HybridBlock", "ConvBlock", "DenseConvBlock",
-           "CONV_BLOCKS", "build_ssmamba", "feature_extractor", "variant_configs", "EVAL_PREPROCESSING"]
+           "CONV_BLOCKS", "FIELDS_ADDED_LATER", "architecture", "build_ssmamba", "feature_extractor",
+           "variant_configs", "EVAL_PREPROCESSING"]
 
 @dataclass
 class SSMambaConfig:
@@ -367,6 +368,19 @@ class SSMamba(nn.Module):
         if prune_head or prune_end:
             self.reset_classifier(0, "")
         return take_indices
+
+
+# SSMambaConfig fields added after checkpoints (and benchmark cells) had been written, with the value every one of
+# those was built with, which need not be today's default: a saved architecture without them is read as what it was.
+FIELDS_ADDED_LATER = {"conv_block": "inverted"}
+
+
+def architecture(variant: str, overrides: dict | None = None, written_before: set[str] | frozenset = frozenset()
+                 ) -> dict:
+    """The full architecture (``SSMambaConfig.to_dict()``) of ``variant`` with ``overrides``; fields named in
+    ``written_before`` (keys of :data:`FIELDS_ADDED_LATER`) take the value they had before they existed."""
+    legacy = {k: v for k, v in FIELDS_ADDED_LATER.items() if k in written_before}
+    return dataclasses.replace(variant_configs()[variant], **{**legacy, **(overrides or {})}).to_dict()
 
 
 def variant_configs() -> dict[str, SSMambaConfig]:

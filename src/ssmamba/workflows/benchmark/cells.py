@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ssmamba.train.engine import STATE_NAME, SUMMARY_NAME
-from ssmamba.workflows.benchmark.entries import Entry
+from ssmamba.workflows.benchmark.entries import Entry, saved_entry
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,9 @@ class Cell:
             # an option added in a later version, left off (None), does not change what an older cell computed
             added = {k for k, v in current["recipe"].items() if k not in saved.get("recipe", {}) and v is None}
             current["recipe"] = {k: v for k, v in current["recipe"].items() if k not in added}
+            # the architecture says what was built; model_args only how it was asked for
+            for key in (saved, current):
+                key["entry"] = {k: v for k, v in saved_entry(key["entry"]).items() if k != "model_args"}
             if saved != current:
                 changed = sorted(k for k in self.recipe if saved.get("recipe", {}).get(k) != self.recipe[k])
                 raise RecipeMismatchError(

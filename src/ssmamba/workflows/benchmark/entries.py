@@ -23,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ssmamba.models.factory import is_ssmamba
+from ssmamba.models.ssmamba import FIELDS_ADDED_LATER, architecture
 
-__all__ = ["Entry", "PRESETS", "parse_entry", "SINGLE_DIRECTION_SCALE", "NO_LPR"]
+__all__ = ["Entry", "PRESETS", "parse_entry", "saved_entry", "SINGLE_DIRECTION_SCALE", "NO_LPR"]
 
 SINGLE_DIRECTION_SCALE = {"directions": ["row"], "scales": [1], "conv_kernels": [3]}
 NO_LPR = {"lpr": False}
@@ -41,6 +42,8 @@ class Entry:
         mamim: pretrain with MAMIM on the training images before fine-tuning.
         family: ``"ssmamba"`` or ``"baseline"`` (timm models): the paired comparison is against the best baseline.
         description: one line for the leaderboard.
+        architecture: an ssmamba entry's whole ``SSMambaConfig`` (its variant's with ``model_args``), so that a
+            cell computed before a default of the variant changed is not taken for one of today's model.
     """
 
     name: str
@@ -49,10 +52,12 @@ class Entry:
     mamim: bool = False
     family: str = "baseline"
     description: str = ""
+    architecture: dict = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "model": self.model, "model_args": dict(self.model_args), "mamim": self.mamim,
-                "family": self.family, "description": self.description}
+        out = {"name": self.name, "model": self.model, "model_args": dict(self.model_args), "mamim": self.mamim,
+               "family": self.family, "description": self.description}
+        return {**out, "architecture": dict(self.architecture)} if self.architecture else out
 
 
 # name -> (MAMIM first, architecture arguments, description); built on the benchmark's SSMamba backbone
@@ -65,18 +70,23 @@ PRESETS: dict[str, tuple[bool, dict, str]] = {
 }
 
 
-def parse_entry(text: str, backbone: str = "ssmamba_tiny") -> Entry:
-    """An :class:`Entry` from a preset name or ``MODEL[+mamim]``; unknown models raise ``ValueError``."""
-    text = text.strip()
+def parse_entry(text: str, backbone: str = "ssmamba_tiny", backbone_args: dict | None = None) -> Entry:
+    """An :class:`Entry` from a preset name or ``MODEL[+mamim]``; unknown models raise ``ValueError``.
+
+    ``backbone_args``: architecture arguments of every ssmamba entry (``conv_block=inverted``), under the presets'
+    own switches."""
+    text, base = text.strip(), dict(backbone_args or {})
     if text in PRESETS:
         mamim, args, description = PRESETS[text]
-        return Entry(text, backbone, dict(args), mamim, "ssmamba", f"{description} ({backbone})")
+        args = {**base, **args}
+        return Entry(text, backbone, args, mamim, "ssmamba", f"{description} ({backbone})",
+                     architecture(backbone, args))
     model, plus, stage = text.partition("+")
     if plus and stage != "mamim":
         raise ValueError(f"entry {text!r}: the only stage that can be added is '+mamim'")
     if is_ssmamba(model):
-        return Entry(text, model, {}, bool(plus), "ssmamba",
-                     f"{model}, {'MAMIM + fine-tune' if plus else 'random init'}")
+        return Entry(text, model, base, bool(plus), "ssmamba",
+                     f"{model}, {'MAMIM + fine-tune' if plus else 'random init'}", architecture(model, base))
     if plus:
         raise ValueError(f"entry {text!r}: MAMIM pretraining is for ssmamba models, not {model!r}")
     import timm
@@ -85,3 +95,11 @@ def parse_entry(text: str, backbone: str = "ssmamba_tiny") -> Entry:
         raise ValueError(f"entry {text!r} is not a preset ({', '.join(PRESETS)}), an ssmamba model or a timm "
                          "architecture")
     return Entry(text, model, {}, False, "baseline", f"timm {model}, random init")
+
+
+def saved_entry(entry: dict) -> dict:
+    """An entry as a cell's ``cell.json`` records it, in today's terms: a cell written before entries recorded
+    their architecture was built with the variant's fields as they were then (``FIELDS_ADDED_LATER``)."""
+    if entry.get("family") != "ssmamba" or "architecture" in entry:
+        return entry
+    return {**entry, "architecture": architecture(entry["model"], entry["model_args"], set(FIELDS_ADDED_LATER))}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,7 +31,9 @@ __all__ = ["BenchmarkConfig", "run_benchmark", "DEFAULT_ENTRIES"]
 DEFAULT_ENTRIES = ("ssmamba", "ssmamba-mamim", "ssmamba-dms", "ssmamba-lpr", "resnet18", "convnext_atto",
                    "mambaout_femto")
 # BenchmarkConfig fields that do not change what a cell computes (so they may differ between sittings)
-_NOT_RECIPE = {"data", "out", "entries", "seeds", "magnifications", "bootstrap", "device", "threads", "num_workers"}
+# (backbone_args is part of each ssmamba entry's recorded architecture instead)
+_NOT_RECIPE = {"data", "out", "entries", "seeds", "magnifications", "bootstrap", "device", "threads", "num_workers",
+               "backbone_args"}
 
 
 @dataclass
@@ -41,6 +43,7 @@ class BenchmarkConfig:
     entries: tuple[str, ...] = DEFAULT_ENTRIES  # presets (ssmamba, ssmamba-mamim, ssmamba-dms, ssmamba-lpr, plain-mamba), ssmamba or timm models, MODEL+mamim
     seeds: tuple[int, ...] = (0, 1, 2)  # one cell per entry and seed
     backbone: str = "ssmamba_tiny"  # the SSMamba variant the presets are built on
+    backbone_args: dict[str, object] = field(default_factory=dict)  # architecture arguments of every ssmamba entry (conv_block=inverted)
     img_size: int = 64  # model input side; a multiple of 32 for entries with a MAMIM stage
     crop_size: int = 64  # nucleus-points data: side of the crop read around each point
     epochs: int = 10  # THE budget: fine-tuning epochs, the same for every entry
@@ -119,7 +122,7 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, command: str | No
     from ssmamba.train.setup import resolve_device
     from ssmamba.workflows.benchmark.leaderboard import build_leaderboard, write_leaderboard
 
-    entries = [parse_entry(name, cfg.backbone) for name in cfg.entries]  # unknown entries fail before any work
+    entries = [parse_entry(name, cfg.backbone, cfg.backbone_args) for name in cfg.entries]  # unknown entries fail before any work
     if any(e.mamim for e in entries) and (cfg.img_size % 32 or cfg.img_size % cfg.mask_patch_size):
         raise ValueError(f"--img-size {cfg.img_size} must be a multiple of 32 and of --mask-patch-size "
                          f"{cfg.mask_patch_size} for entries with a MAMIM stage")
