@@ -49,7 +49,7 @@ def trained(image_folder, tmp_path_factory):
     saved = yaml.safe_load((out / "pre" / "config.yaml").read_text())
     assert saved["pretrain"]["epochs"] == 1 and saved["pretrain"]["model"] == "ssmamba_test"
     assert saved["pretrain"]["model_args"] == {"lpr": False, "directions": ["row", "column"]}
-    invoke("finetune", "--data", image_folder, "--checkpoint", out / "pre" / "checkpoint", "--out", out / "ft",
+    invoke("finetune", "--data", image_folder, "--init", out / "pre" / "checkpoint", "--out", out / "ft",
            "--img-size", 32, "--crop-size", 32, "--epochs", 1, "--batch-size", 8, "--no-progress")
     return out
 
@@ -65,6 +65,7 @@ def test_evaluate_predict_and_probe(trained, image_folder, tmp_path):
     invoke("evaluate", "--checkpoint", trained / "ft" / "best", "--data", image_folder, "--split", "test",
            "--out", tmp_path / "eval", "--bootstrap", 20)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert yaml.safe_load((tmp_path / "eval" / "config.yaml").read_text())["evaluate"]["bootstrap"] == 20
     # the same number, computed here from the checkpoint and the test split without the evaluation code
     from sklearn.metrics import balanced_accuracy_score
 
@@ -86,6 +87,7 @@ def test_evaluate_predict_and_probe(trained, image_folder, tmp_path):
     invoke("predict", "--checkpoint", trained / "ft" / "best", image_folder, "--out", tmp_path / "pred.csv")
     rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
     assert len(rows) == 26 and {"path", "prediction", "prob_benign", "prob_tumour"} <= set(rows[0])
+    assert yaml.safe_load((tmp_path / "pred.yaml").read_text())["predict"]["inputs"] == str(image_folder)
     single = next(image_folder.glob("benign/*.png"))
     invoke("predict", "--checkpoint", trained / "ft" / "best", single, "--out", tmp_path / "one.csv")
     assert len(list(csv.DictReader(open(tmp_path / "one.csv")))) == 1
@@ -100,6 +102,7 @@ def test_evaluate_predict_and_probe(trained, image_folder, tmp_path):
            "--out", tmp_path / "probe", "--k", 3)
     probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert {"linear", "knn"} <= set(probe)
+    assert yaml.safe_load((tmp_path / "probe" / "config.yaml").read_text())["probe"]["k"] == 3
 
 
 def test_demo_end_to_end_reduced(tmp_path):
@@ -109,6 +112,7 @@ def test_demo_end_to_end_reduced(tmp_path):
     assert "synthetic" in result.output.lower()
     for stage in ("pretrain", "finetune"):  # --threads reaches both stages and is saved in their run configs
         assert yaml.safe_load((tmp_path / "demo" / stage / "config.yaml").read_text())[stage]["threads"] == 1
+    assert yaml.safe_load((tmp_path / "demo" / "config.yaml").read_text())["demo"]["n_per_class"] == 12
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "balanced accuracy" in report
     for image in ("pretrain/loss.png", "finetune/curves.png", "finetune/test/confusion_matrix.png"):

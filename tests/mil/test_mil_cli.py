@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from ssmamba.cli import main
@@ -16,7 +17,7 @@ def test_train_with_kfold_cv_then_evaluate(bag_folder, tmp_path):
     out = tmp_path / "run"
     runner = CliRunner()
     result = runner.invoke(main, ["mil", "train", "--csv", str(table), "--features", str(features), "--head", "abmil",
-                                  "--head-arg", "hidden_dim=32", "--folds", "3", "--epochs", "3", "--lr", "1e-3",
+                                  "--head-args", "hidden_dim=32", "--folds", "3", "--epochs", "3", "--lr", "1e-3",
                                   "--bootstrap", "50", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "mean ± std" in result.output and "patients (patient_id)" in result.output
@@ -24,6 +25,7 @@ def test_train_with_kfold_cv_then_evaluate(bag_folder, tmp_path):
     assert len(summary["folds"]) == 3 and summary["summary"]["auroc"]["n"] == 3
     assert summary["pooled_out_of_fold"]["n"] == 24
     assert summary["settings"]["head_kwargs"] == {"hidden_dim": 32}
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["head_args"] == {"hidden_dim": 32}
     markdown = (out / "summary.md").read_text()
     pooled = summary["pooled_out_of_fold"]
     low, high = pooled["ci95"]["auroc"]
@@ -45,14 +47,14 @@ def test_train_with_kfold_cv_then_evaluate(bag_folder, tmp_path):
     predictions = (out / "fold_0" / "predictions.csv").read_text().splitlines()
     assert predictions[0] == "slide_id,label,prediction,prob_benign,prob_tumour"
 
-    result = runner.invoke(main, ["mil", "evaluate", "--model", str(out), "--csv", str(table), "--features",
+    result = runner.invoke(main, ["mil", "evaluate", "--heads", str(out), "--csv", str(table), "--features",
                                   str(features), "--out", str(tmp_path / "eval"), "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
     assert "3 head(s)" in result.output
     assert "bags:" in result.output  # a progress bar over the bags of each head
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == 24 and metrics["classes"] == ["benign", "tumour"]
-    quiet = runner.invoke(main, ["mil", "evaluate", "--model", str(out), "--csv", str(table), "--features",
+    quiet = runner.invoke(main, ["mil", "evaluate", "--heads", str(out), "--csv", str(table), "--features",
                                  str(features), "--out", str(tmp_path / "quiet"), "--bootstrap", "0", "--threads", "1",
                                  "--no-progress"])
     assert quiet.exit_code == 0, quiet.output
@@ -67,7 +69,7 @@ def test_train_on_the_split_column(tmp_path, key_instance_bags, bag_writer):
     csv = tmp_path / "bags.csv"
     csv.write_text("slide_id,label,split\n" + "".join(f"{i},{b[2]},{s}\n" for i, b, s in zip(ids, bags, splits)))
     result = CliRunner().invoke(main, ["mil", "train", "--csv", str(csv), "--features", str(tmp_path / "features"),
-                                       "--head", "transmil", "--head-arg", "dim=32", "--head-arg", "num_heads=4",
+                                       "--head", "transmil", "--head-args", "dim=32", "--head-args", "num_heads=4",
                                        "--epochs", "2", "--bootstrap", "0", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     split = json.loads((tmp_path / "run" / "split.json").read_text())
@@ -83,7 +85,7 @@ def test_helpful_errors(bag_folder, tmp_path):
                                   "--out", str(tmp_path / "run")])
     assert result.exit_code != 0 and "--folds" in result.output
     result = runner.invoke(main, ["mil", "train", "--csv", str(table), "--features", str(features), "--folds", "2",
-                                  "--head-arg", "oops", "--out", str(tmp_path / "run")])
+                                  "--head-args", "oops", "--out", str(tmp_path / "run")])
     assert result.exit_code != 0 and "KEY=VALUE" in result.output
 
 
@@ -104,7 +106,7 @@ def test_crchp_images_become_bags(shared_data, tmp_path):
                                   "--patch-size", "100", "--no-tissue-mask"])
     assert result.exit_code == 0, result.output
     assert result.output.count("25 tiles") == 2  # 500 x 500 px images, 5 x 5 grid
-    result = runner.invoke(main, ["wsi", "extract", str(out), "--encoder", "ssmamba_test", "--input-size", "32"])
+    result = runner.invoke(main, ["wsi", "extract", str(out), "--encoder", "ssmamba_test", "--img-size", "32"])
     assert result.exit_code == 0, result.output
     from ssmamba.mil.bags import BagDataset, read_bag_table
 

@@ -55,7 +55,7 @@ def test_finetune_from_a_pretrained_encoder_with_options(image_folder, tmp_path,
     encoder = create_model("ssmamba_test", num_classes=0)
     encoder_dir = save_pretrained(encoder, tmp_path / "encoder")
     run = tmp_path / "run"
-    best = finetune(_config(data, run, checkpoint=str(encoder_dir), ema=True, ema_decay=0.9,
+    best = finetune(_config(data, run, init=str(encoder_dir), ema=True, ema_decay=0.9,
                             balance=Balancing.SAMPLER, layer_decay=0.7, epochs=2), progress=False)
     assert best == run / "best"
 
@@ -141,7 +141,7 @@ def test_finetune_and_pretrain_on_a_gpu(image_folder, tmp_path):
     encoder = pretrain(PretrainConfig(data=str(image_folder), out=str(tmp_path / "pre"), model="ssmamba_test",
                                       img_size=32, crop_size=32, mask_patch_size=8, epochs=1, batch_size=8,
                                       device="cuda", precision="bf16"), progress=False)
-    best = finetune(_config(image_folder, tmp_path / "run", checkpoint=str(encoder), epochs=2, device="cuda",
+    best = finetune(_config(image_folder, tmp_path / "run", init=str(encoder), epochs=2, device="cuda",
                             ema=True, balance=Balancing.LOSS), progress=False)
     model = create_model(checkpoint=best)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2)

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import torch
+import yaml
 from click.testing import CliRunner
 from PIL import Image
 
@@ -22,23 +23,24 @@ def test_tile_extract_heatmap_on_the_real_slide(cmu_slide, tmp_path):
     assert result.exit_code == 0, result.output
     patches = out / "patches_0.50mpp_224px"
     assert (patches / "CMU-1-Small-Region.h5").is_file() and (patches / "CMU-1-Small-Region.png").is_file()
+    assert yaml.safe_load((out / "wsi-tile.yaml").read_text())["tile"]["magnification"] == 20
 
-    result = runner.invoke(main, ["wsi", "extract", str(out), "--encoder", "ssmamba_test", "--input-size", "64",
+    result = runner.invoke(main, ["wsi", "extract", str(out), "--encoder", "ssmamba_test", "--img-size", "64",
                                   "--batch-size", "32", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert "embedded at 64 px" in result.output and "resized to 64 px (--input-size)" in result.output
+    assert "embedded at 64 px" in result.output and "resized to 64 px (--img-size)" in result.output
     (folder,) = (out / "features_0.50mpp_224px").iterdir()
     assert folder.name.startswith("ssmamba_test-random-") and folder.name.endswith("_in64")
     features = folder / "CMU-1-Small-Region.h5"
     assert features.is_file()
-    result = runner.invoke(main, ["wsi", "extract", str(out), "--encoder", "ssmamba_test", "--input-size", "64"])
+    result = runner.invoke(main, ["wsi", "extract", str(out), "--encoder", "ssmamba_test", "--img-size", "64"])
     assert "already done" in result.output
 
     torch.manual_seed(0)
     model_dir = save_mil_model(create_mil_head("abmil", 64, 2), tmp_path / "head", head_name="abmil",
                                head_kwargs={}, class_names=["no", "yes"])
     png = tmp_path / "heat" / "cmu.png"
-    result = runner.invoke(main, ["wsi", "heatmap", str(cmu_slide), "--features", str(features), "--model",
+    result = runner.invoke(main, ["wsi", "heatmap", str(cmu_slide), "--features", str(features), "--heads",
                                   str(model_dir), "--out", str(png), "--thumbnail-size", "512"])
     assert result.exit_code == 0, result.output
     assert "prediction: no" in result.output and "attention of the abmil head" in result.output
@@ -61,7 +63,7 @@ def test_tile_extract_heatmap_on_the_real_slide(cmu_slide, tmp_path):
     pc1 = np.loadtxt(tmp_path / "pca.csv", delimiter=",", skiprows=1)[:, 2]
     assert abs(pc1.mean()) < 1e-3 * np.abs(pc1).max() and pc1.std() > 0
     result = runner.invoke(main, ["wsi", "heatmap", str(cmu_slide), "--features", str(features), "--pca",
-                                  "--model", str(model_dir), "--out", str(tmp_path / "both.png")])
+                                  "--heads", str(model_dir), "--out", str(tmp_path / "both.png")])
     assert result.exit_code != 0 and "exactly one of" in result.output
 
 

@@ -8,15 +8,14 @@ import shlex
 
 import click
 
-from ssmamba.cli.options import build_config, config_options
+from ssmamba.cli.options import ConfigCommand, save_config
 from ssmamba.workflows.benchmark.runner import BenchmarkConfig
 
 
-@click.command()
-@config_options(BenchmarkConfig)
+@click.command(cls=ConfigCommand, config=BenchmarkConfig)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar over cells.")
 @click.option("--report-only", is_flag=True, help="Compute nothing: write the leaderboard of the finished cells.")
-def benchmark(progress: bool, report_only: bool, **values) -> None:
+def benchmark(cfg: BenchmarkConfig, progress: bool, report_only: bool) -> None:
     """Fine-tune every entry with the same recipe and budget on one data set, over several seeds, and rank them.
 
     Each (entry, seed) cell is written to OUT/cells/ atomically and never recomputed: rerun the same command
@@ -31,10 +30,10 @@ def benchmark(progress: bool, report_only: bool, **values) -> None:
 
     console_logging(progress)
     try:
-        cfg = build_config(BenchmarkConfig, values)
         if not cfg.data:
             raise click.UsageError("--data is required: a labelled data set with train/val/test splits")
         path = run_benchmark(cfg, progress=progress, command=command_line(cfg), report_only=report_only)
+        save_config(cfg, path.parent / "config.yaml")
     except RecipeMismatchError as error:
         raise click.ClickException(str(error)) from error
     except (FileNotFoundError, ValueError) as error:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ssmamba.cli.options import build_config, config_options
+from ssmamba.cli.options import ConfigCommand
 from ssmamba.io.distributed import launch_rank
 from ssmamba.train.finetune import FinetuneConfig
 from ssmamba.train.pretrain import PretrainConfig
@@ -33,31 +33,30 @@ _OVERWRITE = click.option("--overwrite", is_flag=True,
                                "is refused.")
 
 
-@click.command()
-@config_options(PretrainConfig)
+@click.command(cls=ConfigCommand, config=PretrainConfig)
 @_RESUME
 @_RESHARD
 @_OVERWRITE
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def pretrain(resume: bool, reshard: bool, overwrite: bool, progress: bool, **values) -> None:
+def pretrain(cfg: PretrainConfig, resume: bool, reshard: bool, overwrite: bool, progress: bool) -> None:
     """MAMIM self-supervised pretraining on your own images (labels ignored)."""
     from ssmamba.train.pretrain import pretrain as run
 
-    checkpoint = _run(run, build_config(PretrainConfig, values), resume, overwrite, progress, reshard)
+    checkpoint = _run(run, cfg, resume, overwrite, progress, reshard)
     if launch_rank() == 0:
         click.echo(f"encoder checkpoint: {checkpoint}")
 
 
-@click.command()
-@config_options(FinetuneConfig)
+# --init is the weights a run starts from; --checkpoint names the trained model under test (evaluate, predict)
+@click.command(cls=ConfigCommand, config=FinetuneConfig, renamed={"--checkpoint": "--init"})
 @_RESUME
 @_RESHARD
 @_OVERWRITE
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def finetune(resume: bool, reshard: bool, overwrite: bool, progress: bool, **values) -> None:
-    """Supervised fine-tuning from a MAMIM checkpoint (--checkpoint) or from scratch."""
+def finetune(cfg: FinetuneConfig, resume: bool, reshard: bool, overwrite: bool, progress: bool) -> None:
+    """Supervised fine-tuning from a MAMIM checkpoint (--init) or from scratch."""
     from ssmamba.train.finetune import finetune as run
 
-    best = _run(run, build_config(FinetuneConfig, values), resume, overwrite, progress, reshard)
+    best = _run(run, cfg, resume, overwrite, progress, reshard)
     if launch_rank() == 0:
         click.echo(f"best checkpoint: {best}")

@@ -53,12 +53,12 @@ class Balancing(str, Enum):
 @dataclass
 class FinetuneConfig:
     data: str = ""  # image folder, CSV manifest or nucleus-points CSV with labels (and splits or groups)
-    out: str = "runs/finetune"
+    out: str = "runs/finetune"  # run folder: best/, last/, config.yaml, curves, log
     # architecture when starting from scratch: an ssmamba variant or any timm name (resnet18, convnext_atto, ...)
     model: str = "ssmamba_tiny"
     model_args: dict[str, object] = field(default_factory=dict)  # architecture overrides, e.g. lpr=false
-    checkpoint: str | None = None  # a checkpoint directory to start from (MAMIM, or any ssmamba/timm checkpoint)
-    img_size: int = 64
+    init: str | None = None  # the weights to start from: a checkpoint folder (MAMIM, or any ssmamba/timm checkpoint)
+    img_size: int = 64  # model input side in pixels
     crop_size: int = 64  # nucleus-points CSVs: side of the crop read around each point
     group_column: str | None = None  # CSV column to split by (patient, slide) when the data has no split column
     # Field of view: evaluation shows each image whole at img_size (zoom = img_size / the training images' median
@@ -66,25 +66,25 @@ class FinetuneConfig:
     # uniformly, so their mean scale is the evaluation scale (zooms below it mirror the image border outward).
     zoom_min: float = 0.8  # smallest zoom of training views, relative to the evaluation view
     zoom_max: float = 1.25  # largest zoom of training views, relative to the evaluation view
-    hed: bool = True
-    flips: bool = True
-    rot90: bool = True
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
+    hed: bool = True  # stain (HED) jitter
+    flips: bool = True  # random horizontal/vertical flips
+    rot90: bool = True  # random 90-degree rotations
+    epochs: int = 20  # passes over the training data
+    batch_size: int = 64  # images per batch (per process under torchrun)
+    lr: float = 1e-3  # AdamW peak learning rate (warm-up, then cosine decay)
+    weight_decay: float = 0.05  # AdamW weight decay (not on norms, biases and SSM dynamics)
     # layer-wise LR decay for pretrained encoders (1.0 = off). Off by default: after a short MAMIM pretraining,
     # 0.75 / 0.9 / 1.0 gave test weighted F1 0.62 / 0.65 / 0.71 on crchp with 1,500 labels (docs/results.md)
     layer_decay: float = 1.0
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    drop_path: float = 0.1
-    ema: bool = False
-    ema_decay: float = 0.999
-    balance: Balancing = Balancing.NONE
+    warmup_epochs: float = 1.0  # linear learning-rate warm-up, in epochs
+    label_smoothing: float = 0.1  # cross-entropy label smoothing
+    drop_path: float = 0.1  # stochastic depth rate
+    ema: bool = False  # keep an exponential moving average of the weights
+    ema_decay: float = 0.999  # decay of the weight average per step
+    balance: Balancing = Balancing.NONE  # class balancing: none, sampler (class-balanced batches) or loss (weights)
     monitor: str = "balanced_accuracy"  # validation metric for early stopping and the best checkpoint
     patience: int = 5  # epochs without improvement before stopping (0 = never stop early)
-    grad_clip: float = 3.0
+    grad_clip: float = 3.0  # clip the gradient norm to this (0 = no clipping)
     accum_steps: int = 1  # batches summed into each optimiser step (a step sees batch-size x this x processes)
     sync_batch_norm: bool = False  # under torchrun on GPUs: BatchNorm statistics over every process's batch
     max_train: int | None = None  # subsample training samples (seeded), e.g. for a budget experiment
@@ -92,8 +92,8 @@ class FinetuneConfig:
     precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in the training forward pass
     device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
     threads: int | None = None  # CPU threads torch uses [default: torch's, i.e. OMP_NUM_THREADS or the cores]
-    num_workers: int = 0
-    seed: int = 0
+    num_workers: int = 0  # DataLoader worker processes
+    seed: int = 0  # seed of the split (if made), data order and initialisation
     strict: bool = False  # fail on an unreadable file instead of skipping it
     allow_leakage: bool = False  # accept the same image in more than one split (an error otherwise)
 
@@ -265,13 +265,13 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool, devi
     val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_set, shard(len(val_set))),
                                              batch_size=cfg.batch_size * 2, num_workers=cfg.num_workers)
 
-    model = create_model(cfg.model if cfg.checkpoint is None else None, checkpoint=cfg.checkpoint,
+    model = create_model(cfg.model if cfg.init is None else None, checkpoint=cfg.init,
                          num_classes=len(classes), drop_path_rate=cfg.drop_path, img_size=cfg.img_size,
                          **cfg.model_args)
     pretrained_cfg = {"mean": list(mean), "std": list(std), "input_size": [3, cfg.img_size, cfg.img_size],
-                      "class_names": classes, "crop_size": cfg.crop_size, "finetuned_from": cfg.checkpoint,
+                      "class_names": classes, "crop_size": cfg.crop_size, "finetuned_from": cfg.init,
                       "native_side": view.native_side, "eval_zoom": view.eval_zoom}
-    layer_decay = cfg.layer_decay if cfg.checkpoint else 1.0  # LLRD only makes sense for a pretrained encoder
+    layer_decay = cfg.layer_decay if cfg.init else 1.0  # LLRD only makes sense for a pretrained encoder
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, layer_decay), lr=cfg.lr)
     steps_per_epoch = -(-len(loader) // cfg.accum_steps)
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)

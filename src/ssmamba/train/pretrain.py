@@ -37,26 +37,26 @@ __all__ = ["PretrainConfig", "PretrainTrainer", "pretrain"]
 @dataclass
 class PretrainConfig:
     data: str = ""  # image folder, CSV manifest or nucleus-points CSV; labels are ignored
-    out: str = "runs/pretrain"
-    model: str = "ssmamba_tiny"
+    out: str = "runs/pretrain"  # run folder: checkpoint/, config.yaml, loss curves, log
+    model: str = "ssmamba_tiny"  # architecture: an ssmamba variant (ssmamba_tiny, ...)
     model_args: dict[str, object] = field(default_factory=dict)  # architecture overrides, e.g. lpr=false
     split: str | None = None  # e.g. "train" to keep val/test images out of pretraining; None = every image
     img_size: int = 64  # training view size (a multiple of 32)
     crop_size: int = 64  # nucleus-points CSVs: side of the crop read around each point, before the view
-    mask_ratio: float = 0.6
-    mask_patch_size: int = 16
+    mask_ratio: float = 0.6  # share of mask patches hidden from the encoder
+    mask_patch_size: int = 16  # side of a mask patch in pixels
     decoder_levels: int = 2  # stage maps the pixel decoder reads, coarsest first (1 = the stride-32 map only)
     zoom_min: float = 0.25  # views span this range of zoom relative to native resolution (magnification shift)
-    zoom_max: float = 1.0
+    zoom_max: float = 1.0  # largest zoom of the views, relative to native resolution
     hed: bool = True  # stain (HED) jitter
-    flips: bool = True
-    rot90: bool = True
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    grad_clip: float = 3.0
+    flips: bool = True  # random horizontal/vertical flips
+    rot90: bool = True  # random 90-degree rotations
+    epochs: int = 10  # passes over the data
+    batch_size: int = 32  # images per batch (per process under torchrun)
+    lr: float = 1e-3  # AdamW peak learning rate (warm-up, then cosine decay)
+    weight_decay: float = 0.05  # AdamW weight decay (not on norms, biases and SSM dynamics)
+    warmup_epochs: float = 1.0  # linear learning-rate warm-up, in epochs
+    grad_clip: float = 3.0  # clip the gradient norm to this (0 = no clipping)
     checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
     accum_steps: int = 1  # batches summed into each optimiser step (a step sees batch-size x this x processes)
     sync_batch_norm: bool = False  # under torchrun on GPUs: BatchNorm statistics over every process's batch
@@ -64,8 +64,8 @@ class PretrainConfig:
     precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in the training forward pass
     device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
     threads: int | None = None  # CPU threads torch uses [default: torch's, i.e. OMP_NUM_THREADS or the cores]
-    num_workers: int = 0
-    seed: int = 0
+    num_workers: int = 0  # DataLoader worker processes
+    seed: int = 0  # seed of the data order, masks and initialisation
     strict: bool = False  # fail on an unreadable file instead of skipping it
     allow_leakage: bool = False  # accept the same image in more than one split (an error otherwise)
 

@@ -179,7 +179,7 @@ class Cell:
         r = self.recipe
         cfg = FinetuneConfig(
             data=self.data, out=str(self.root / "finetune"), model=self.entry.model,
-            model_args=dict(self.entry.model_args), checkpoint=str(checkpoint) if checkpoint else None,
+            model_args=dict(self.entry.model_args), init=str(checkpoint) if checkpoint else None,
             img_size=r["img_size"], crop_size=r["crop_size"], zoom_min=r["zoom_min"], zoom_max=r["zoom_max"], epochs=r["epochs"], batch_size=r["batch_size"], lr=r["lr"],
             weight_decay=r["weight_decay"], drop_path=r["drop_path"], balance=r["balance"], monitor=r["monitor"],
             patience=0, max_train=r["max_train"], max_val=r.get("max_val"), precision=r["precision"], device=device, num_workers=num_workers,
