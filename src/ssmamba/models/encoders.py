@@ -33,7 +33,7 @@ class InputSizeSource(enum.Enum):
 
     TILE = "tile"  # the encoder takes any size: tiles are embedded as they were cut, never resampled
     MODEL = "model"  # a fixed-size model (a ViT): tiles are resized to the size it was built for
-    OPTION = "option"  # ``--input-size`` (``load_encoder(input_size=...)``) asked for this size
+    OPTION = "option"  # ``--img-size`` (``load_encoder(input_size=...)``) asked for this size
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Encoder:
         num_features: embedding width D.
         fixed_input_size: the model only accepts ``input_size`` (ViTs with a fixed position table); models that
             take any size (ssmamba, CNNs) embed tiles at the tile size unless ``requested_input_size`` is set.
-        requested_input_size: resize tiles to this side whatever the model (``--input-size``).
+        requested_input_size: resize tiles to this side whatever the model (``--img-size``).
         checkpoint: weights file used, if any.
         weights_sha256: SHA-256 of the checkpoint file, or of the weights themselves (state dict) otherwise,
             so random and downloaded weights are told apart too.
@@ -169,7 +169,7 @@ def _load_named(name: str, checkpoint_path: Path | None, pretrained: bool) -> tu
     """The model called ``name`` (ssmamba, else timm) and the weights file it was loaded from, if any."""
     if name in _ssmamba_names():
         if pretrained:
-            raise ValueError(f"{name} has no published weights; pass --checkpoint with a MAMIM-pretrained "
+            raise ValueError(f"{name} has no published weights; pass --weights with a MAMIM-pretrained "
                              f"or fine-tuned checkpoint directory")
         model = create_model(name, checkpoint=checkpoint_path, num_classes=0)
         if checkpoint_path is not None and checkpoint_path.is_dir():
