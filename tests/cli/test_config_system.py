@@ -155,3 +155,9 @@ def test_bad_config_files_are_one_error_line_naming_the_file(inputs, tmp_path):
         assert str(path) in error and needle in error
     result = CliRunner().invoke(main, ["wsi", "heatmap", inputs["FILE"], "--features", inputs["FILE"], "-o", "x.png"])
     assert result.exit_code == 1 and result.output.count("Error:") == 1 and "exactly one of" in result.output
+
+
+def test_device_auto_is_saved_as_typed_so_a_config_runs_with_or_without_a_gpu(inputs):
+    for path in (("evaluate",), ("mil", "train"), ("finetune",)):
+        _, cfg = resolve(path, FLAGS[path], inputs)
+        assert cfg.device == "auto"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ssmamba.cli.options import ConfigCommand, progress_option, save_config
+from ssmamba.cli.options import ConfigCommand, device, progress_option, save_config
 from ssmamba.workflows.evaluate import EvaluateConfig, PredictConfig
 from ssmamba.workflows.probe import ProbeConfig
 
@@ -39,7 +39,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool, overwrite: bool):
     out = claim_run_dir(cfg.out, overwrite=overwrite)
     result = evaluate_checkpoint(cfg.checkpoint, cfg.data, out, split=cfg.split, group_column=cfg.group_column,
                                  ordinal=cfg.ordinal, n_bootstrap=cfg.bootstrap, batch_size=cfg.batch_size,
-                                 num_workers=cfg.num_workers, seed=cfg.seed, tta=cfg.tta, device=cfg.device,
+                                 num_workers=cfg.num_workers, seed=cfg.seed, tta=cfg.tta, device=device(cfg.device),
                                  progress=progress, allow_leakage=cfg.allow_leakage)
     save_config(cfg, out / "config.yaml")
     _echo_skipped(result.dataset, result.skipped_list)
@@ -65,7 +65,7 @@ def predict(cfg: PredictConfig, progress: bool, overwrite: bool):
     if out.is_dir():
         raise click.ClickException(f"--out {out} is a folder; give the path of a CSV file")
     check_writable(out.parent, "--out folder")
-    classifier = load_classifier(cfg.checkpoint, cfg.device)
+    classifier = load_classifier(cfg.checkpoint, device(cfg.device))
     model, transform = classifier.model, classifier.transform
     classes = classifier.class_names or [str(i) for i in range(model.num_classes)]
     if inputs.is_file() and inputs.suffix.lower() != ".csv":
@@ -105,7 +105,7 @@ def probe(cfg: ProbeConfig, progress: bool, overwrite: bool):
     out = claim_run_dir(cfg.out, overwrite=overwrite)
     results = probe_encoder(load_encoder(cfg.encoder, checkpoint=cfg.weights), cfg.data, out, img_size=cfg.img_size,
                             crop_size=cfg.crop_size, group_column=cfg.group_column, k=cfg.k, batch_size=cfg.batch_size,
-                            seed=cfg.seed, device=cfg.device, progress=progress, allow_leakage=cfg.allow_leakage)
+                            seed=cfg.seed, device=device(cfg.device), progress=progress, allow_leakage=cfg.allow_leakage)
     save_config(cfg, out / "config.yaml")
     for name, row in results.items():
         click.echo(f"{name:>6}: " + ", ".join(f"{m} {v:.4f}" for m, v in row.items() if m != "C"))

@@ -10,11 +10,12 @@ since ``--model`` names an architecture everywhere else.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from ssmamba.cli.options import ConfigCommand, progress_option, save_config
+from ssmamba.cli.options import ConfigCommand, device, progress_option, save_config
 from ssmamba.mil.config import MILEvaluateRunConfig, MILTrainRunConfig
 
 # spellings of before the one vocabulary (see ssmamba.cli.options), accepted with a warning for one release
@@ -43,7 +44,8 @@ def train(cfg: MILTrainRunConfig, resume: bool, overwrite: bool, progress: bool)
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from error
     click.echo(table.describe())
-    settings = ExperimentSettings(head_name=cfg.head, head_kwargs=cfg.head_args, train=cfg.train_config(),
+    settings = ExperimentSettings(head_name=cfg.head, head_kwargs=cfg.head_args,
+                                  train=replace(cfg.train_config(), device=device(cfg.device)),
                                   val_fraction=cfg.val_fraction, n_bootstrap=cfg.bootstrap, progress=progress)
     extra = {"features_dir": str(Path(cfg.bags.features).resolve()), "csv": str(Path(cfg.bags.csv).resolve())}
     use_folds = cfg.folds is not None or all(r.fold is not None for r in table.records)
@@ -75,7 +77,7 @@ def evaluate(cfg: MILEvaluateRunConfig, overwrite: bool, progress: bool) -> None
         result = evaluate_saved_heads(cfg.heads, bags.csv, bags.features, out_dir, id_column=bags.id_column,
                                       label_column=bags.label_column, patient_column=bags.group_column,
                                       allow_missing=bags.allow_missing, n_bootstrap=cfg.bootstrap,
-                                      chunk_size=cfg.chunk_size, device=cfg.device, threads=cfg.threads,
+                                      chunk_size=cfg.chunk_size, device=device(cfg.device), threads=cfg.threads,
                                       progress=progress)
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from error

@@ -46,16 +46,24 @@ from pathlib import Path
 import click
 import yaml
 
-__all__ = ["ConfigCommand", "build_config", "config_dict", "save_config", "progress_option"]
+__all__ = ["ConfigCommand", "build_config", "config_dict", "save_config", "device", "progress_option"]
 
 
-def _parse_device(_ctx, param, value: str) -> str:
-    from ssmamba.train.setup import resolve_device
-
+def _check_device(_ctx, param, value: str) -> str:
+    """A usage error for a device this machine lacks; the value stays as typed (``auto`` is saved as ``auto``, so a
+    saved config runs on a machine with or without a GPU): :func:`device` resolves it where it is used."""
     try:
-        return str(resolve_device(value))
+        device(value)
     except (ValueError, RuntimeError) as error:
         raise click.BadParameter(str(error), param=param) from error
+    return value
+
+
+def device(name: str) -> str:
+    """``auto`` -> ``cuda`` or ``cpu``; any other device name as torch spells it."""
+    from ssmamba.train.setup import resolve_device
+
+    return str(resolve_device(name))
 
 
 def _set_threads(_ctx, _param, value: int | None) -> int | None:
@@ -67,7 +75,7 @@ def _set_threads(_ctx, _param, value: int | None) -> int | None:
 
 
 # fields whose value is checked or applied as the command line is read, in every command
-_FIELD_CALLBACKS = {"device": _parse_device, "threads": _set_threads}
+_FIELD_CALLBACKS = {"device": _check_device, "threads": _set_threads}
 
 
 def progress_option():

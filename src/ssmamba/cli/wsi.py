@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ssmamba.cli.options import ConfigCommand, progress_option, save_config
+from ssmamba.cli.options import ConfigCommand, device, progress_option, save_config
 from ssmamba.wsi.config import ExtractRunConfig, HeatmapRunConfig, TileRunConfig
 
 
@@ -100,16 +100,16 @@ def extract(cfg: ExtractRunConfig, overwrite: bool, progress: bool) -> None:
     out_dir = Path(cfg.out) if cfg.out else None
     slide_dir = Path(cfg.slide_dir) if cfg.slide_dir else None
     error_log = (out_dir or patch_files[0].parent.parent) / "extract_errors.log"
-    mine, device = launched_share(patch_files), str(local_device(cfg.device))
+    mine, on = launched_share(patch_files), str(local_device(device(cfg.device)))
     if launch_rank() == 0:
         save_config(cfg, error_log.parent / "wsi-extract.yaml")
         share = f", {len(mine)} in this process" if len(mine) < len(patch_files) else ""
         click.echo(f"encoder {model.name} ({model.weights} weights, {model.num_features} features, "
-                   f"{_input_size_rule(model)}) on {device}; {len(patch_files)} slide(s){share}")
+                   f"{_input_size_rule(model)}) on {on}; {len(patch_files)} slide(s){share}")
 
     def step(patches_path: Path):
         result = extract_from_patches(patches_path, model, out_dir or patches_path.parent.parent, slide_dir=slide_dir,
-                                      batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=device,
+                                      batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=on,
                                       overwrite=overwrite, progress=progress)
         click.echo(f"  {result.path}: {result.num_tiles} tiles of {result.key.patch_size} px embedded at "
                    f"{result.key.input_size} px{' (already done)' if result.skipped else ''}")
@@ -124,13 +124,13 @@ def extract(cfg: ExtractRunConfig, overwrite: bool, progress: bool) -> None:
     _report_failures(outcome, error_log)
 
 
-def _head_scores(model_dir: Path, bag, features_path: Path, device: str):
+def _head_scores(model_dir: Path, bag, features_path: Path, on: str):
     """Per-tile attention of a trained MIL head, after echoing its prediction for the slide."""
     import torch
 
     from ssmamba.mil import load_mil_model
 
-    head, config = load_mil_model(model_dir, device=device)
+    head, config = load_mil_model(model_dir, device=on)
     if head.in_dim != bag.features.shape[1]:
         raise click.UsageError(f"{model_dir} expects {head.in_dim}-d features but {features_path} has "
                                f"{bag.features.shape[1]}-d: use the encoder the head was trained on")
@@ -151,7 +151,7 @@ def _tile_scores(bag, cfg: HeatmapRunConfig):
     if cfg.pca:
         scores, share = first_principal_component(bag.features)
         return scores, f"feature PC1 ({100 * share:.0f}% of variance, sign arbitrary)"
-    return _head_scores(Path(cfg.heads), bag, Path(cfg.features), cfg.device)
+    return _head_scores(Path(cfg.heads), bag, Path(cfg.features), device(cfg.device))
 
 
 @wsi.command(cls=ConfigCommand, config=HeatmapRunConfig, renamed={"--model": "--heads"})
