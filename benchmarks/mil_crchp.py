@@ -75,10 +75,10 @@ def main() -> None:
     tiles = args.out / f"tiles_{args.patch_size}px_stride{args.stride}"
     run(["wsi", "tile", CRCHP / "images", "--out", tiles, "--slide-mpp", "0.5", "--mpp", "0.5", "--patch-size",
          args.patch_size, "--stride", args.stride, "--no-tissue-mask", "--thumbnail-size", "500"], commands)
-    extract = ["wsi", "extract", tiles, "--encoder", encoder, "--input-size", args.input_size,
+    extract = ["wsi", "extract", tiles, "--encoder", encoder, "--img-size", args.input_size,
                "--batch-size", "100", "--device", "cpu"]
     if checkpoint:
-        extract += ["--checkpoint", checkpoint]
+        extract += ["--weights", checkpoint]
     run(extract, commands)
     from ssmamba.models.encoders import load_encoder
     from ssmamba.io.features import FeatureKey, features_folder

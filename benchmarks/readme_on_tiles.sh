@@ -13,7 +13,7 @@ cd "$OUT"
 : > commands.txt
 ssmamba() { echo "ssmamba $*" >> commands.txt; python -m ssmamba "$@" --no-progress --overwrite; }
 ssmamba pretrain --data tiles224 --split train --img-size 96 --epochs 30 --out runs/pre
-ssmamba finetune --data tiles224 --checkpoint runs/pre/checkpoint --img-size 96 --out runs/ft
+ssmamba finetune --data tiles224 --init runs/pre/checkpoint --img-size 96 --out runs/ft
 ssmamba evaluate --checkpoint runs/ft/best --data tiles224 --split test --out runs/eval
 ssmamba predict --checkpoint runs/ft/best tiles224/test --out predictions.csv
 ssmamba probe --encoder runs/pre/checkpoint --data tiles224 --img-size 96 --out runs/probe

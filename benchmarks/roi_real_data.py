@@ -127,7 +127,7 @@ def main() -> None:
     finetune = ["finetune", *common, *zoom, "--epochs", str(args.finetune_epochs), "--monitor", spec["monitor"],
                 "--balance", spec["balance"], "--patience", "0"]
     finetune += ["--max-train", str(args.max_train)] if args.max_train else []
-    runs = {"mamim": ["--checkpoint", str(pre / "checkpoint")]}
+    runs = {"mamim": ["--init", str(pre / "checkpoint")]}
     if not args.skip_scratch:
         runs["scratch"] = []
     # (name, ssmamba arguments, run folder), in an order where each stage's inputs exist when it starts

@@ -140,7 +140,7 @@ def run_trial(dataset: str, name: str, seed: int, out: Path) -> dict:
         folder = out / "pretrain" / f"{_key(options)}_seed{seed}"
         state = _stage("pretrain", options, folder)
         row["pretrain_cpu_s"] = state.get("cpu_seconds", 0.0)
-        checkpoint = ["--checkpoint", str(folder / "checkpoint")]
+        checkpoint = ["--init", str(folder / "checkpoint")]
     options = [*FINETUNE[dataset], *COMMON, *finetune_options, *checkpoint, *seed_args]
     state = _stage("finetune", options, out / "trials" / name / f"seed_{seed}")
     history = json.loads((out / "trials" / name / f"seed_{seed}" / "history.json").read_text())

@@ -105,17 +105,6 @@ def _items_of(item_type):
     return callback
 
 
-def _chain(*callbacks):
-    callbacks = [c for c in callbacks if c is not None]
-
-    def callback(ctx, param, value):
-        for function in callbacks:
-            value = function(ctx, param, value)
-        return value
-
-    return callback if callbacks else None
-
-
 def _option_type(annotation, exists: str | None = None):
     """(click type, is_flag) for a field annotation such as ``int``, ``str | None`` or an Enum."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
