@@ -344,8 +344,9 @@ class Trainer:
                     self.state.history.append(row)
                     bar.set_postfix(loss=f"{running / seen:.4f}", img_s=f"{rate:.1f}")
                     if self.job.is_main:
-                        logger.info("step %d/%d (epoch %d): loss %.4f, lr %.2e (largest group), %.1f images/s",
-                                    self.state.step, self.total_steps, epoch + 1, row["loss"], row["lr"], rate)
+                        logger.info("step %d/%d (epoch %d): loss %.4f, lr %.2e (largest group), %.1f %s/s",
+                                    self.state.step, self.total_steps, epoch + 1, row["loss"], row["lr"], rate,
+                                    self.unit)
                     running, seen, started = 0.0, 0, time.perf_counter()
                 if self.checkpoint_every and self.state.step % self.checkpoint_every == 0:
                     self.checkpoint()
