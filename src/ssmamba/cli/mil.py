@@ -80,45 +80,62 @@ def mil() -> None:
 @click.option("--chunk-size", default=4096, show_default=True, help="Tiles per chunk at inference.")
 @click.option("--precision", type=click.Choice([p.value for p in Precision]), default=Precision.FP32.value,
               show_default=True, help="bf16: bfloat16 autocast in the training forward pass.")
+@click.option("--accum-steps", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Bags per optimiser step (per process under torchrun: N processes x this bags per step).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (the same options): finished "
               "folds are kept, the interrupted one continues from its last epoch.")
+@click.option("--reshard", is_flag=True, help="With --resume: continue a run begun with another number of "
+              "processes (torchrun) or --accum-steps; without it such a resume is refused.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out already holds (refused otherwise).")
 @progress_option()
 def train(csv_path, features_dir, id_column, label_column, patient_column, allow_missing, n_bootstrap, threads,
           device, head_name, head_args, out_dir, folds, epochs, lr, weight_decay, max_instances, val_fraction, balance,
-          chunk_size, precision, seed, resume, overwrite, progress) -> None:
-    """Train a MIL head with k-fold cross-validation (or on a fixed split) and report slide-level metrics."""
-    from ssmamba.io.runs import claim_run_dir
+          chunk_size, precision, accum_steps, seed, resume, reshard, overwrite, progress) -> None:
+    """Train a MIL head with k-fold cross-validation (or on a fixed split) and report slide-level metrics.
+    Data-parallel when started by torchrun (rank 0 writes the run folder and prints)."""
+    from ssmamba.cli.console import console_logging
+    from ssmamba.io.distributed import launch_rank
     from ssmamba.mil.bags import read_bag_table
     from ssmamba.mil.training import MILTrainConfig
+    from ssmamba.train.setup import training_run
     from ssmamba.workflows.mil_cv import ExperimentSettings, run_cross_validation, run_fixed_split
 
-    claim_run_dir(out_dir, resume=resume, overwrite=overwrite)
+    if reshard and not resume:
+        raise click.UsageError("--reshard only applies to --resume")
+    main = launch_rank() == 0
+    console_logging(progress or not main)  # warnings on the console (and the step log with --no-progress)
+    # claim --out (rank 0) and join the torchrun job, if any, until the command ends
+    out_dir, device = click.get_current_context().with_resource(training_run(out_dir, device, resume, overwrite))
+    device, progress = str(device), progress and main
 
     try:
         table = read_bag_table(csv_path, features_dir, id_column=id_column, label_column=label_column,
                                patient_column=patient_column, allow_missing=allow_missing)
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from error
-    click.echo(table.describe())
+    if main:
+        click.echo(table.describe())
     settings = ExperimentSettings(
         head_name=head_name, head_kwargs=_head_kwargs(head_args),
         train=MILTrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, max_instances=max_instances or None,
-                             balance_classes=balance, chunk_size=chunk_size, precision=precision, seed=seed,
-                             device=device, threads=threads),
+                             balance_classes=balance, chunk_size=chunk_size, precision=precision,
+                             accum_steps=accum_steps, seed=seed, device=device, threads=threads),
         val_fraction=val_fraction, n_bootstrap=n_bootstrap, progress=progress)
     extra = {"features_dir": str(features_dir.resolve()), "csv": str(csv_path.resolve())}
     use_folds = folds is not None or all(r.fold is not None for r in table.records)
     try:
         if use_folds:
             summary = run_cross_validation(table, settings, out_dir, n_folds=folds, seed=seed, extra=extra,
-                                           resume=resume)
-            click.echo((out_dir / "summary.md").read_text())
+                                           resume=resume, reshard=reshard)
+            if main:
+                click.echo((out_dir / "summary.md").read_text())
         else:
-            metrics = run_fixed_split(table, settings, out_dir, seed=seed, extra=extra, resume=resume)
-            click.echo(f"test metrics written to {out_dir}; " + ", ".join(
-                f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+            metrics = run_fixed_split(table, settings, out_dir, seed=seed, extra=extra, resume=resume,
+                                      reshard=reshard)
+            if main:
+                click.echo(f"test metrics written to {out_dir}; " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     except ValueError as error:
         raise click.UsageError(str(error)) from error
 
