@@ -94,7 +94,30 @@ TRIALS: dict[str, tuple[list[str] | None, list[str]]] = {
     # where the state-space stages start: at 64 px stage 3 is a 4 x 4 grid; how much does scanning it buy?
     "lr-3e-3+dense+conv3": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args",
                                    "conv_stages=3"]),
+    # MAMIM variants for the dense model (issue 12 item 1), each against lr-3e-3+dense+mamim (the budget's MAMIM):
+    # smaller mask patches read by the stride-8 decoder level, so a masked region is one nucleus, not a quarter view
+    "mamim-p8+dense": (["--model-args", "conv_block=dense", "--mask-patch-size", "8", "--decoder-levels", "3"],
+                       ["--lr", "0.003"]),
+    # the mask ratio, both ways from the default 0.6
+    "mamim-r0.4+dense": (["--model-args", "conv_block=dense", "--mask-ratio", "0.4"], ["--lr", "0.003"]),
+    "mamim-r0.75+dense": (["--model-args", "conv_block=dense", "--mask-ratio", "0.75"], ["--lr", "0.003"]),
+    # larger views with more context around the masked regions: 96 px pretraining views at zoom 0.5-1.0
+    "mamim-96px+dense": (["--model-args", "conv_block=dense", "--img-size", "96", "--zoom-min", "0.5"],
+                         ["--lr", "0.003"]),
+    # longer pretraining where the pretext loss still falls (for pcam1000: 3x its budget's 10 epochs, ~300 steps)
+    "mamim-30ep+dense": (["--model-args", "conv_block=dense", "--epochs", "30"], ["--lr", "0.003"]),
+    # layer-wise lr decay after MAMIM, the fine-tuning recipe masked pretraining is known to want (MAE, BEiT)
+    "mamim+ld-0.75+dense": (["--model-args", "conv_block=dense"], ["--lr", "0.003", "--layer-decay", "0.75"]),
+    # magnification robustness (issue 12 item 2; --val-shift reads validation at 0.5x / 2x): MAMIM at one zoom, the
+    # fine-tuning's evaluation zoom on pcam1000 (64 px of its 96 px images), against the default multi-zoom views
+    # (0.25-1.0 of native) and a wider range (0.125-2.0: 32-512 native px per view)
+    "mamim-1zoom+dense": (["--model-args", "conv_block=dense", "--zoom-min", "0.667", "--zoom-max", "0.667"],
+                          ["--lr", "0.003"]),
+    "mamim-widezoom+dense": (["--model-args", "conv_block=dense", "--zoom-min", "0.125", "--zoom-max", "2.0"],
+                             ["--lr", "0.003"]),
 }
+# Trials recorded before the variants' conv_block default became "dense" (benchmarks/results/sweep_*.json rows
+# without conv_block=dense in their options) ran the inverted-bottleneck conv stages, the default then.
 
 
 def _key(options: list[str]) -> str:
@@ -151,29 +174,74 @@ def run_trial(dataset: str, name: str, seed: int, out: Path) -> dict:
     return row
 
 
-def test_once(dataset: str, name: str, seeds: list[int], out: Path, results: Path) -> dict:
-    """The test split, read once, for a trial chosen on validation: each seed's best checkpoint at native
-    magnification and at 0.5x / 2x, by the benchmark's own evaluation (``Cell.evaluate``), so the numbers compare
-    with the leaderboard's. Written to ``results/sweep_<dataset>_test_<trial>.json``."""
+def _evaluate(dataset: str, run: Path, seed: int, split: str) -> dict:
+    """``split``'s metrics of a finished run's best checkpoint at 1x, 0.5x and 2x, by the benchmark's own evaluation
+    (``Cell.evaluate``), so the numbers compare with the leaderboard's; probabilities kept in ``run/<split>/``."""
     from ssmamba.workflows.benchmark.cells import Cell
     from ssmamba.workflows.benchmark.entries import parse_entry
 
+    options = FINETUNE[dataset]
+    crop = int(options[options.index("--crop-size") + 1]) if "--crop-size" in options else 64
+    cell = Cell(run / split, parse_entry("ssmamba-mamim"), seed, options[options.index("--data") + 1],
+                {"crop_size": crop, "batch_size": 64})
+    (run / split).mkdir(exist_ok=True)
+    return cell.evaluate(run / "best", [1.0, 0.5, 2.0], "cpu", 0, split=split)
+
+
+def test_once(dataset: str, name: str, seeds: list[int], out: Path, results: Path, recorded: list[dict]) -> dict:
+    """The test split, read once, for a trial chosen on validation: each seed's best checkpoint at native
+    magnification and at 0.5x / 2x, by the benchmark's own evaluation (``Cell.evaluate``), so the numbers compare
+    with the leaderboard's. A seed whose run folder is gone is trained again first, and its validation score printed
+    beside the ``recorded`` one (they agree when the run is deterministic). Written to
+    ``results/sweep_<dataset>_test_<trial>.json``."""
     path = results / f"sweep_{dataset}_test_{name}.json"
     done = json.loads(path.read_text()) if path.is_file() else {}
-    data = FINETUNE[dataset][FINETUNE[dataset].index("--data") + 1]
-    crop = int(FINETUNE[dataset][FINETUNE[dataset].index("--crop-size") + 1]) if "--crop-size" in FINETUNE[dataset] \
-        else 64
     for seed in seeds:
         if str(seed) in done:
             continue
         run = out / "trials" / name / f"seed_{seed}"
-        if _finished(run) is None:
-            sys.exit(f"Error: {run} is not a finished run; run the trial first")
-        cell = Cell(run / "test", parse_entry("ssmamba-mamim"), seed, data, {"crop_size": crop, "batch_size": 64})
-        (run / "test").mkdir(exist_ok=True)
-        done[str(seed)] = cell.evaluate(run / "best", [1.0, 0.5, 2.0], "cpu", 0)
+        if _finished(run) is None:  # its folder is gone (runs/ is not kept): train it again, the same options
+            row = run_trial(dataset, name, seed, out)
+            print(f"{name} seed {seed}: retrained, validation {row['val']:.4f} (recorded: "
+                  f"{[r['val'] for r in recorded if r['trial'] == name and r['seed'] == seed]})", flush=True)
+        done[str(seed)] = _evaluate(dataset, run, seed, "test")
         path.write_text(json.dumps(done, indent=1))
     return done
+
+
+def validation_shift(dataset: str, names: list[str], seeds: list[int], out: Path, results: Path) -> str:
+    """Magnification robustness chosen without the test split: each (trial, seed)'s best checkpoint on the
+    *validation* split at 1x, 0.5x and 2x (the benchmark's evaluation with ``split="val"``), trained first if its
+    folder is gone. Written to ``results/sweep_<dataset>_valshift.{json,md}``."""
+    path = results / f"sweep_{dataset}_valshift.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    for name in names:
+        for seed in seeds:
+            key = f"{name}/{seed}"
+            if key in done:
+                continue
+            run = out / "trials" / name / f"seed_{seed}"
+            if _finished(run) is None:
+                run_trial(dataset, name, seed, out)
+            done[key] = _evaluate(dataset, run, seed, "val")
+            path.write_text(json.dumps(done, indent=1))
+    lines = [f"# Validation at 1x, 0.5x and 2x magnification: {dataset}", "",
+             f"`python benchmarks/sweep.py {dataset} --val-shift --trials ...`: each trial's best checkpoint on the "
+             "whole validation split, shown at 1x, 0.5x and 2x by the benchmark's evaluation (no test image read).",
+             "", "| trial | seeds | metric | 1x | 0.5x | 2x |", "|---|---|---|---|---|---|"]
+    by_trial: dict[str, list[dict]] = {}
+    for key, value in done.items():
+        by_trial.setdefault(key.rsplit("/", 1)[0], []).append(value)
+    for name, group in by_trial.items():
+        for metric in ("balanced_accuracy", "weighted_f1"):
+            cells = []
+            for factor in group[0]:
+                values = np.array([g[factor][metric] for g in group])
+                cells.append(f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}")
+            lines.append(f"| {name} | {len(group)} | {metric} | {' | '.join(cells)} |")
+    text = "\n".join(lines) + "\n"
+    (results / f"sweep_{dataset}_valshift.md").write_text(text)
+    return text
 
 
 def report(dataset: str, rows: list[dict], results: Path) -> str:
@@ -210,6 +278,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "sweeps")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--val-shift", action="store_true", help="validation metrics at 1x, 0.5x and 2x "
+                        "magnification for --trials and --seeds (trains runs whose folders are gone)")
     parser.add_argument("--test", metavar="TRIAL", help="read the test split once for this trial's --seeds "
                         "(the trial chosen on validation); trains nothing")
     args = parser.parse_args()
@@ -218,14 +288,18 @@ def main() -> None:
     unknown = [t for t in names if t not in TRIALS]
     if unknown:
         sys.exit(f"Error: --trials: unknown {unknown}; known: {', '.join(TRIALS)}")
-    if args.test:
-        seeds = [int(s) for s in args.seeds.split(",")]
-        print(json.dumps(test_once(args.dataset, args.test, seeds, out, args.results), indent=1))
-        return
     rows_path = args.results / f"sweep_{args.dataset}.json"
 
     def recorded() -> list[dict]:  # re-read each time: several sweeps may share the results file
         return json.loads(rows_path.read_text()) if rows_path.is_file() else []
+
+    if args.val_shift:
+        print(validation_shift(args.dataset, names, [int(s) for s in args.seeds.split(",")], out, args.results))
+        return
+    if args.test:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        print(json.dumps(test_once(args.dataset, args.test, seeds, out, args.results, recorded()), indent=1))
+        return
 
     for name in names:
         for seed in (int(s) for s in args.seeds.split(",")):

@@ -55,18 +55,29 @@ def bag_writer():
     return write_bag_files
 
 
-@pytest.fixture
-def bag_folder(tmp_path: Path) -> tuple[Path, Path]:
-    """24 bags as feature files + a CSV slide_id,label,patient_id (two slides per patient)."""
+def write_bag_table(folder: Path) -> tuple[Path, Path]:
+    """24 bags as feature files + a CSV slide_id,label,patient_id (two slides per patient) in ``folder``."""
     bags = make_key_instance_bags(24, dim=8, min_size=10, max_size=20)
-    ids = write_bag_files(tmp_path / "features", bags)
-    table = tmp_path / "bags.csv"
+    ids = write_bag_files(folder / "features", bags)
+    table = folder / "bags.csv"
     with open(table, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["slide_id", "label", "patient_id"])
         for index, (slide_id, (_, _, label)) in enumerate(zip(ids, bags)):
             writer.writerow([slide_id, ["benign", "tumour"][label], f"p{index // 4 * 2 + label}"])
-    return table, tmp_path / "features"
+    return table, folder / "features"
+
+
+@pytest.fixture
+def bag_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """:func:`write_bag_table` in the test's own folder."""
+    return write_bag_table(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_bag_folder(tmp_path_factory) -> tuple[Path, Path]:
+    """:func:`write_bag_table`, once for a module's tests (e.g. to share one expensive run between them)."""
+    return write_bag_table(tmp_path_factory.mktemp("bags"))
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ def _train_args(bag_folder, out, *extra) -> list[str]:
     # from or depend on what a resumed run must restore; at this high rate the validation loss of fold 1 is lowest
     # after epoch 2 of 4, so the selected weights are those a resumed run finds in the state it continues from
     return ["mil", "train", "--csv", str(table), "--features", str(features), "--head", "abmil",
-            "--head-arg", "hidden_dim=16", "--folds", "3", "--epochs", "4", "--lr", "0.1", "--max-instances", "12",
+            "--head-args", "hidden_dim=16", "--folds", "3", "--epochs", "4", "--lr", "0.1", "--max-instances", "12",
             "--val-fraction", "0.25", "--bootstrap", "20", "--no-progress", "--device", "cpu", "--out", str(out),
             *extra]
 

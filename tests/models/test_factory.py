@@ -160,7 +160,8 @@ def test_save_pretrained_keeps_every_constructor_argument(tmp_path):
 def test_checkpoint_saved_before_timm_native_models_still_loads(tmp_path):
     """The state-dict names did not change when the models moved onto timm's layers and builder: a config.json
     without the newer constructor arguments loads with their defaults."""
-    model = create_model("ssmamba_test", num_classes=3, attn_blocks=1, depths=(1, 1, 2, 2)).eval()
+    model = create_model("ssmamba_test", num_classes=3, attn_blocks=1, depths=(1, 1, 2, 2),
+                         conv_block="inverted").eval()  # what every model was then; the default is now "dense"
     save_pretrained(model, tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text())
     for key in ("global_pool", "drop_rate", "drop_path_rate"):

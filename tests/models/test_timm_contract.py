@@ -168,16 +168,17 @@ def test_timm_transform_from_pretrained_cfg_equals_ours(tmp_path, size):
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-6)
 
 
-def test_no_weight_decay_names_full_parameters_and_timm_optimizer_excludes_them():
-    model = create_model("ssmamba_test", num_classes=3, attn_blocks=1, depths=(1, 1, 2, 2))
+@pytest.mark.parametrize("conv_block", ["dense", "inverted"])
+def test_no_weight_decay_names_full_parameters_and_timm_optimizer_excludes_them(conv_block):
+    model = create_model("ssmamba_test", num_classes=3, attn_blocks=1, depths=(1, 1, 2, 2), conv_block=conv_block)
     names = dict(model.named_parameters())
     skip = model.no_weight_decay()
     assert skip <= set(names)
     one_d = {n for n, p in names.items() if p.ndim <= 1}
     a_log = {n for n in names if n.endswith(".A_log")}
     d = {n for n in names if n.endswith(".D")}
-    gamma = {n for n in names if n.endswith(".gamma")}  # conv layer scale, (C, 1, 1)
-    assert a_log and d and gamma and one_d | a_log | d | gamma == skip
+    gamma = {n for n in names if n.endswith(".gamma")}  # the inverted conv block's layer scale, (C, 1, 1)
+    assert a_log and d and bool(gamma) == (conv_block == "inverted") and one_d | a_log | d | gamma == skip
     optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)
     decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     decayed = {n for n, p in names.items() if decay_of[id(p)] > 0}

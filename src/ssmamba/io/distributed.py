@@ -23,7 +23,7 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 __all__ = ["Processes", "processes", "launch_rank", "launched_share", "local_device", "process_group", "barrier",
-           "all_gather", "shard", "gather_shards", "mean_over_processes"]
+           "all_gather", "shard", "gather_shards", "gather_list", "mean_over_processes"]
 
 T = TypeVar("T")
 
@@ -129,7 +129,17 @@ def gather_shards(parts: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     if len(gathered) == 1:
         return gathered[0]
     total = sum(len(part) for part in gathered)
-    whole = np.empty((total, *gathered[0].shape[1:]), dtype=gathered[0].dtype)
+    return _interleave(np.empty((total, *gathered[0].shape[1:]), dtype=gathered[0].dtype), gathered)
+
+
+def gather_list(parts: Sequence[T]) -> list[T]:
+    """:func:`gather_shards` for items of any (picklable) kind and shape, e.g. arrays of different lengths."""
+    gathered = all_gather(list(parts))
+    return _interleave([None] * sum(len(part) for part in gathered), gathered)
+
+
+def _interleave(whole, gathered: list):
+    """Put rank ``r``'s part at the positions :func:`shard` gave it: ``r, r + world_size, ...``."""
     for rank, part in enumerate(gathered):
         whole[rank::len(gathered)] = part
     return whole

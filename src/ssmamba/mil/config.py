@@ -52,6 +52,8 @@ class MILTrainRunConfig:
     balance: Balancing = Balancing.LOSS  # class balancing: none or loss (inverse-frequency loss weights)
     chunk_size: int = 4096  # instances per chunk at inference
     precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in the training forward pass
+    # bags per optimiser step (per process: under torchrun a step sees processes x this many bags)
+    accum_steps: int = 1
     bootstrap: int = 1000  # bootstrap resamples for confidence intervals (0 = none)
     seed: int = 0  # seed of the folds, bag order, subsampling and initialisation
     device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
@@ -72,7 +74,8 @@ class MILTrainRunConfig:
         return MILTrainConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
                               max_instances=self.max_instances or None,
                               balance_classes=self.balance is Balancing.LOSS, chunk_size=self.chunk_size,
-                              precision=self.precision, seed=self.seed, device=self.device, threads=self.threads)
+                              precision=self.precision, accum_steps=self.accum_steps, seed=self.seed,
+                              device=self.device, threads=self.threads)
 
 
 @dataclass

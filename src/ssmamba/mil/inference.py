@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ssmamba.io.distributed import gather_list, shard
 from ssmamba.mil.bags import BagDataset
 from ssmamba.mil.base import MILHead
 
@@ -56,19 +57,24 @@ class BagPredictions:
 
 @torch.no_grad()
 def predict(head: MILHead, dataset: BagDataset, chunk_size: int = 4096, device: str | torch.device = "cpu",
-            threads: int | None = None, progress: bool = False) -> BagPredictions:
+            threads: int | None = None, progress: bool = False, across_processes: bool = False) -> BagPredictions:
     """Class probabilities and attention for every bag, each bag whole (streamed ``chunk_size`` tiles at a time).
 
     ``threads``: torch CPU threads (None: torch's setting); ``progress``: a progress bar over the bags.
+    ``across_processes``: under torchrun, each process scores its share of the bags (every process must call this)
+    and every process gets the predictions of all of them, in order: the same as one process computes alone.
     """
+    indices = shard(len(dataset)) if across_processes else range(len(dataset))
     with torch_threads(threads):
         head.to(device).eval()
-        probs, labels, attention = [], [], []
-        for index in tqdm(range(len(dataset)), desc="bags", unit="bag", disable=not progress, leave=False):
+        rows = []
+        for index in tqdm(indices, desc="bags", unit="bag", disable=not progress, leave=False):
             features, coords, label = dataset[index]
             out = head.predict_bag(features, coords, chunk_size=chunk_size)
-            probs.append(torch.softmax(out.logits.float(), dim=-1)[0].cpu().numpy())
-            attention.append(out.attention[0].float().cpu().numpy())
-            labels.append(label)
+            rows.append((torch.softmax(out.logits.float(), dim=-1)[0].cpu().numpy(),
+                         out.attention[0].float().cpu().numpy(), label))
+    if across_processes:
+        rows = gather_list(rows)
+    probs, attention, labels = zip(*rows) if rows else ((), (), ())
     return BagPredictions([r.slide_id for r in dataset.records], np.asarray(labels, dtype=np.int64),
-                          np.stack(probs), attention)
+                          np.stack(probs), list(attention))

@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from ssmamba.io.distributed import gather_list, shard
 from ssmamba.mil.bags import BagDataset
 from ssmamba.mil.base import MILHead, drop_instances, subsample_bag
 from ssmamba.mil.inference import predict, torch_threads
@@ -48,6 +49,8 @@ class MILTrainConfig:
             loss (otherwise the last epoch's).
         chunk_size: instances per chunk in streaming inference.
         precision: ``bf16`` runs the training forward pass under bfloat16 autocast.
+        accum_steps: bags whose gradients are averaged into each optimiser step (under torchrun, per process: a
+            step then sees ``accum_steps x processes`` bags, as one process does with ``accum_steps x processes``).
         seed: controls the bag order, subsampling and instance dropout (initialisation is the caller's).
         device: torch device.
         threads: torch CPU threads for training and scoring; None leaves torch's setting.
@@ -63,6 +66,7 @@ class MILTrainConfig:
     select_on_validation: bool = True
     chunk_size: int = 4096
     precision: Precision = Precision.FP32
+    accum_steps: int = 1
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
@@ -71,6 +75,8 @@ class MILTrainConfig:
         self.precision = Precision(self.precision)
         if self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.accum_steps < 1:
+            raise ValueError(f"--accum-steps must be >= 1, got {self.accum_steps}")
         if not 0.0 <= self.instance_dropout < 1.0:
             raise ValueError(f"instance dropout must be in [0, 1), got {self.instance_dropout}")
 
@@ -102,10 +108,13 @@ class TrainingBags(Dataset):
 
 
 class MILTrainer(Trainer):
-    """One bag per step (a loader batch is one bag, ``(1, n, D)``); after each epoch the train loss and, given
-    ``val_set``, the validation loss of the whole bags. With ``select_on_validation`` the weights of the epoch with
-    the lowest validation loss are kept in the training state (``best_weights``), so a resumed run selects the
-    same epoch."""
+    """One bag per micro-batch (a loader batch is one bag, ``(1, n, D)``: bags differ in size), ``accum_steps`` of
+    them per process in each optimiser step; after each epoch the train loss and, given ``val_set``, the validation
+    loss of the whole bags (scored by all processes together, each on its share, so it is the loss over the whole
+    split on every process). With ``select_on_validation`` the weights of the epoch with the lowest validation loss
+    are kept in the training state (``best_weights``), so a resumed run selects the same epoch."""
+
+    unit, layout_options = "bags", "--accum-steps"
 
     def __init__(self, head: MILHead, config: MILTrainConfig, val_set: BagDataset | None,
                  loss_weights: torch.Tensor | None, **kwargs):
@@ -135,7 +144,8 @@ class MILTrainer(Trainer):
         losses = [row["loss"] for row in self.state.history if row.get("epoch") == epoch and "loss" in row]
         record = {"epoch": epoch + 1, "train_loss": losses[-1]}
         if self.val_set is not None:
-            record["val_loss"] = predict(self.model, self.val_set, self.config.chunk_size, self.device).loss()
+            record["val_loss"] = predict(self.model, self.val_set, self.config.chunk_size, self.device,
+                                         across_processes=True).loss()
             if self.config.select_on_validation and (self.state.best_metric is None
                                                      or record["val_loss"] < self.state.best_metric):
                 self.state.best_metric, self.state.best_epoch = record["val_loss"], epoch + 1
@@ -153,19 +163,24 @@ def head_optimizer(head: MILHead, config: MILTrainConfig, device: torch.device) 
 
 
 def train_head(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_set: BagDataset | None = None,
-               *, out_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> list[dict]:
+               *, out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+               reshard: bool = False) -> list[dict]:
     """Fit ``head`` on ``train_set``; returns one record per epoch (train loss, and validation loss when given).
 
     ``out_dir`` keeps the training state (``training_state.pt``, written after every epoch); ``resume`` continues
     from it to the same weights as an uninterrupted run. None trains in a temporary folder. At the end ``head``
     holds the selected weights (the lowest validation loss, else the last epoch's).
+
+    Under torchrun (every process calls this with the same arguments) the head trains data-parallel, each process
+    on its share of the bags of every step, and rank 0 writes the training state; ``reshard`` resumes a state
+    saved by another number of processes (or ``accum_steps``), which is refused otherwise.
     """
     with ExitStack() as stack:
         stack.enter_context(torch_threads(config.threads))
         if out_dir is None:
             out_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ssmamba-mil-"))
         trainer = _trainer(head, train_set, config, val_set, Path(out_dir), progress)
-        trainer.fit(resume=resume)
+        trainer.fit(resume=resume, reshard=reshard)
         if trainer.best_weights is not None:
             head.load_state_dict(trainer.best_weights)
         return trainer.epochs_trained
@@ -180,24 +195,29 @@ def _trainer(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_s
     loader = make_loader(TrainingBags(train_set, config.max_instances, config.instance_dropout), batch_size=1,
                          seed=config.seed, shuffle=True)
     optimizer = head_optimizer(head, config, device)
-    steps_per_epoch = len(loader)
+    steps_per_epoch = -(-len(loader) // config.accum_steps)  # this process's bags, accum_steps per step
     scheduler = warmup_cosine(optimizer, steps_per_epoch, config.epochs * steps_per_epoch, min_lr_ratio=0.0)
     labels = np.asarray([record.label for record in train_set.records])
     weights = class_weights(labels, head.num_classes) if config.balance_classes else None
     return MILTrainer(head, config, val_set, weights, optimizer=optimizer, scheduler=scheduler, loader=loader,
                       out_dir=out_dir, epochs=config.epochs, checkpoint_every=steps_per_epoch, grad_clip=None,
-                      log_every=steps_per_epoch, progress=progress, precision=config.precision, device=device)
+                      log_every=steps_per_epoch, progress=progress, precision=config.precision, device=device,
+                      accum_steps=config.accum_steps)
 
 
 @torch.no_grad()
 def feature_statistics(dataset: BagDataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and standard deviation over every instance of every bag (float64 running sums)."""
-    total, total_sq, count = 0.0, 0.0, 0
-    for index in range(len(dataset)):
+    """Per-dimension mean and standard deviation over every instance of every bag (float64 running sums).
+
+    Under torchrun each process reads its share of the bags and the per-bag sums are added up in the order of the
+    bags, on every process: the same numbers as one process gets, for a ``1 / processes`` share of the reading."""
+    sums = []
+    for index in shard(len(dataset)):
         features = dataset[index][0].double()
-        total = total + features.sum(0)
-        total_sq = total_sq + (features * features).sum(0)
-        count += len(features)
+        sums.append((features.sum(0), (features * features).sum(0), len(features)))
+    total, total_sq, count = 0.0, 0.0, 0
+    for bag_sum, bag_sum_sq, size in gather_list(sums):
+        total, total_sq, count = total + bag_sum, total_sq + bag_sum_sq, count + size
     mean = total / count
     std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
     return mean.float(), std.float()

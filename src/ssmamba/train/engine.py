@@ -111,6 +111,9 @@ class Trainer:
     continues, but bit-identical resumption is only tested on the CPU.
     """
 
+    unit = "images"  # what a loader batch holds, in the messages (``images_per_step`` counts these)
+    layout_options = "--batch-size and --accum-steps"  # the options that set how many make a step
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, loader, out_dir: Path,
                  epochs: int, checkpoint_every: int = 0, grad_clip: float | None = 1.0, log_every: int = 10,
                  progress: bool = True, precision: Precision = Precision.FP32, device: str | torch.device = "cpu",
@@ -210,8 +213,8 @@ class Trainer:
         if changed and not reshard:
             raise LayoutChangedError(
                 f"{self.state_path} was saved by {saved['world_size']} process(es) with {saved['images_per_step']} "
-                f"images per step, and this run has {self.job.world_size} with {self.images_per_step}: resume "
-                "with the same processes, --batch-size and --accum-steps, or pass --reshard to continue with the new "
+                f"{self.unit} per step, and this run has {self.job.world_size} with {self.images_per_step}: resume "
+                f"with the same processes, {self.layout_options}, or pass --reshard to continue with the new "
                 "layout (no longer identical to an uninterrupted run)")
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -304,9 +307,9 @@ class Trainer:
         if resume:
             self.load_state(reshard)
         if self.job.is_main:
-            logger.info("%d process(es) x %d images x %d accumulation step(s) = %d images per step, %d steps",
-                        self.job.world_size, self.batch_size, self.accum_steps, self.images_per_step,
-                        self.total_steps)
+            logger.info("%d process(es) x %d %s x %d accumulation step(s) = %d %s per step, %d steps",
+                        self.job.world_size, self.batch_size, self.unit, self.accum_steps, self.images_per_step,
+                        self.unit, self.total_steps)
         bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True, desc=type(self).__name__.replace("Trainer", "").lower() or "train")
         cpu_mark = time.process_time()
@@ -341,8 +344,9 @@ class Trainer:
                     self.state.history.append(row)
                     bar.set_postfix(loss=f"{running / seen:.4f}", img_s=f"{rate:.1f}")
                     if self.job.is_main:
-                        logger.info("step %d/%d (epoch %d): loss %.4f, lr %.2e (largest group), %.1f images/s",
-                                    self.state.step, self.total_steps, epoch + 1, row["loss"], row["lr"], rate)
+                        logger.info("step %d/%d (epoch %d): loss %.4f, lr %.2e (largest group), %.1f %s/s",
+                                    self.state.step, self.total_steps, epoch + 1, row["loss"], row["lr"], rate,
+                                    self.unit)
                     running, seen, started = 0.0, 0, time.perf_counter()
                 if self.checkpoint_every and self.state.step % self.checkpoint_every == 0:
                     self.checkpoint()

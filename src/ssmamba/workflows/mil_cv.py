@@ -7,6 +7,10 @@ column gives predefined folds instead. Each fold's test bags are scored with the
 (``ssmamba.eval.metrics.compute_metrics``) and the folds are summarised as mean ± std; the out-of-fold predictions
 of all folds are also scored together.
 
+Under ``torchrun`` every process runs the same folds: each trains the head on its share of every step's bags
+(:func:`~ssmamba.mil.training.train_head`) and scores its share of the validation and test bags, whose
+predictions are gathered, so the metrics are those of the whole split; rank 0 writes every file.
+
 Output folder::
 
     OUT/fold_0/{mil_model.safetensors, mil_config.json, predictions.csv, history.json, metrics.json, report.md, ...}
@@ -27,6 +31,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from ssmamba.eval.metrics import compute_metrics, summarise_folds
 from ssmamba.io.atomic import atomic_directory
+from ssmamba.io.distributed import processes
 from ssmamba.eval.report import (Document, FigureBlock, Heading, Paragraph, Table, metrics_blocks, plot_confusion_matrix,
                                  plot_curves, plot_roc, write_report)
 from ssmamba.mil import create_mil_head, load_mil_model, save_mil_model
@@ -34,7 +39,7 @@ from ssmamba.mil.bags import BagDataset, BagTable, read_bag_table
 from ssmamba.mil.checkpoint import CONFIG_NAME
 from ssmamba.mil.inference import BagPredictions, predict
 from ssmamba.mil.training import MILTrainConfig, train_config_dict, train_head
-from ssmamba.train.engine import STATE_NAME
+from ssmamba.train.engine import STATE_NAME, LayoutChangedError
 
 # Scalar metrics shown in summary tables, in this order, when the evaluator provides them.
 SUMMARY_METRICS = ("auroc", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "kappa")
@@ -92,18 +97,25 @@ class ExperimentSettings:
 
 
 def _fit_and_score(table: BagTable, train_idx, val_idx, test_idx, settings: ExperimentSettings, out_dir: Path,
-                   fold_seed: int, extra: dict, resume: bool) -> tuple[dict, BagPredictions, list[dict]]:
+                   fold_seed: int, extra: dict, resume: bool,
+                   reshard: bool = False) -> tuple[dict | None, BagPredictions, list[dict]]:
     """Train one head (or, on ``resume``, continue its training, or take the finished one) and score its test bags.
 
     The fold folder is written whole at the end (:func:`~ssmamba.io.atomic.atomic_directory`): a folder with a
     head in it is complete, and a resumed run re-scores that head instead of training it again. Until then the
-    folder holds the training state that ``resume`` continues from."""
+    folder holds the training state that ``resume`` continues from. A fold trained by another number of processes
+    or ``accum_steps`` is refused (:class:`~ssmamba.train.engine.LayoutChangedError`) unless ``reshard``.
+
+    Under torchrun every process returns the predictions of all test bags, and rank 0 alone the metrics (the
+    others None) after writing the folder."""
     records = table.records
     test_set = BagDataset([records[i] for i in test_idx])
     config = MILTrainConfig(**{**train_config_dict(settings.train), "seed": fold_seed})
+    layout = {"processes": processes().world_size, "accum_steps": config.accum_steps}
     finished = resume and (out_dir / CONFIG_NAME).is_file()
     if finished:
-        head, _ = load_mil_model(out_dir, device=config.device)
+        head, saved = load_mil_model(out_dir, device=config.device)
+        _check_layout(out_dir / CONFIG_NAME, {k: saved.get(k, 1) for k in layout}, layout, reshard)
         history = json.loads((out_dir / "history.json").read_text())
     else:
         train_set = BagDataset([records[i] for i in train_idx])
@@ -112,16 +124,19 @@ def _fit_and_score(table: BagTable, train_idx, val_idx, test_idx, settings: Expe
         head = create_mil_head(settings.head_name, train_set.feature_dim, len(table.class_names),
                                **settings.head_kwargs)
         history = train_head(head, train_set, config, val_set, out_dir=out_dir,
-                             resume=resume and (out_dir / STATE_NAME).is_file(), progress=settings.progress)
+                             resume=resume and (out_dir / STATE_NAME).is_file(), progress=settings.progress,
+                             reshard=reshard)
     predictions = predict(head, test_set, chunk_size=config.chunk_size, device=config.device,
-                          threads=config.threads)
+                          threads=config.threads, across_processes=True)
+    if not processes().is_main:
+        return None, predictions, history
     metrics = compute_metrics(predictions.y_true, predictions.probs, table.class_names,
                               n_bootstrap=settings.n_bootstrap, seed=fold_seed)
     if finished:
         return metrics, predictions, history
     with atomic_directory(out_dir) as folder:  # replaces the training state: the fold is done
         save_mil_model(head, folder, head_name=settings.head_name, head_kwargs=settings.head_kwargs,
-                       class_names=table.class_names, extra=extra)
+                       class_names=table.class_names, extra={**extra, **layout})
         predictions.write_csv(folder / "predictions.csv", table.class_names)
         (folder / "history.json").write_text(json.dumps(history, indent=1))
         (folder / "split.json").write_text(json.dumps({
@@ -131,6 +146,17 @@ def _fit_and_score(table: BagTable, train_idx, val_idx, test_idx, settings: Expe
         write_report(metrics, folder, probs=predictions.probs, y_true=predictions.y_true,
                      title=f"{settings.head_name}: {out_dir.name}", extra_figures=("curves.png",))
     return metrics, predictions, history
+
+
+def _check_layout(path: Path, saved: dict, current: dict, reshard: bool) -> None:
+    """Refuse to resume a run whose finished folds were trained with another layout (``processes``,
+    ``accum_steps``) than this one, unless ``reshard``: its remaining folds would silently train otherwise."""
+    if saved != current and not reshard:
+        raise LayoutChangedError(
+            f"{path} was trained by {saved['processes']} process(es) with --accum-steps {saved['accum_steps']}, and "
+            f"this run has {current['processes']} with {current['accum_steps']}: resume with the same processes and "
+            "--accum-steps, or pass --reshard to train the remaining folds with the new layout (no longer "
+            "identical to an uninterrupted run)")
 
 
 def _loss_series(histories: list[list[dict]]) -> dict[str, list[float]]:
@@ -146,32 +172,37 @@ def _loss_series(histories: list[list[dict]]) -> dict[str, list[float]]:
 
 def run_cross_validation(table: BagTable, settings: ExperimentSettings, out_dir: str | Path,
                          n_folds: int | None = 5, seed: int = 0, extra: dict | None = None,
-                         resume: bool = False) -> dict:
+                         resume: bool = False, reshard: bool = False) -> dict | None:
     """K-fold CV; returns (and writes to ``cv_summary.json``) per-fold metrics, mean ± std and pooled metrics.
 
     ``resume``: continue an interrupted run in ``out_dir`` (finished folds are re-scored, the interrupted one
-    continues from its training state), to the same heads and predictions as an uninterrupted run."""
+    continues from its training state), to the same heads and predictions as an uninterrupted run; ``reshard``:
+    accept a run begun with another number of processes or ``accum_steps``. Under torchrun every process takes
+    part and rank 0 writes and returns the summary (the others None)."""
     out_dir = Path(out_dir)
     fold_metrics, pooled_true, pooled_probs, histories = [], [], [], []
     for k, (train_idx, test_idx) in enumerate(make_folds(table, n_folds, seed)):
         train_idx, val_idx = validation_split(table, train_idx, settings.val_fraction, seed + k)
         metrics, predictions, history = _fit_and_score(table, train_idx, val_idx, test_idx, settings,
                                                        out_dir / f"fold_{k}", seed + k, {**(extra or {}), "fold": k},
-                                                       resume)
+                                                       resume, reshard)
         fold_metrics.append(metrics)
         histories.append(history)
         pooled_true.append(predictions.y_true)
         pooled_probs.append(predictions.probs)
-        if settings.progress:
+        if settings.progress and metrics is not None:
             print(f"fold {k}: " + ", ".join(f"{m} {_scalar(metrics, m):.4f}" for m in SUMMARY_METRICS
                                             if _scalar(metrics, m) is not None))
+    if not processes().is_main:
+        return None
     pooled_true, pooled_probs = np.concatenate(pooled_true), np.concatenate(pooled_probs)
     pooled = compute_metrics(pooled_true, pooled_probs, table.class_names, n_bootstrap=settings.n_bootstrap,
                              seed=seed)
     summary = {"folds": fold_metrics, "summary": summarise_folds(fold_metrics), "pooled_out_of_fold": pooled,
                "settings": {"head": settings.head_name, "head_kwargs": settings.head_kwargs,
                             "train": train_config_dict(settings.train), "val_fraction": settings.val_fraction,
-                            "n_folds": n_folds, "seed": seed, "bags": table.describe(), **(extra or {})}}
+                            "n_folds": n_folds, "seed": seed, "bags": table.describe(),
+                            "processes": processes().world_size, **(extra or {})}}
     (out_dir / "cv_summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
     title = f"{settings.head_name}, {len(fold_metrics)}-fold CV"
     figures = _pooled_figures(out_dir, pooled, pooled_true, pooled_probs, histories)
@@ -189,15 +220,17 @@ def _pooled_figures(out_dir: Path, pooled: dict, y_true: np.ndarray, probs: np.n
 
 
 def run_fixed_split(table: BagTable, settings: ExperimentSettings, out_dir: str | Path, seed: int = 0,
-                    extra: dict | None = None, resume: bool = False) -> dict:
+                    extra: dict | None = None, resume: bool = False, reshard: bool = False) -> dict | None:
     """Train on split=train (select on split=val when present), test on split=test (``resume``: continue an
-    interrupted run in ``out_dir``)."""
+    interrupted run in ``out_dir``; ``reshard``: as in :func:`run_cross_validation`). Returns the test metrics
+    (None on the processes other than rank 0 under torchrun)."""
     splits = np.asarray([r.split for r in table.records])
     if not (splits == "train").any() or not (splits == "test").any():
         raise ValueError(f"{table.source}: the split column needs 'train' and 'test' rows (or use --folds K)")
     indices = np.arange(len(splits))
     metrics, _, _ = _fit_and_score(table, indices[splits == "train"], indices[splits == "val"],
-                                   indices[splits == "test"], settings, Path(out_dir), seed, extra or {}, resume)
+                                   indices[splits == "test"], settings, Path(out_dir), seed, extra or {}, resume,
+                                   reshard)
     return metrics
 
 

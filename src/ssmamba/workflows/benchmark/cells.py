@@ -202,8 +202,9 @@ class Cell:
                 "best_epoch": fine.get("best_epoch"), "val_" + self.recipe["monitor"]: fine.get("best_metric"),
                 "threads": torch.get_num_threads()}
 
-    def evaluate(self, best: Path, factors: list[float], device: str, num_workers: int) -> dict:
-        """Test metrics at each magnification factor; probabilities go to ``predictions.npz``."""
+    def evaluate(self, best: Path, factors: list[float], device: str, num_workers: int, split: str = "test") -> dict:
+        """``split``'s metrics (the test split's, unless a validation-only study asks for another) at each
+        magnification factor; probabilities go to ``predictions.npz``."""
         from ssmamba.data import load_dataset
         from ssmamba.data.load import SourceKind, detect_kind
         from ssmamba.data.transforms import eval_transform
@@ -227,7 +228,7 @@ class Cell:
             else:
                 transform = eval_transform(cfg["input_size"][-1], cfg["mean"], cfg["std"], magnification=factor)
                 crop_size = crop
-            dataset = load_dataset(self.data, "test", transform, classes=classes, crop_size=crop_size,
+            dataset = load_dataset(self.data, split, transform, classes=classes, crop_size=crop_size,
                                    seed=self.seed)
             loader = torch.utils.data.DataLoader(dataset, batch_size=2 * self.recipe["batch_size"],
                                                  num_workers=num_workers)
