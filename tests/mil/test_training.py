@@ -99,3 +99,27 @@ def test_bf16_trains_the_head_under_autocast_and_keeps_float32_weights(bag_folde
     assert [row["epoch"] for row in history] == [1, 2] and all(p.dtype == torch.float32 for p in head.parameters())
     with pytest.raises(ValueError, match="'fp16' is not a valid Precision"):
         MILTrainConfig(precision="fp16")
+
+
+def test_class_weights_scale_each_bags_loss(bag_folder, tmp_path):
+    """With one bag per step, --balance loss multiplies a bag's loss by its class's inverse-frequency weight (a
+    weighted mean over a one-bag batch would divide the weight out again, leaving balancing without effect)."""
+    from ssmamba.mil.training import _trainer
+
+    records = read_bag_table(*bag_folder).records
+    labels = [r.label for r in records]
+    minority = min(set(labels), key=labels.count)
+    dataset = BagDataset([r for r in records if r.label != minority][:6] + [r for r in records
+                                                                         if r.label == minority][:2])
+    losses = {}
+    for balance in (False, True):
+        torch.manual_seed(0)
+        head = create_mil_head("abmil", 8, 2, hidden_dim=16, dropout=0.0)
+        trainer = _trainer(head, dataset, MILTrainConfig(balance_classes=balance), None, tmp_path / str(balance),
+                           False)
+        features, coords, label = dataset[len(dataset) - 1][:3]  # a bag of the minority class
+        batch = features[None], None if coords is None else coords[None], torch.tensor([label])
+        losses[balance] = trainer.compute_loss(batch)
+    assert label == minority
+    # 8 bags, 2 of the minority class: its weight is 8 / 2 / 2 classes = 2
+    torch.testing.assert_close(losses[True], 2.0 * losses[False])

@@ -125,7 +125,12 @@ class MILTrainer(Trainer):
 
     def compute_loss(self, batch) -> torch.Tensor:
         features, coords, label = batch
-        return F.cross_entropy(self.train_model(features, coords), label, weight=self.loss_weights)
+        loss = F.cross_entropy(self.train_model(features, coords), label, reduction="none")  # (bags,)
+        if self.loss_weights is not None:
+            # each bag times its class's weight (mean 1 over the training bags). cross_entropy's own weight= divides
+            # by the batch's weight sum, which with one bag per step is that bag's weight: it would cancel out
+            loss = loss * self.loss_weights[label]
+        return loss.mean()
 
     def state_extras(self) -> dict:
         return {} if self.best_weights is None else {"best_weights": self.best_weights}
