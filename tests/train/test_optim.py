@@ -23,7 +23,7 @@ def _settings(model, groups):
 
 
 def test_no_decay_for_ssm_dynamics_layer_scales_norms_and_biases():
-    model = create_model("ssmamba_test", num_classes=3)
+    model = create_model("ssmamba_test", num_classes=3, conv_block="inverted")  # the block with a layer scale
     settings = _settings(model, param_groups(model, lr=1e-3, weight_decay=0.05))
     decayed = {n for n, (wd, _) in settings.items() if wd > 0}
     assert all(wd in (0.0, 0.05) for wd, _ in settings.values())
@@ -37,7 +37,7 @@ def test_no_decay_for_ssm_dynamics_layer_scales_norms_and_biases():
 
 
 def test_mamim_decays_neither_the_encoder_dynamics_nor_the_mask_token():
-    mamim = MAMIM(create_model("ssmamba_test", num_classes=0), patch_size=16)
+    mamim = MAMIM(create_model("ssmamba_test", num_classes=0, conv_block="inverted"), patch_size=16)
     settings = _settings(mamim, param_groups(mamim, lr=1e-3, weight_decay=0.05))
     assert settings["mask_token"][0] == 0.0
     assert settings["encoder.stages.3.blocks.0.mixer.scans.1.A_log"][0] == 0.0
