@@ -206,7 +206,35 @@ def test_once(dataset: str, name: str, seeds: list[int], out: Path, results: Pat
                   f"{[r['val'] for r in recorded if r['trial'] == name and r['seed'] == seed]})", flush=True)
         done[str(seed)] = _evaluate(dataset, run, seed, "test")
         path.write_text(json.dumps(done, indent=1))
+    test_table(dataset, results)
     return done
+
+
+def _mean_std(values: list[float]) -> str:
+    values = np.asarray(values)
+    return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
+
+
+def test_table(dataset: str, results: Path) -> str:
+    """Every trial whose test split was read (``sweep_<dataset>_test_<trial>.json``), mean ± std over its seeds at
+    1x, 0.5x and 2x, in ``sweep_<dataset>_test.md``."""
+    metric = "weighted_f1" if "weighted_f1" in FINETUNE[dataset] else "balanced_accuracy"
+    lines = [f"# Test split, read once per trial chosen on validation: {dataset}", "",
+             f"`python benchmarks/sweep.py {dataset} --test TRIAL --seeds 0,1,2`; {metric} and accuracy, mean ± std "
+             "over seeds, at 1x and under magnification shift (the benchmark's evaluation).", "",
+             f"| trial | seeds | {metric} | accuracy | accuracy at 0.5x | accuracy at 2x | AUROC |",
+             "|---|---|---|---|---|---|---|"]
+    prefix = f"sweep_{dataset}_test_"
+    for path in sorted(results.glob(f"{prefix}*.json")):
+        seeds = list(json.loads(path.read_text()).values())
+        lines.append(f"| {path.stem[len(prefix):]} | {len(seeds)} | {_mean_std([s['x1'][metric] for s in seeds])} | "
+                     f"{_mean_std([s['x1']['accuracy'] for s in seeds])} | "
+                     f"{_mean_std([s['x0.5']['accuracy'] for s in seeds])} | "
+                     f"{_mean_std([s['x2']['accuracy'] for s in seeds])} | "
+                     f"{_mean_std([s['x1']['auroc'] for s in seeds])} |")
+    text = "\n".join(lines) + "\n"
+    (results / f"sweep_{dataset}_test.md").write_text(text)
+    return text
 
 
 def validation_shift(dataset: str, names: list[str], seeds: list[int], out: Path, results: Path) -> str:
@@ -236,8 +264,7 @@ def validation_shift(dataset: str, names: list[str], seeds: list[int], out: Path
         for metric in ("balanced_accuracy", "weighted_f1"):
             cells = []
             for factor in group[0]:
-                values = np.array([g[factor][metric] for g in group])
-                cells.append(f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}")
+                cells.append(_mean_std([g[factor][metric] for g in group]))
             lines.append(f"| {name} | {len(group)} | {metric} | {' | '.join(cells)} |")
     text = "\n".join(lines) + "\n"
     (results / f"sweep_{dataset}_valshift.md").write_text(text)
