@@ -115,6 +115,12 @@ TRIALS: dict[str, tuple[list[str] | None, list[str]]] = {
                           ["--lr", "0.003"]),
     "mamim-widezoom+dense": (["--model-args", "conv_block=dense", "--zoom-min", "0.125", "--zoom-max", "2.0"],
                              ["--lr", "0.003"]),
+    # the conv block measured on a third data set (idc), named explicitly now that "dense" is the default
+    "lr-3e-3+inverted": (None, ["--lr", "0.003", "--model-args", "conv_block=inverted"]),
+    # DMS and LPR ablated again on the dense-block model at the chosen rate (the switches of lr-3e-3-dms/-lpr)
+    "lr-3e-3+dense-dms": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args",
+                                 "directions=[row]", "--model-args", "scales=[1]", "--model-args", "conv_kernels=[3]"]),
+    "lr-3e-3+dense-lpr": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args", "lpr=false"]),
 }
 # Trials recorded before the variants' conv_block default became "dense" (benchmarks/results/sweep_*.json rows
 # without conv_block=dense in their options) ran the inverted-bottleneck conv stages, the default then.
