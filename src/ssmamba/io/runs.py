@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from ssmamba.errors import RunFolderError
@@ -16,7 +18,7 @@ from ssmamba.io.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["claim_run_dir", "check_writable", "write_skipped", "SKIPPED_NAME"]
+__all__ = ["claim_run_dir", "check_writable", "run_lock", "write_skipped", "SKIPPED_NAME"]
 
 SKIPPED_NAME = "skipped.csv"
 
@@ -72,9 +74,41 @@ def claim_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
         if _protected(out):
             raise RunFolderError(f"--overwrite would delete {out} (the working or home folder); choose a subfolder")
         logger.warning("--overwrite: deleting the previous contents of %s", out)
-        shutil.rmtree(out)
+        for child in out.iterdir():  # the contents, not the folder: a run_lock on it stays with it
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     check_writable(out, option)
     return out
+
+
+@contextmanager
+def run_lock(out: str | Path, *, resume: bool = False, option: str = "--out") -> Iterator[None]:
+    """Hold an exclusive lock on the folder ``out`` while a run writes into it, so that a second process given the
+    same folder (two jobs of a sweep, a run started twice) is refused before it reads or deletes anything, instead of
+    two runs writing one folder. Take it before :func:`claim_run_dir`. The lock is the OS's (``flock`` on the
+    folder), so it goes when the process ends, killed or not, and ``--resume`` works after a crash; where there is no
+    ``flock`` (Windows) no lock is taken. A folder that does not exist is created unless ``resume`` (then
+    :func:`claim_run_dir` reports it)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    out = Path(out)
+    if not out.is_dir():
+        if resume or out.exists():  # nothing to lock: claim_run_dir says what is wrong
+            yield
+            return
+        check_writable(out, option)
+    handle = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(f"{option} {out} is in use by another running process; wait for it to end or "
+                                 f"choose another {option}") from None
+        yield
+    finally:
+        os.close(handle)  # releases the lock
 
 
 def write_skipped(path: str | Path, skipped: Sequence[tuple[str, str]]) -> Path | None:

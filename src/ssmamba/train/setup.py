@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ssmamba.io.distributed import barrier, process_group, processes
-from ssmamba.io.runs import claim_run_dir
+from ssmamba.io.runs import claim_run_dir, run_lock
 
 __all__ = ["seed_everything", "add_file_log", "file_log", "run_folder", "training_run", "start_run", "resolve_device"]
 
@@ -63,16 +63,18 @@ def file_log(path: Path, level: int = logging.INFO) -> Iterator[None]:
 
 @contextmanager
 def run_folder(out: str | Path, resume: bool, overwrite: bool) -> Iterator[Path]:
-    """Claim ``out`` for a run (new or empty unless ``resume`` or ``overwrite``: see ``claim_run_dir``) and log to
-    its ``log.txt`` while the run lasts. Under torchrun, rank 0 claims and logs; the others wait until it has."""
+    """Lock and claim ``out`` for a run (new or empty unless ``resume`` or ``overwrite``: see ``claim_run_dir``;
+    another process in it is refused: ``run_lock``) and log to its ``log.txt`` while the run lasts. Under torchrun,
+    rank 0 locks, claims and logs; the others wait until it has."""
     if not processes().is_main:
         barrier()
         yield Path(out)
         return
-    folder = claim_run_dir(out, resume=resume, overwrite=overwrite)
-    barrier()
-    with file_log(folder / "log.txt"):
-        yield folder
+    with run_lock(out, resume=resume):  # one process at a time in a run folder
+        folder = claim_run_dir(out, resume=resume, overwrite=overwrite)
+        barrier()
+        with file_log(folder / "log.txt"):
+            yield folder
 
 
 @contextmanager
