@@ -314,7 +314,7 @@ def main() -> None:
     parser.add_argument("--val-shift", action="store_true", help="validation metrics at 1x, 0.5x and 2x "
                         "magnification for --trials and --seeds (trains runs whose folders are gone)")
     parser.add_argument("--test", metavar="TRIAL", help="read the test split once for this trial's --seeds "
-                        "(the trial chosen on validation); trains nothing")
+                        "(the trial chosen on validation); a seed whose run folder is gone is trained again first")
     args = parser.parse_args()
     out = args.out / args.dataset
     names = [t for t in args.trials.split(",") if t]
