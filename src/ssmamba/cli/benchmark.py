@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import shlex
 
 import click
@@ -49,6 +50,10 @@ def command_line(cfg: BenchmarkConfig) -> str:
     for field in dataclasses.fields(cfg):
         value = getattr(cfg, field.name)
         if field.name in ("data", "out") or value != getattr(default, field.name):
+            if isinstance(value, dict):  # a repeatable KEY=VALUE option
+                for key, item in value.items():
+                    words += [f"--{field.name.replace('_', '-')}", f"{key}={json.dumps(item)}"]
+                continue
             if isinstance(value, tuple):
                 value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
             elif isinstance(value, enum.Enum):

@@ -123,12 +123,13 @@ def build_leaderboard(out: Path, entries: list[Entry], cfg, recipe: dict, facts:
     for entry in entries:
         cells = []
         for seed in cfg.seeds:
-            cell = Cell(Path(out) / "cells" / entry.name / f"seed_{seed}", entry, seed, cfg.data, recipe)
+            cell = Cell(Path(out) / "cells" / entry.name / f"seed_{seed}", entry, seed, cfg.data,
+                        cfg.cell_recipe(recipe, entry.name))
             result = cell.result()
             if result is not None and "x1" in result["test"]:
                 cells.append((seed, result, load_predictions(cell.root)))
         if cells:
-            rows.append(_entry_row(entry, cells, cfg.magnifications, cfg.bootstrap))
+            rows.append({**_entry_row(entry, cells, cfg.magnifications, cfg.bootstrap), "lr": cfg.lr_of(entry.name)})
     metric = cfg.monitor if cfg.monitor in SCALARS else "balanced_accuracy"
     rows.sort(key=lambda r: -(r["metrics"][metric]["mean"] or 0.0))
     baselines = [r for r in rows if r["family"] == "baseline"]
@@ -141,6 +142,7 @@ def build_leaderboard(out: Path, entries: list[Entry], cfg, recipe: dict, facts:
     for row in rows:
         row.pop("_boots")
     return {"data": cfg.data, "metric": metric, "magnifications": list(cfg.magnifications), "recipe": recipe,
+            "entry_lr": dict(cfg.entry_lr),
             "data_facts": facts, "seeds": list(cfg.seeds), "entries": [e.name for e in entries],
             "n_cells": {"done": sum(len(r["seeds"]) for r in rows), "total": len(entries) * len(cfg.seeds)},
             "best_baseline": best["name"] if best else None, "rows": rows, "parts": parts,
@@ -212,13 +214,19 @@ def leaderboard_markdown(board: dict, commands: str = "") -> str:
                          + ", ".join(f"{d:+.3f}" for d in part["per_seed_diff"]) + f" | {ci} | "
                          + " | ".join("n/a" if part["accuracy_diff"].get(f) is None
                                       else f"{part['accuracy_diff'][f]:+.3f}" for f in shifted) + " |")
-    lines += ["", "## Entries", ""] + [f"- `{r['name']}`: {r['description']}" for r in rows]
-    lines += ["", "## Budget and recipe (the same for every entry)", "",
+    own_lr = board.get("entry_lr") or {}
+    lr_text = (f"AdamW lr {recipe['lr']:g}" if not own_lr else
+               f"AdamW lr {recipe['lr']:g}, except " + ", ".join(f"`{k}` {v:g}" for k, v in own_lr.items())
+               + " (each entry's own rate, chosen on validation)")
+    lines += ["", "## Entries", ""] + [f"- `{r['name']}`: {r['description']}"
+                                       + (f"; lr {r['lr']:g}" if own_lr and "lr" in r else "") for r in rows]
+    lines += ["", "## Budget and recipe (the same for every entry" + (", but for the learning rates" if own_lr
+                                                                      else "") + ")", "",
               f"- Budget: **{recipe['epochs']} fine-tuning epochs** for every entry (equal epochs, not equal time; "
               "the CPU-minutes each entry took are in the table). Entries with a MAMIM stage first pretrain "
               f"{recipe['pretrain_epochs']} epochs on the training images (labels unused); that time is counted "
               "separately and in the total.",
-              f"- Recipe: one recipe for all, not tuned per entry: AdamW lr {recipe['lr']:g}, weight decay "
+              f"- Recipe: one recipe for all{'' if own_lr else ', not tuned per entry'}: {lr_text}, weight decay "
               f"{recipe['weight_decay']:g}, batch {recipe['batch_size']}, warm-up 1 epoch + cosine, label smoothing "
               f"0.1, drop-path {recipe['drop_path']:g}, {recipe['precision']} training, class balancing "
               f"{recipe['balance']}, {recipe['img_size']} px input"

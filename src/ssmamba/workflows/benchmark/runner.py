@@ -31,9 +31,9 @@ __all__ = ["BenchmarkConfig", "run_benchmark", "DEFAULT_ENTRIES"]
 DEFAULT_ENTRIES = ("ssmamba", "ssmamba-mamim", "ssmamba-dms", "ssmamba-lpr", "resnet18", "convnext_atto",
                    "mambaout_femto")
 # BenchmarkConfig fields that do not change what a cell computes (so they may differ between sittings)
-# (backbone_args is part of each ssmamba entry's recorded architecture instead)
+# (backbone_args is part of each ssmamba entry's recorded architecture instead, entry_lr of its cells' recipe)
 _NOT_RECIPE = {"data", "out", "entries", "seeds", "magnifications", "bootstrap", "device", "threads", "num_workers",
-               "backbone_args"}
+               "backbone_args", "entry_lr"}
 
 
 @dataclass
@@ -49,7 +49,8 @@ class BenchmarkConfig:
     epochs: int = 10  # THE budget: fine-tuning epochs, the same for every entry
     pretrain_epochs: int = 5  # MAMIM epochs of entries with a MAMIM stage (its cost is reported separately)
     batch_size: int = 64  # training batch size of every entry (evaluation uses twice this)
-    lr: float = 1e-3  # AdamW peak learning rate (1 warm-up epoch, then cosine), the same for every entry
+    lr: float = 1e-3  # AdamW peak learning rate (1 warm-up epoch, then cosine) of every entry not in --entry-lr
+    entry_lr: dict[str, float] = field(default_factory=dict)  # NAME=LR: an entry's own peak learning rate (choose it on validation, e.g. with benchmarks/sweep.py)
     weight_decay: float = 0.05  # AdamW weight decay (not on norms, biases and SSM dynamics)
     drop_path: float = 0.1  # stochastic depth rate of every entry that has residual blocks
     # as in `ssmamba finetune`: the absolute zoom is these times input size / the training images' median short side
@@ -81,6 +82,25 @@ class BenchmarkConfig:
             raise ValueError(f"magnification factors must be > 0, got {self.magnifications}")
         if self.epochs < 1 or not 0 < self.zoom_min <= self.zoom_max:
             raise ValueError("need epochs >= 1 and 0 < zoom_min <= zoom_max")
+        self.entry_lr = {self._entry_named(name): float(lr) for name, lr in self.entry_lr.items()}
+        if any(not lr > 0 for lr in self.entry_lr.values()):
+            raise ValueError(f"--entry-lr: learning rates must be > 0, got {self.entry_lr}")
+
+    def _entry_named(self, name: str) -> str:
+        """The entry ``name`` refers to (``ssmamba_mamim`` for ``ssmamba-mamim`` too: option keys read ``-`` as
+        ``_``)."""
+        for entry in self.entries:
+            if name in (entry, entry.replace("-", "_")):
+                return entry
+        raise ValueError(f"--entry-lr {name}=...: {name!r} is not one of the entries ({', '.join(self.entries)})")
+
+    def lr_of(self, entry: str) -> float:
+        """The peak learning rate ``entry`` trains with."""
+        return self.entry_lr.get(entry, self.lr)
+
+    def cell_recipe(self, recipe: dict, entry: str) -> dict:
+        """The shared ``recipe`` as ``entry``'s cells train with it (their own learning rate)."""
+        return {**recipe, "lr": self.lr_of(entry)}
 
 
 def _split_items(values) -> tuple:
@@ -133,8 +153,8 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, command: str | No
     out.mkdir(parents=True, exist_ok=True)
     with file_log(out / "benchmark.log"):
         recipe, facts = resolve_recipe(cfg)
-        cells = [Cell(out / "cells" / entry.name / f"seed_{seed}", entry, seed, cfg.data, recipe)
-                 for seed in cfg.seeds for entry in entries]
+        cells = [Cell(out / "cells" / entry.name / f"seed_{seed}", entry, seed, cfg.data,
+                      cfg.cell_recipe(recipe, entry.name)) for seed in cfg.seeds for entry in entries]
 
         def publish() -> Path:  # after every cell, so a long benchmark can be read (and committed) as it goes
             return write_leaderboard(build_leaderboard(out, entries, cfg, recipe, facts), out)["md"]
