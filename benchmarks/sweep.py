@@ -121,6 +121,16 @@ TRIALS: dict[str, tuple[list[str] | None, list[str]]] = {
     "lr-3e-3+dense-dms": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args",
                                  "directions=[row]", "--model-args", "scales=[1]", "--model-args", "conv_kernels=[3]"]),
     "lr-3e-3+dense-lpr": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args", "lpr=false"]),
+    # DMS designs priced by benchmarks/speed_configs.py (issue 12 item 3, issue 16): bidirectional rows only (still
+    # a global receptive field: raster order forward and backward), no pooled 2x scan, one decay per channel
+    "lr-3e-3+dense+2dir": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args",
+                                  "directions=[row,row_reverse]"]),
+    "lr-3e-3+dense+1scale": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args", "scales=[1]"]),
+    "lr-3e-3+dense+scalar": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args",
+                                    "scalar_decay=true"]),
+    "lr-3e-3+dense+fastdms": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args",
+                                     "directions=[row,row_reverse]", "--model-args", "scales=[1]", "--model-args",
+                                     "scalar_decay=true"]),
 }
 # Trials recorded before the variants' conv_block default became "dense" (benchmarks/results/sweep_*.json rows
 # without conv_block=dense in their options) ran the inverted-bottleneck conv stages, the default then.
