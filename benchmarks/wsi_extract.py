@@ -282,7 +282,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)  # so the results header states the threads every run used
-    command = shlex.join(["python", "benchmarks/wsi_extract.py", *sys.argv[1:]])
+    argv = [a for i, a in enumerate(sys.argv[1:]) if a != "--note" and sys.argv[i] != "--note"]
+    command = shlex.join(["python", "benchmarks/wsi_extract.py", *argv]) + (' --note "..."' if args.note else "")
     result = {**run_benchmark(args), "note": args.note}
     print(report(result, command, Path(args.out)))
 
