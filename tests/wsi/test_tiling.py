@@ -112,3 +112,21 @@ def test_real_slide_tiles_cover_tissue_not_glass(cmu_slide, tmp_path):
     saturation = [np.ptp(t.astype(int), axis=2).mean() for t in tiles]
     assert min(saturation) > np.ptp(corner.astype(int), axis=2).mean() * 2
     assert all(t.shape == (224, 224, 3) for t in tiles)
+
+
+@pytest.mark.parametrize("tiles", [1, 7])
+def test_benchmark_synthetic_slide_tiles_to_the_count_asked(tmp_path, tiles):
+    """benchmarks/wsi_extract.py's slide (JPEG pyramid, 0.25 µm/px) keeps exactly `tiles` tiles at 0.5 µm/px."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "wsi_extract.py"
+    spec = importlib.util.spec_from_file_location("wsi_extract_benchmark", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = module.write_synthetic_slide(tmp_path / "synthetic.tif", tiles)
+    with open_slide(path) as slide:
+        assert slide.mpp == pytest.approx(0.25) and slide.level_downsamples == [1.0, 4.0, 16.0]
+        grid = plan_tiles(slide, TilingConfig(patch_size=224, target_mpp=0.5))
+        assert len(grid) == tiles and grid.read_size == 448
+        assert np.asarray(grid.read_tile(slide, tiles - 1)).std() > 5  # textured tissue, not glass
