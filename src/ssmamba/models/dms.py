@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmamba.models.depthwise import depthwise_conv2d
 from ssmamba.ops import ScanDirection, directional_scan, scan_order
 from ssmamba.ops.directional import index_cache
 
@@ -47,13 +48,12 @@ class MultiKernelDepthwiseConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.convs) == 1:
-            return self.convs[0](x)
+            return depthwise_conv2d(x, self.convs[0].weight, self.convs[0].bias)
         # One depthwise conv with every kernel zero-padded to the largest: the same sums as one conv per channel
         # group, without splitting x into copies and concatenating the results (3.5x faster on CPU at 56 x 56 x 192).
         size = max(conv.kernel_size[0] for conv in self.convs)
         weight = torch.cat([F.pad(conv.weight, [(size - conv.kernel_size[0]) // 2] * 4) for conv in self.convs])
-        bias = torch.cat([conv.bias for conv in self.convs])
-        return F.conv2d(x, weight, bias, padding=size // 2, groups=x.shape[1])
+        return depthwise_conv2d(x, weight, torch.cat([conv.bias for conv in self.convs]))
 
 
 class _DirectionalScan(nn.Module):

@@ -33,6 +33,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices  # timm exports it from no public module
 from torch import nn
 
+from ssmamba.models.depthwise import depthwise_conv2d
 from ssmamba.models.dms import DirectionalMultiScaleMixer
 
 __all__ = ["SSMamba", "SSMambaConfig", "LocalPerceptionResidual", "HybridBlock", "ConvBlock", "DenseConvBlock",
@@ -92,7 +93,7 @@ class LocalPerceptionResidual(nn.Module):
         self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return depthwise_conv2d(x.permute(0, 3, 1, 2), self.conv.weight, self.conv.bias).permute(0, 2, 3, 1)
 
 
 class HybridBlock(nn.Module):
