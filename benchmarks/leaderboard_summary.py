@@ -62,6 +62,14 @@ def summarise(boards: dict[str, dict]) -> str:
                                for k in ("x0.5", "x2"))
             cells.append(f"{found['mean_diff']:+.3f}{ci}; {shift} ({len(found['seeds'])} seeds)")
         lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    lines += ["", "## What each leaderboard ran", ""]
+    for name, board in boards.items():
+        blocks = sorted({r.get("architecture", {}).get("conv_block", "inverted") for r in board["rows"]
+                         if r["family"] == "ssmamba"})
+        own = board.get("entry_lr") or {}
+        rates = (f"lr {board['recipe']['lr']:g}, except " + ", ".join(f"{k} {v:g}" for k, v in own.items())
+                 if own else f"lr {board['recipe']['lr']:g} for every entry")
+        lines.append(f"- {name}: ssmamba conv blocks {', '.join(blocks)}; {rates}.")
     return "\n".join(lines) + "\n"
 
 
