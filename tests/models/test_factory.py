@@ -13,7 +13,7 @@ from ssmamba.models import CheckpointMismatchError, create_model, list_models, s
 
 
 def test_registered_variants():
-    assert {"ssmamba_test", "ssmamba_tiny", "ssmamba_small", "ssmamba_base"} <= set(list_models())
+    assert {"ssmamba_test", "ssmamba_tiny", "ssmamba_tiny_fast", "ssmamba_small", "ssmamba_base"} <= set(list_models())
     with pytest.raises(ValueError, match="unknown model 'ssmamba_huge'.*ssmamba_tiny"):
         create_model("ssmamba_huge")
 
@@ -180,3 +180,21 @@ def test_checkpoint_saved_before_timm_native_models_still_loads(tmp_path):
 def test_features_only_wrappers_are_not_saved_as_models(tmp_path):
     with pytest.raises(TypeError, match="save_pretrained takes models built by ssmamba.create_model"):
         save_pretrained(create_model("ssmamba_test", features_only=True), tmp_path / "f")
+
+
+def test_the_fast_variant_is_tiny_with_a_cheaper_dms():
+    """Same stages as ssmamba_tiny; DMS scans rows both ways at one scale with one decay per channel."""
+    import timm
+
+    fast, tiny = create_model("ssmamba_tiny_fast", num_classes=2), create_model("ssmamba_tiny", num_classes=2)
+    assert timm.is_model("ssmamba_tiny_fast")
+    mixers = [m for m in fast.modules() if type(m).__name__ == "DirectionalMultiScaleMixer"]
+    assert len(mixers) == 6 + 2  # one per block of the state-space stages, depths (2, 2, 6, 2)
+    for mixer in mixers:
+        assert mixer.scales == (1,) and len(mixer.scans) == 1
+        scan = mixer.scans[0]
+        assert [d.value for d in scan.directions] == ["row", "row_reverse"] and scan.A_log.shape[1] == 1
+    assert sum(p.numel() for p in fast.parameters()) < sum(p.numel() for p in tiny.parameters())
+    out = fast(torch.randn(2, 3, 64, 64))
+    out.sum().backward()
+    assert out.shape == (2, 2) and all(torch.isfinite(p.grad).all() for p in fast.parameters() if p.grad is not None)
