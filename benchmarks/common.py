@@ -155,6 +155,15 @@ def write_result(path: Path, title: str, command: str, table: str, notes: Sequen
     path.write_text("\n".join(body))
 
 
+def write_markdown_and_json(results: Path, stem: str, lines: Sequence[str], payload: dict) -> Path:
+    """``results/<stem>.md`` (the lines) and ``results/<stem>.json`` (the payload); returns the Markdown path."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{stem}.md").write_text("\n".join(lines))
+    (results / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    print(f"wrote {results / f'{stem}.md'}")
+    return results / f"{stem}.md"
+
+
 def read_section(path: Path, heading: str) -> str | None:
     """The body of the ``## heading`` section of a markdown file (up to the next ``## ``), or None."""
     if not path.exists():

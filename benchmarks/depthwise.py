@@ -12,7 +12,6 @@ process, for this checkout and for ``--baseline-src``, alternating. Writes ``ben
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment_lines, markdown_table  # noqa: E402
+from common import environment_lines, markdown_table, write_markdown_and_json  # noqa: E402
 from speed import SRC, _child  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -94,10 +93,7 @@ def main() -> None:
                             [(s["code"], s["size"], s["batch"], f"{s['ssmamba_img_per_cpu_s']:.1f}",
                               f"{s['resnet18_img_per_cpu_s']:.1f}",
                               f"{s['ssmamba_img_per_cpu_s'] / s['resnet18_img_per_cpu_s']:.2f}x") for s in steps]), ""]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "depthwise.md").write_text("\n".join(lines))
-    (RESULTS / "depthwise.json").write_text(json.dumps({"convs": convs, "steps": steps}, indent=1))
-    print(f"wrote {RESULTS / 'depthwise.md'}")
+    write_markdown_and_json(RESULTS, "depthwise", lines, {"convs": convs, "steps": steps})
 
 
 if __name__ == "__main__":

@@ -70,6 +70,24 @@ def inference_case(size: int, repeats: int) -> dict:
     return {"ssmamba_s": seconds["ssmamba_tiny"], "vit_s": seconds["vit_small_patch16_224"]}
 
 
+def training_step(model, x, y, bf16: bool):
+    """One training step of ``model`` on ``(x, y)`` as a function: forward (under bf16 autocast if asked),
+    cross-entropy, backward, AdamW; the model channels-last in train mode."""
+    import torch
+
+    model = model.to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.float().backward()
+        optimizer.step()
+
+    return run
+
+
 def train_case(size: int, batch: int, bf16: bool, repeats: int) -> dict:
     import torch
 
@@ -77,20 +95,8 @@ def train_case(size: int, batch: int, bf16: bool, repeats: int) -> dict:
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 4, (batch,))
 
-    def step(name):
-        model = _build(name, 4).to(memory_format=torch.channels_last).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        def run():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.float().backward()
-            optimizer.step()
-
-        return run
-
-    seconds = _alternate({name: step(name) for name in ("ssmamba_tiny", "resnet18")}, repeats, time.process_time)
+    steps = {name: training_step(_build(name, 4), x, y, bf16) for name in ("ssmamba_tiny", "resnet18")}
+    seconds = _alternate(steps, repeats, time.process_time)
     return {"ssmamba_img_per_cpu_s": batch / seconds["ssmamba_tiny"],
             "resnet18_img_per_cpu_s": batch / seconds["resnet18"]}
 

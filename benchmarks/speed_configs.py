@@ -46,27 +46,13 @@ def train_case(size: int, batch: int, bf16: bool, repeats: int, configs: dict[st
     import torch
 
     import ssmamba  # noqa: F401  (after torch and timm, like a user script)
-    from speed import _alternate
+    from speed import _alternate, training_step
 
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 4, (batch,))
-
-    def step(model):
-        model = model.to(memory_format=torch.channels_last).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        def run():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.float().backward()
-            optimizer.step()
-
-        return run
-
-    steps = {"resnet18": step(timm.create_model("resnet18", num_classes=4))}
-    steps |= {name: step(ssmamba.create_model("ssmamba_tiny", num_classes=4, **args))
+    steps = {"resnet18": training_step(timm.create_model("resnet18", num_classes=4), x, y, bf16)}
+    steps |= {name: training_step(ssmamba.create_model("ssmamba_tiny", num_classes=4, **args), x, y, bf16)
               for name, args in configs.items()}  # fmt: skip
     seconds = _alternate(steps, repeats, time.process_time)
     return {name: batch / s for name, s in seconds.items()}
@@ -110,7 +96,7 @@ def main() -> None:
 
 def write(args, configs: dict, cases: list[dict], load_before, load_after) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from common import environment_lines, markdown_table
+    from common import environment_lines, markdown_table, write_markdown_and_json
 
     columns = [f"{c['size']} px {c['precision']}" for c in cases]
     rows = [(name, json.dumps(configs[name]) if configs[name] else "(as shipped)",
@@ -124,10 +110,7 @@ def write(args, configs: dict, cases: list[dict], load_before, load_after) -> No
              *environment_lines(), "",
              "Training images per CPU-second as a fraction of ResNet-18's in the same process (>= 1.0x: faster).", "",
              markdown_table(["configuration", "architecture arguments", *columns], rows), ""]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "speed_configs.md").write_text("\n".join(lines))
-    (RESULTS / "speed_configs.json").write_text(json.dumps({"configs": configs, "cases": cases}, indent=1))
-    print(f"wrote {RESULTS / 'speed_configs.md'}")
+    write_markdown_and_json(RESULTS, "speed_configs", lines, {"configs": configs, "cases": cases})
 
 
 if __name__ == "__main__":
