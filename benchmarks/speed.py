@@ -1,7 +1,9 @@
-"""ssmamba_tiny's speed against the models a user would pick instead, measured the way a user meets it.
+"""ssmamba's speed against the models a user would pick instead, measured the way a user meets it.
 
     python benchmarks/speed.py                               # this checkout only
     python benchmarks/speed.py --baseline-src ../main/src    # and an older checkout's ssmamba, side by side
+    python benchmarks/speed.py --models ssmamba_tiny         # other variants (default: the default model and
+                                                             # ssmamba_tiny, the full DMS)
 
 Inference at 896 px (batch 1, fp32, eval, inference_mode) against ViT-S/16 (timm, random init, dynamic image
 size), with ``import torch, timm, ssmamba`` in that order, with OpenMP's default wait policy and with
@@ -9,7 +11,7 @@ size), with ``import torch, timm, ssmamba`` in that order, with OpenMP's default
 backward, AdamW; channels-last) at 64 and 224 px against ResNet-18, in float32 and under bfloat16 autocast, as
 images per CPU-second of the process. Every case is one fresh process that times both models in turn (A B A B),
 so a ratio never mixes two machine states; with ``--baseline-src`` each case also runs once on that ssmamba,
-in alternation. Plus a torch.profiler table of one ssmamba_tiny forward (default wait policy, busy core) with the
+in alternation. Plus a torch.profiler table of one forward of the first model (default wait policy, busy core) with the
 share of the data-movement ops (copy_, cat, flip). Writes ``benchmarks/results/speed.md`` and ``speed.json``.
 """
 
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ["ssmamba_tiny_fast", "ssmamba_tiny"]  # the default model (ssmamba.models.DEFAULT_MODEL), the full DMS
 SRC = Path(__file__).resolve().parents[1] / "src"
 DATA_MOVEMENT = ("aten::copy_", "aten::cat", "aten::flip")
 
@@ -53,10 +56,11 @@ def _alternate(steps: dict, repeats: int, clock) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def inference_case(size: int, repeats: int) -> dict:
+def inference_case(size: int, repeats: int, models: list[str]) -> dict:
+    """Seconds per forward of each of ``models`` and of ViT-S/16, alternating."""
     import torch
 
-    models = {name: _build(name, 1000).eval() for name in ("ssmamba_tiny", "vit_small_patch16_224")}
+    models = {name: _build(name, 1000).eval() for name in (*models, "vit_small_patch16_224")}
     x = torch.randn(1, 3, size, size)
 
     def step(model):
@@ -66,8 +70,7 @@ def inference_case(size: int, repeats: int) -> dict:
 
         return run
 
-    seconds = _alternate({name: step(m) for name, m in models.items()}, repeats, time.perf_counter)
-    return {"ssmamba_s": seconds["ssmamba_tiny"], "vit_s": seconds["vit_small_patch16_224"]}
+    return _alternate({name: step(m) for name, m in models.items()}, repeats, time.perf_counter)
 
 
 def training_step(model, x, y, bf16: bool):
@@ -88,24 +91,23 @@ def training_step(model, x, y, bf16: bool):
     return run
 
 
-def train_case(size: int, batch: int, bf16: bool, repeats: int) -> dict:
+def train_case(size: int, batch: int, bf16: bool, repeats: int, models: list[str]) -> dict:
+    """Training images per CPU-second of each of ``models`` and of ResNet-18, alternating."""
     import torch
 
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 4, (batch,))
 
-    steps = {name: training_step(_build(name, 4), x, y, bf16) for name in ("ssmamba_tiny", "resnet18")}
-    seconds = _alternate(steps, repeats, time.process_time)
-    return {"ssmamba_img_per_cpu_s": batch / seconds["ssmamba_tiny"],
-            "resnet18_img_per_cpu_s": batch / seconds["resnet18"]}
+    steps = {name: training_step(_build(name, 4), x, y, bf16) for name in (*models, "resnet18")}
+    return {name: batch / s for name, s in _alternate(steps, repeats, time.process_time).items()}
 
 
-def profile_case(size: int) -> dict:
+def profile_case(size: int, model: str) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    model = _build("ssmamba_tiny", 1000).eval()
+    model = _build(model, 1000).eval()
     x = torch.randn(1, 3, size, size)
     with torch.inference_mode():
         model(x)
@@ -134,6 +136,7 @@ def _child(kind: str, args: dict, src: Path, wait_policy: str | None, threads: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline-src", type=Path, help="an older checkout's src/ to measure side by side")
+    parser.add_argument("--models", nargs="+", default=MODELS, help="ssmamba variants (the first is profiled)")
     parser.add_argument("--size", type=int, default=896)
     parser.add_argument("--train-sizes", type=int, nargs="+", default=[64, 224])
     parser.add_argument("--repeats", type=int, default=3)
@@ -146,21 +149,22 @@ def main() -> None:
         inference, training = [], []
         for policy in (None, "PASSIVE"):
             for label, src in sources.items():
-                r = _child("inference", dict(size=args.size, repeats=args.repeats), src, policy, args.threads)
-                inference.append({"code": label, "omp_wait_policy": policy or "default"} | r)
-                print(f"inference {label:8s} OMP {policy or 'default':8s} ssmamba {r['ssmamba_s']:.2f} s  "
-                      f"ViT-S {r['vit_s']:.2f} s  ratio {r['vit_s'] / r['ssmamba_s']:.2f}x", flush=True)
+                r = _child("inference", dict(size=args.size, repeats=args.repeats, models=args.models), src, policy,
+                           args.threads)  # fmt: skip
+                inference.append({"code": label, "omp_wait_policy": policy or "default", "seconds": r})
+                print(f"inference {label:8s} OMP {policy or 'default':8s} " + ", ".join(
+                    f"{m} {r['vit_small_patch16_224'] / r[m]:.2f}x ViT-S" for m in args.models), flush=True)
         for size in args.train_sizes:
             batch = 64 if size <= 96 else 16
             for bf16 in (False, True):
                 for label, src in sources.items():
-                    r = _child("train", dict(size=size, batch=batch, bf16=bf16, repeats=args.repeats), src, "PASSIVE",
-                               args.threads)  # fmt: skip
-                    training.append({"code": label, "size": size, "batch": batch, "bf16": bf16} | r)
-                    print(f"train {label:8s} {size} px {'bf16' if bf16 else 'fp32'} ssmamba "
-                          f"{r['ssmamba_img_per_cpu_s']:.1f}  resnet18 {r['resnet18_img_per_cpu_s']:.1f} img/CPU-s  "
-                          f"ratio {r['ssmamba_img_per_cpu_s'] / r['resnet18_img_per_cpu_s']:.2f}x", flush=True)
-        profiles = {label: _child("profile", dict(size=args.size), src, None, args.threads)
+                    r = _child("train", dict(size=size, batch=batch, bf16=bf16, repeats=args.repeats,
+                                             models=args.models), src, "PASSIVE", args.threads)  # fmt: skip
+                    training.append({"code": label, "size": size, "batch": batch, "bf16": bf16,
+                                     "img_per_cpu_s": r})  # fmt: skip
+                    print(f"train {label:8s} {size} px {'bf16' if bf16 else 'fp32'} " + ", ".join(
+                        f"{m} {r[m] / r['resnet18']:.2f}x ResNet-18" for m in args.models), flush=True)
+        profiles = {label: _child("profile", dict(size=args.size, model=args.models[0]), src, None, args.threads)
                     for label, src in sources.items()}  # fmt: skip
     finally:
         if busy is not None:
@@ -174,25 +178,33 @@ def write(args, inference: list[dict], training: list[dict], profiles: dict) -> 
     from common import environment_lines, markdown_table
 
     busy = "no busy core" if args.no_busy_core else "one core held by a busy-loop process"
-    lines = ["# ssmamba_tiny speed vs ViT-S/16 (inference) and ResNet-18 (training)", "",
-             f"Command: `python benchmarks/speed.py{' --baseline-src ...' if args.baseline_src else ''}`; "
+    models = args.models
+    lines = ["# ssmamba speed vs ViT-S/16 (inference) and ResNet-18 (training)", "",
+             f"Command: `python benchmarks/speed.py{' --baseline-src ...' if args.baseline_src else ''}"
+             f"{'' if models == MODELS else ' --models ' + ' '.join(models)}`; "
              f"{args.threads} OpenMP threads, {busy}, median of {args.repeats} alternating runs per case.", "",
              *environment_lines(), "",
              f"## Inference at {args.size} px, batch 1, fp32 (`import torch, timm, ssmamba`)", "",
-             markdown_table(["ssmamba code", "OMP_WAIT_POLICY", "ssmamba_tiny s", "ViT-S/16 s",
-                             "ssmamba speed / ViT-S"],
-                            [(r["code"], r["omp_wait_policy"], f"{r['ssmamba_s']:.2f}", f"{r['vit_s']:.2f}",
-                              f"{r['vit_s'] / r['ssmamba_s']:.2f}x") for r in inference]), "",
+             "Seconds per image, and each model's speed as a multiple of ViT-S/16's (>= 2x is issue 16's goal).", "",
+             markdown_table(["ssmamba code", "OMP_WAIT_POLICY", "ViT-S/16 s", *(f"{m} s" for m in models),
+                             *(f"{m} / ViT-S" for m in models)],
+                            [(r["code"], r["omp_wait_policy"], f"{r['seconds']['vit_small_patch16_224']:.2f}",
+                              *(f"{r['seconds'][m]:.2f}" for m in models),
+                              *(f"{r['seconds']['vit_small_patch16_224'] / r['seconds'][m]:.2f}x" for m in models))
+                             for r in inference]), "",
              "## Training step (forward + backward + AdamW), images per CPU-second", "",
-             markdown_table(["ssmamba code", "px", "batch", "precision", "ssmamba_tiny", "ResNet-18",
-                             "ssmamba / ResNet-18"],
-                            [(r["code"], r["size"], r["batch"], "bf16 autocast" if r["bf16"] else "fp32",
-                              f"{r['ssmamba_img_per_cpu_s']:.1f}", f"{r['resnet18_img_per_cpu_s']:.1f}",
-                              f"{r['ssmamba_img_per_cpu_s'] / r['resnet18_img_per_cpu_s']:.2f}x") for r in training]),
+             "Each model's rate, and as a multiple of ResNet-18's at the same precision (>= 1.0x is issue 16's goal).",
+             "", markdown_table(["ssmamba code", "px", "batch", "precision", "ResNet-18", *models,
+                                 *(f"{m} / ResNet-18" for m in models)],
+                                [(r["code"], r["size"], r["batch"], "bf16 autocast" if r["bf16"] else "fp32",
+                                  f"{r['img_per_cpu_s']['resnet18']:.1f}",
+                                  *(f"{r['img_per_cpu_s'][m]:.1f}" for m in models),
+                                  *(f"{r['img_per_cpu_s'][m] / r['img_per_cpu_s']['resnet18']:.2f}x" for m in models))
+                                 for r in training]),
              ""]  # fmt: skip
     for label, prof in profiles.items():
         share = prof["data_movement_share"]
-        lines += [f"## Profile of one ssmamba_tiny forward at {args.size} px ({label} code, default wait policy, "
+        lines += [f"## Profile of one {models[0]} forward at {args.size} px ({label} code, default wait policy, "
                   f"{busy})",
                   "", f"copy_ + cat + flip: **{100 * sum(share.values()):.1f}%** of self CPU time "
                   f"({', '.join(f'{k[6:]} {100 * v:.1f}%' for k, v in share.items())}); total {prof['total_s']:.2f} s.",

@@ -132,6 +132,8 @@ TRIALS: dict[str, tuple[list[str] | None, list[str]]] = {
                                      "directions=[row,row_reverse]", "--model-args", "scales=[1]", "--model-args",
                                      "scalar_decay=true"]),
 }
+# Every trial above ran ssmamba_tiny (the full DMS), the default model until 2026-12-07: a trial run since then
+# without --model runs the new default, ssmamba_tiny_fast.
 # Trials recorded before the variants' conv_block default became "dense" (benchmarks/results/sweep_*.json rows
 # without conv_block=dense in their options) ran the inverted-bottleneck conv stages, the default then.
 

@@ -29,7 +29,7 @@ from ssmamba.eval.inference import predict_proba
 from ssmamba.io.atomic import atomic_write_text
 from ssmamba.io.distributed import gather_shards, processes, shard
 from ssmamba.io.runs import write_skipped
-from ssmamba.models import create_model, save_pretrained
+from ssmamba.models import DEFAULT_MODEL, create_model, save_pretrained
 from ssmamba.train.checks import require_positive
 from ssmamba.train.engine import Precision, Trainer, load_tensors, save_tensors
 from ssmamba.train.optim import class_weights, param_groups, warmup_cosine
@@ -55,7 +55,7 @@ class FinetuneConfig:
     data: str = ""  # image folder, CSV manifest or nucleus-points CSV with labels (and splits or groups)
     out: str = "runs/finetune"  # run folder: best/, last/, config.yaml, curves, log
     # architecture when starting from scratch: an ssmamba variant or any timm name (resnet18, convnext_atto, ...)
-    model: str = "ssmamba_tiny"
+    model: str = DEFAULT_MODEL
     model_args: dict[str, object] = field(default_factory=dict)  # architecture overrides, e.g. lpr=false
     init: str | None = None  # the weights to start from: a checkpoint folder (MAMIM, or any ssmamba/timm checkpoint)
     img_size: int = 64  # model input side in pixels

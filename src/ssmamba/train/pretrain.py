@@ -20,7 +20,7 @@ import yaml
 from ssmamba.io.atomic import atomic_write_text
 from ssmamba.io.distributed import processes
 from ssmamba.io.runs import write_skipped
-from ssmamba.models import create_model, save_pretrained
+from ssmamba.models import DEFAULT_MODEL, create_model, save_pretrained
 from ssmamba.ssl import MAMIM
 from ssmamba.train.checks import require_fraction, require_positive
 from ssmamba.train.engine import Precision, Trainer
@@ -38,7 +38,7 @@ __all__ = ["PretrainConfig", "PretrainTrainer", "pretrain"]
 class PretrainConfig:
     data: str = ""  # image folder, CSV manifest or nucleus-points CSV; labels are ignored
     out: str = "runs/pretrain"  # run folder: checkpoint/, config.yaml, loss curves, log
-    model: str = "ssmamba_tiny"  # architecture: an ssmamba variant (ssmamba_tiny, ...)
+    model: str = DEFAULT_MODEL  # architecture: an ssmamba variant (ssmamba_tiny_fast, ssmamba_tiny, ...)
     model_args: dict[str, object] = field(default_factory=dict)  # architecture overrides, e.g. lpr=false
     split: str | None = None  # e.g. "train" to keep val/test images out of pretraining; None = every image
     img_size: int = 64  # training view size (a multiple of 32)

@@ -2,7 +2,7 @@
 
 An entry is written on the command line as a preset name or as ``MODEL[+mamim]``:
 
-* presets (the SSMamba ablations, built on the benchmark's ``--backbone``, ``ssmamba_tiny`` by default):
+* presets (the SSMamba ablations, built on the benchmark's ``--backbone``, ``ssmamba_tiny_fast`` by default):
 
   ================  ======================================================================================
   ``ssmamba``        MAMIM pretraining on the training images, then fine-tuning: the full method
@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ssmamba.models.factory import is_ssmamba
-from ssmamba.models.ssmamba import FIELDS_ADDED_LATER, architecture
+from ssmamba.models.ssmamba import DEFAULT_MODEL, FIELDS_ADDED_LATER, architecture
 
 __all__ = ["Entry", "PRESETS", "parse_entry", "saved_entry", "SINGLE_DIRECTION_SCALE", "NO_LPR"]
 
@@ -70,7 +70,7 @@ PRESETS: dict[str, tuple[bool, dict, str]] = {
 }
 
 
-def parse_entry(text: str, backbone: str = "ssmamba_tiny", backbone_args: dict | None = None) -> Entry:
+def parse_entry(text: str, backbone: str = DEFAULT_MODEL, backbone_args: dict | None = None) -> Entry:
     """An :class:`Entry` from a preset name or ``MODEL[+mamim]``; unknown models raise ``ValueError``.
 
     ``backbone_args``: architecture arguments of every ssmamba entry (``conv_block=inverted``), under the presets'

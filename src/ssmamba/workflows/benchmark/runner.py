@@ -18,6 +18,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ssmamba.models import DEFAULT_MODEL
 from ssmamba.train.engine import Precision
 from ssmamba.train.finetune import Balancing
 from ssmamba.train.setup import file_log
@@ -42,7 +43,7 @@ class BenchmarkConfig:
     out: str = "runs/benchmark"  # benchmark folder: cells/, leaderboard.{md,json,png}, benchmark.log, commands.txt
     entries: tuple[str, ...] = DEFAULT_ENTRIES  # presets (ssmamba, ssmamba-mamim, ssmamba-dms, ssmamba-lpr, plain-mamba), ssmamba or timm models, MODEL+mamim
     seeds: tuple[int, ...] = (0, 1, 2)  # one cell per entry and seed
-    backbone: str = "ssmamba_tiny"  # the SSMamba variant the presets are built on
+    backbone: str = DEFAULT_MODEL  # the SSMamba variant the presets are built on
     backbone_args: dict[str, object] = field(default_factory=dict)  # architecture arguments of every ssmamba entry (conv_block=inverted)
     img_size: int = 64  # model input side; a multiple of 32 for entries with a MAMIM stage
     crop_size: int = 64  # nucleus-points data: side of the crop read around each point
