@@ -117,6 +117,23 @@ def run_isolated(argv: Sequence[str], timeout: float | None = None) -> dict:
     return json.loads(lines[-1])
 
 
+def case_in_child(module: str, function: str, args: dict, src: Path, threads: int = 1,
+                  wait_policy: str | None = "PASSIVE") -> dict:
+    """``benchmarks/<module>.<function>(**args)`` in a fresh process on the ssmamba of ``src``, with ``threads``
+    OpenMP threads and ``wait_policy`` (None: OpenMP's default), ``import torch, timm`` first like a user script;
+    returns its JSON result (the last line it prints)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "PYTHONPATH")}
+    env |= {"PYTHONPATH": str(src), "OMP_NUM_THREADS": str(threads)}
+    if wait_policy:
+        env["OMP_WAIT_POLICY"] = wait_policy
+    code = (f"import torch, timm, json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import {module}; "
+            f"print(json.dumps({module}.{function}(**{args!r})))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module}.{function}({args}) on {src} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub markdown table; floats are printed as given, so format them before."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -121,16 +120,10 @@ def profile_case(size: int, model: str) -> dict:
 
 
 def _child(kind: str, args: dict, src: Path, wait_policy: str | None, threads: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "PYTHONPATH")}
-    env |= {"PYTHONPATH": str(src), "OMP_NUM_THREADS": str(threads)}
-    if wait_policy:
-        env["OMP_WAIT_POLICY"] = wait_policy
-    code = (f"import torch, timm, json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import speed; "
-            f"print(json.dumps(speed.{kind}_case(**{args!r})))")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"{kind} case {args} on {src} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import case_in_child
+
+    return case_in_child("speed", f"{kind}_case", args, src, threads, wait_policy)
 
 
 def main() -> None:

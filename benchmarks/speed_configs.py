@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,14 +58,10 @@ def train_case(size: int, batch: int, bf16: bool, repeats: int, configs: dict[st
 
 
 def _child(args: dict, threads: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env |= {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
-    code = (f"import torch, timm, json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            f"import speed_configs; print(json.dumps(speed_configs.train_case(**{args!r})))")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"case {args} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import case_in_child
+
+    return case_in_child("speed_configs", "train_case", args, SRC, threads)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmamba.models.depthwise import depthwise_conv2d
+from ssmamba.ops.depthwise import depthwise_conv2d
 from ssmamba.ops import ScanDirection, directional_scan, scan_order
 from ssmamba.ops.directional import index_cache
 

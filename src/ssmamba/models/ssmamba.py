@@ -33,7 +33,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices  # timm exports it from no public module
 from torch import nn
 
-from ssmamba.models.depthwise import depthwise_conv2d
+from ssmamba.ops.depthwise import depthwise_conv2d
 from ssmamba.models.dms import DirectionalMultiScaleMixer
 
 __all__ = ["SSMamba", "SSMambaConfig", "LocalPerceptionResidual", "HybridBlock", "ConvBlock", "DenseConvBlock",

@@ -1,7 +1,8 @@
 """Fused C++ selective scan for CPU tensors, with its own backward.
 
-The kernel (``csrc/selective_scan_cpu.cpp``) is compiled with ``torch.utils.cpp_extension.load`` the first time a
-scan runs, never at import, and cached in the torch extensions directory (``TORCH_EXTENSIONS_DIR``). It saves only
+The kernel (``csrc/selective_scan_cpu.cpp``; built into one extension with ``csrc/depthwise_cpu.cpp``, the depthwise
+convolution's weight gradient of :mod:`ssmamba.ops.depthwise`) is compiled with ``torch.utils.cpp_extension.load``
+the first time a scan runs, never at import, and cached in the torch extensions directory (``TORCH_EXTENSIONS_DIR``). It saves only
 its inputs for the backward and recomputes the states there, so memory stays O(inputs) instead of autograd's
 O(batch·dim·L·N). Environment: ``SSMAMBA_NO_BUILD=1`` never compiles (the kernel then counts as unavailable).
 """
@@ -26,7 +27,8 @@ from ssmamba.ops.contract import as_grouped, check_scan_inputs, compute_dtype
 from ssmamba.ops.directional import check_directional_inputs, direction_orders
 
 NO_BUILD_ENV = "SSMAMBA_NO_BUILD"
-_SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
+# the selective scan, and the depthwise convolution's weight gradient (ssmamba.ops.depthwise): one extension
+_SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("selective_scan_cpu.cpp", "depthwise_cpu.cpp"))
 
 
 class ExtensionBuildError(RuntimeError):
@@ -126,26 +128,30 @@ class _KernelLoader:
         # One build per source *content*, compiled from a copy inside its own build folder: installs of the same
         # version in different places (checkouts, virtual environments) share it, and two different versions never
         # rebuild over each other (ninja rebuilds whenever the source path in its build file changes).
-        code = _SOURCE.read_bytes()
-        name = f"ssmamba_selective_scan_cpu_{flavour}_{hashlib.sha256(code).hexdigest()[:12]}"
+        codes = {path.name: path.read_bytes() for path in _SOURCES}
+        digest = hashlib.sha256(b"".join(name.encode() + code for name, code in codes.items())).hexdigest()[:12]
+        name = f"ssmamba_selective_scan_cpu_{flavour}_{digest}"
         build_dir = _extensions_root() / name
         build_dir.mkdir(parents=True, exist_ok=True)
-        source = build_dir / _SOURCE.name
-        if not source.is_file() or source.read_bytes() != code:
-            tmp = source.with_name(f"{source.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(code)
-            os.replace(tmp, source)  # atomic: a concurrent build never sees half a file
+        sources = []
+        for file_name, code in codes.items():
+            source = build_dir / file_name
+            if not source.is_file() or source.read_bytes() != code:
+                tmp = source.with_name(f"{source.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(code)
+                os.replace(tmp, source)  # atomic: a concurrent build never sees half a file
+            sources.append(str(source))
         try:
             return load(
                 name=name,
-                sources=[str(source)],
+                sources=sources,
                 extra_cflags=cflags + isa_flags,
                 extra_ldflags=ldflags,
                 build_directory=str(build_dir),
                 verbose=False,  # quiet on success; on failure torch puts the compiler output in the exception
             )
         except (RuntimeError, OSError, ImportError, subprocess.CalledProcessError) as error:
-            summary = f"compiling {_SOURCE.name} failed ({type(error).__name__})"
+            summary = f"compiling {', '.join(codes)} failed ({type(error).__name__})"
             raise ExtensionBuildError(summary, str(error)) from error
 
 

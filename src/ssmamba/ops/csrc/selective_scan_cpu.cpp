@@ -1050,11 +1050,16 @@ double arithmetic_probe(int64_t units, int64_t length, int64_t state, int64_t di
 
 }  // namespace
 
+// depthwise_cpu.cpp, compiled into the same extension
+at::Tensor depthwise_weight_grad(const at::Tensor& input, const at::Tensor& grad_out, int64_t kernel);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "ssmamba selective scan, CPU kernel (forward, backward); B, C and their grads in (batch, G, N, L)";
+  m.doc() = "ssmamba CPU kernels: selective scan (forward, backward; B, C and their grads in (batch, G, N, L)) and "
+            "the depthwise convolution's weight gradient";
   m.def("forward", &selective_scan_forward, "selective scan forward: (out, last_state)");
   m.def("backward", &selective_scan_backward, "selective scan backward: grads of every input");
   m.def("directional_forward", &directional_scan_forward, "directional scans of a token grid, summed: out");
   m.def("directional_backward", &directional_scan_backward, "directional scans backward: grads of every input");
   m.def("arithmetic_probe", &arithmetic_probe, "seconds of the directional kernel's arithmetic without its loads");
+  m.def("depthwise_weight_grad", &depthwise_weight_grad, "weight gradient of a stride-1 'same' depthwise conv");
 }

@@ -1,0 +1,142 @@
+"""``depthwise_conv2d``: F.conv2d(groups=C), with our CPU kernel's weight gradient, and in float32 under CPU autocast.
+
+The reference is ``F.conv2d`` and its autograd (oneDNN): outputs and all three gradients, per dtype tolerances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssmamba.models import create_model
+from ssmamba.ops.depthwise import depthwise_conv2d, depthwise_conv2d_cpu
+from ssmamba.models.dms import MultiKernelDepthwiseConv
+from ssmamba.ops import ExtensionBuildError, depthwise
+from ssmamba.models.ssmamba import LocalPerceptionResidual
+
+GRIDS = [(2, 2), (4, 4), (5, 3), (14, 14)]  # the state-space stages' grids at 64 and 224 px, and an odd one
+# float32: the weight gradient sums batch x H x W products of O(1) values in another order than oneDNN's (|grad|
+# ~ 20 for 16 x 6 x 5); a wrong tap or channel is off by O(1)
+TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-4), torch.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+def _problem(grid, kernel, seed=0, batch=3, channels=12, dtype=torch.float32, channels_last=True):
+    torch.manual_seed(seed)
+    x = torch.randn(batch, channels, *grid, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    weight = torch.randn(channels, 1, kernel, kernel, dtype=dtype, requires_grad=True)
+    bias = torch.randn(channels, dtype=dtype, requires_grad=True)
+    return x.requires_grad_(), weight, bias
+
+
+def _outputs_and_grads(fn, x, weight, bias, seed=1):
+    out = fn(x, weight, bias)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    return (out, *torch.autograd.grad(out.float(), (x, weight, bias), grad_out))
+
+
+def _reference(x, weight, bias):
+    return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+
+
+@pytest.mark.parametrize("grid", [*GRIDS, (1, 1), (3, 9)])
+@pytest.mark.parametrize("kernel", [1, 3, 5, 7, 9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_kernel_path_matches_the_grouped_conv(grid, kernel, dtype):
+    """Outputs and gradients of input, weight and bias; kernels larger than the grid included (9 on 2x2)."""
+    x, weight, bias = _problem(grid, kernel, dtype=dtype)
+    got = _outputs_and_grads(depthwise_conv2d_cpu, x, weight, bias)
+    for g, e in zip(got, _outputs_and_grads(_reference, x, weight, bias)):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g, e, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("batch, channels", [(1, 5), (7, 33), (16, 192)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_kernel_path_in_any_layout_batch_and_thread_count(channels_last, batch, channels, threads):
+    """Odd channel counts (no whole SIMD vector), a batch of one and batches that split unevenly over threads."""
+    x, weight, bias = _problem((6, 5), 7, batch=batch, channels=channels, channels_last=channels_last)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = _outputs_and_grads(depthwise_conv2d, x, weight, bias)
+    finally:
+        torch.set_num_threads(before)
+    for g, e in zip(got, _outputs_and_grads(_reference, x, weight, bias)):
+        torch.testing.assert_close(g, e, **TOLERANCES[torch.float32])
+
+
+def test_the_kernel_path_passes_gradcheck():
+    x, weight, bias = _problem((4, 3), 5, batch=2, channels=3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(depthwise_conv2d_cpu, (x, weight, bias))
+    assert torch.autograd.gradcheck(lambda x, w: depthwise_conv2d_cpu(x, w, None), (x, weight))
+
+
+def test_without_bias_or_input_gradient():
+    x, weight, _ = _problem((4, 4), 7)
+    x = x.detach()
+    out = depthwise_conv2d(x, weight, None)
+    (grad_weight,) = torch.autograd.grad(out, weight, torch.ones_like(out))
+    (expected,) = torch.autograd.grad(_reference(x, weight, None), weight, torch.ones_like(out))
+    torch.testing.assert_close(grad_weight, expected, **TOLERANCES[torch.float32])
+
+
+def test_the_kernel_is_used_only_where_a_weight_gradient_is_wanted(monkeypatch):
+    calls = []
+    monkeypatch.setattr(depthwise, "depthwise_conv2d_cpu", lambda *args: calls.append(1) or _reference(*args))
+    x, weight, bias = _problem((4, 4), 3)
+    with torch.no_grad():
+        depthwise_conv2d(x, weight, bias)
+    depthwise_conv2d(x, weight.detach(), bias)
+    assert calls == []
+    depthwise_conv2d(x, weight, bias)
+    assert calls == [1]
+
+
+def test_without_the_compiled_kernel_it_is_the_grouped_conv(monkeypatch):
+    def unavailable():
+        raise ExtensionBuildError("SSMAMBA_NO_BUILD=1: compiling the CPU kernel is disabled")
+
+    monkeypatch.setattr(depthwise, "load_extension", unavailable)
+    x, weight, bias = _problem((5, 3), 7)
+    for got, expected in zip(_outputs_and_grads(depthwise_conv2d, x, weight, bias),
+                             _outputs_and_grads(_reference, x, weight, bias)):
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_under_cpu_autocast_it_computes_in_float32(grid, kernel):
+    """Output and gradients at float32 precision (a bfloat16 conv would be off by ~1e-2), output dtype float32."""
+    x, weight, bias = _problem(grid, kernel)
+    expected = _outputs_and_grads(_reference, x, weight, bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _outputs_and_grads(depthwise_conv2d, x, weight, bias)
+        bf16_conv = _reference(x, weight, bias)  # what autocast alone would compute
+    assert got[0].dtype == torch.float32 and bf16_conv.dtype == torch.bfloat16
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    assert (bf16_conv.float() - expected[0]).abs().max() > 1e-3  # so the tolerance above tells the two apart
+
+
+def test_bfloat16_inputs_under_autocast_are_computed_in_float32():
+    """The DMS conv's input comes out of a linear layer in bfloat16: the result is the float32 conv of those values."""
+    x, weight, bias = _problem((4, 4), 7)
+    x16 = x.detach().bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = depthwise_conv2d(x16, weight, bias)
+    torch.testing.assert_close(out, _reference(x16.detach().float(), weight, bias), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert x16.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32
+
+
+def test_the_model_layers_use_it_and_train_under_autocast():
+    lpr, conv = LocalPerceptionResidual(8, 3), MultiKernelDepthwiseConv(9, (3, 5, 7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lpr(torch.randn(2, 4, 4, 8)).dtype == torch.float32
+        assert conv(torch.randn(2, 9, 4, 4)).dtype == torch.float32
+        model = create_model("ssmamba_test", num_classes=3)
+        loss = F.cross_entropy(model(torch.randn(2, 3, 64, 64)), torch.tensor([0, 2]))
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
