@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -28,6 +29,25 @@ def test_help_version_and_info():
     assert __version__ in invoke("--version").output
     info = invoke("info").output
     assert "scan backends" in info and "auto on cpu:" in info
+
+
+def test_the_command_list_matches_the_commands():
+    """`ssmamba --help` lists the commands from stored summaries; each must begin that command's own help."""
+    from ssmamba.cli import _COMMANDS
+
+    for name in _COMMANDS:
+        command = main.get_command(None, name)
+        assert " ".join(command.help.split()).startswith(_COMMANDS[name][2].rstrip(".")), name
+        assert " ".join(_COMMANDS[name][2].split()[:4]) in " ".join(invoke("--help").output.split())
+
+
+def test_help_imports_no_torch():
+    """`ssmamba --help` took 8 s when listing the commands imported them all (torch, timm, sklearn)."""
+    code = ("import sys; from ssmamba.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'timm', 'sklearn', 'torchvision') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_unknown_config_keys_are_rejected(tmp_path):

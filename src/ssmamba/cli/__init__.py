@@ -9,19 +9,26 @@ import click
 
 from ssmamba._version import __version__
 
-# (module, attribute) of every sub-command; imported lazily so `ssmamba --help` stays fast
-# and a broken optional dependency of one command cannot take the others down.
+# name -> (module, attribute, summary) of every sub-command. Imported lazily, so that `ssmamba --help` lists them
+# without importing torch (each summary begins the command's own help, as tests/cli/test_cli.py checks) and a broken
+# optional dependency of one command cannot take the others down.
 _COMMANDS = {
-    "info": ("ssmamba.cli.info", "info"),
-    "pretrain": ("ssmamba.cli.train", "pretrain"),
-    "finetune": ("ssmamba.cli.train", "finetune"),
-    "evaluate": ("ssmamba.cli.evaluate", "evaluate"),
-    "predict": ("ssmamba.cli.evaluate", "predict"),
-    "probe": ("ssmamba.cli.evaluate", "probe"),
-    "demo": ("ssmamba.cli.demo", "demo"),
-    "benchmark": ("ssmamba.cli.benchmark", "benchmark"),
-    "wsi": ("ssmamba.cli.wsi", "wsi"),
-    "mil": ("ssmamba.cli.mil", "mil"),
+    "info": ("ssmamba.cli.info", "info", "Print versions, threads and the selective-scan backends available here."),
+    "pretrain": ("ssmamba.cli.train", "pretrain",
+                 "MAMIM self-supervised pretraining on your own images (labels ignored)."),
+    "finetune": ("ssmamba.cli.train", "finetune",
+                 "Supervised fine-tuning from a MAMIM checkpoint (--init) or from scratch."),
+    "evaluate": ("ssmamba.cli.evaluate", "evaluate",
+                 "Metrics with bootstrap 95% CIs, confusion matrix and ROC curves for one split."),
+    "predict": ("ssmamba.cli.evaluate", "predict",
+                "Class probabilities for a folder, a CSV or a single image, written to a CSV."),
+    "probe": ("ssmamba.cli.evaluate", "probe", "Linear probe and kNN on frozen features."),
+    "demo": ("ssmamba.cli.demo", "demo", "MAMIM pretraining -> fine-tuning -> evaluation -> report."),
+    "benchmark": ("ssmamba.cli.benchmark", "benchmark",
+                  "Fine-tune every entry with the same recipe and budget on one data set, over several seeds, and "
+                  "rank them."),
+    "wsi": ("ssmamba.cli.wsi", "wsi", "Whole-slide images: tiling, tile embedding, heatmaps."),
+    "mil": ("ssmamba.cli.mil", "mil", "Multiple-instance learning on slide (or image) bags of tile features."),
 }
 
 
@@ -51,8 +58,13 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in _COMMANDS:
             return None
-        module, attr = _COMMANDS[name]
+        module, attr, _ = _COMMANDS[name]
         return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the summaries above: importing every command would take seconds (torch)."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, _COMMANDS[name][2]) for name in self.list_commands(ctx)])
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
