@@ -94,6 +94,14 @@ def test_the_kernel_is_used_only_where_a_weight_gradient_is_wanted(monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_low_precision_model_without_autocast_trains_with_onednn(dtype):
+    x, weight, bias = (t.detach().to(dtype).requires_grad_() for t in _problem((4, 4), 7))
+    got = _outputs_and_grads(depthwise_conv2d, x, weight, bias)
+    for g, e in zip(got, _outputs_and_grads(_reference, x, weight, bias)):
+        assert g.dtype == dtype and torch.equal(g, e)
+
+
 def test_without_the_compiled_kernel_it_is_the_grouped_conv(monkeypatch):
     def unavailable():
         raise ExtensionBuildError("SSMAMBA_NO_BUILD=1: compiling the CPU kernel is disabled")

@@ -24,6 +24,8 @@ from ssmamba.ops.scan_cpu import ExtensionBuildError, load_extension
 
 __all__ = ["depthwise_conv2d", "depthwise_conv2d_cpu"]
 
+_KERNEL_DTYPES = (torch.float32, torch.float64)  # the compiled weight gradient's; others (a bfloat16 model) use oneDNN
+
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
@@ -70,7 +72,8 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return depthwise_conv2d(x.float(), weight.float(), None if bias is None else bias.float())
-    if not (torch.is_grad_enabled() and weight.requires_grad) or x.dtype != weight.dtype:
+    wants_weight_grad = torch.is_grad_enabled() and weight.requires_grad
+    if not wants_weight_grad or x.dtype != weight.dtype or x.dtype not in _KERNEL_DTYPES:
         return _conv(x, weight, bias)
     try:
         return depthwise_conv2d_cpu(x, weight, bias)
