@@ -156,6 +156,8 @@ checkpoint_folder.save_file = save_file
 
 _INTERRUPT_IN_STEP = """
 import os, signal
+# Ctrl-C as a terminal delivers it: a suite started in the background (nohup, `&`) passes SIGINT down ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import ssmamba.train.engine as engine
 real = engine.Trainer._train_step
 def _train_step(self, batches):
