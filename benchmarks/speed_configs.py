@@ -35,6 +35,8 @@ CONFIGS: dict[str, dict] = {
     "2-directions+no-pooled-scan+scalar-decay": {"directions": ["row", "row_reverse"], "scales": [1],
                                                  "scalar_decay": True},
     "d_state-8": {"d_state": 8},
+    "2-directions+no-pooled-scan+scalar-decay+d_state-8": {"directions": ["row", "row_reverse"], "scales": [1],
+                                                           "scalar_decay": True, "d_state": 8},
     "1-direction-1-scale": {"directions": ["row"], "scales": [1], "conv_kernels": [3]},
 }
 
