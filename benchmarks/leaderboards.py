@@ -35,8 +35,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 ENTRIES = "ssmamba,ssmamba-mamim,ssmamba-dms,ssmamba-lpr,ssmamba_tiny_fast+mamim,resnet18,convnext_atto,mambaout_femto"
 # The presets are built on ssmamba_tiny (the full DMS), as every committed cell was; the default model
 # (ssmamba_tiny_fast, since 2026-12-07) is its own entry
-COMMON = ["--backbone", "ssmamba_tiny", "--img-size", "64", "--batch-size", "64", "--precision", "bf16", "--zoom-min", "1.0", "--zoom-max", "1.25",
-          "--threads", "1", "--no-progress"]
+COMMON = ["--backbone", "ssmamba_tiny", "--img-size", "64", "--batch-size", "64", "--precision", "bf16",
+          "--zoom-min", "1.0", "--zoom-max", "1.25", "--threads", "1", "--no-progress"]
 SSMAMBA = ("ssmamba", "ssmamba-mamim", "ssmamba-dms", "ssmamba-lpr", "ssmamba_tiny_fast+mamim")
 # Each entry's peak learning rate where it is not the benchmark's 1e-3, chosen on validation only by
 # benchmarks/sweep.py (results/sweep_<dataset>.md; 3 seeds, fp32, the same budgets):

@@ -17,5 +17,6 @@ from ssmamba.models.factory import (
 )
 from ssmamba.models.ssmamba import DEFAULT_MODEL, SSMamba, SSMambaConfig
 
-__all__ = ["DEFAULT_MODEL", "SSMamba", "SSMambaConfig", "create_model", "list_models", "load_config", "save_pretrained",
-           "CheckpointMismatchError", "Encoder", "InputSizeSource", "encoder_from_module", "load_encoder"]
+__all__ = ["DEFAULT_MODEL", "SSMamba", "SSMambaConfig", "create_model", "list_models", "load_config",
+           "save_pretrained", "CheckpointMismatchError", "Encoder", "InputSizeSource", "encoder_from_module",
+           "load_encoder"]

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmamba.ops.depthwise import depthwise_conv2d
 from ssmamba.ops import ScanDirection, directional_scan, scan_order
+from ssmamba.ops.depthwise import depthwise_conv2d
 from ssmamba.ops.directional import index_cache
 
 __all__ = ["ScanDirection", "scan_order", "to_sequence", "from_sequence", "upsample_nearest",

@@ -33,8 +33,8 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices  # timm exports it from no public module
 from torch import nn
 
-from ssmamba.ops.depthwise import depthwise_conv2d
 from ssmamba.models.dms import DirectionalMultiScaleMixer
+from ssmamba.ops.depthwise import depthwise_conv2d
 
 __all__ = ["SSMamba", "SSMambaConfig", "LocalPerceptionResidual", "HybridBlock", "ConvBlock", "DenseConvBlock",
            "CONV_BLOCKS", "FIELDS_ADDED_LATER", "architecture", "build_ssmamba", "feature_extractor",
@@ -480,7 +480,7 @@ def ssmamba_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
 @register_model
 def ssmamba_tiny_fast(pretrained: bool = False, **kwargs) -> nn.Module:
     """The default (:data:`DEFAULT_MODEL`): ssmamba_tiny with a cheaper DMS (bidirectional rows, one scale, scalar
-    decay). Trains at ResNet-18's speed on CPU in fp32; level with ssmamba_tiny on validation and on the leaderboards."""
+    decay). Trains at ResNet-18's speed on CPU in fp32; level with ssmamba_tiny on validation and the leaderboards."""
     return build_ssmamba("ssmamba_tiny_fast", pretrained, **kwargs)
 
 

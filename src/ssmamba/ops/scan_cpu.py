@@ -2,9 +2,10 @@
 
 The kernel (``csrc/selective_scan_cpu.cpp``; built into one extension with ``csrc/depthwise_cpu.cpp``, the depthwise
 convolution's weight gradient of :mod:`ssmamba.ops.depthwise`) is compiled with ``torch.utils.cpp_extension.load``
-the first time a scan runs, never at import, and cached in the torch extensions directory (``TORCH_EXTENSIONS_DIR``). It saves only
-its inputs for the backward and recomputes the states there, so memory stays O(inputs) instead of autograd's
-O(batch·dim·L·N). Environment: ``SSMAMBA_NO_BUILD=1`` never compiles (the kernel then counts as unavailable).
+the first time a scan runs, never at import, and cached in the torch extensions directory
+(``TORCH_EXTENSIONS_DIR``). It saves only its inputs for the backward and recomputes the states there, so memory
+stays O(inputs) instead of autograd's O(batch·dim·L·N). Environment: ``SSMAMBA_NO_BUILD=1`` never compiles (the
+kernel then counts as unavailable).
 """
 
 from __future__ import annotations
