@@ -25,7 +25,7 @@ from ssmamba.mil.bags import BagDataset
 from ssmamba.mil.base import MILHead, drop_instances, subsample_bag
 from ssmamba.mil.inference import predict, torch_threads
 from ssmamba.train.engine import Precision, Trainer
-from ssmamba.train.optim import class_weights, param_groups, warmup_cosine
+from ssmamba.train.optim import adamw, class_weights, param_groups, warmup_cosine
 from ssmamba.train.sampling import make_loader
 
 __all__ = ["MILTrainConfig", "MILTrainer", "TrainingBags", "train_head", "feature_statistics", "head_optimizer",
@@ -160,11 +160,8 @@ class MILTrainer(Trainer):
 
 
 def head_optimizer(head: MILHead, config: MILTrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over ``train.optim.param_groups`` (no decay on biases and norms); the fused kernel on CPU and CUDA
-    updates all parameters in one call instead of a dozen small ops per tensor, which is a tenth of a small bag's
-    training step otherwise."""
-    return torch.optim.AdamW(param_groups(head, config.lr, config.weight_decay), lr=config.lr,
-                             fused=device.type in ("cpu", "cuda"))
+    """AdamW (``train.optim.adamw``, fused) over ``train.optim.param_groups`` (no decay on biases and norms)."""
+    return adamw(param_groups(head, config.lr, config.weight_decay), config.lr, device)
 
 
 def train_head(head: MILHead, train_set: BagDataset, config: MILTrainConfig, val_set: BagDataset | None = None,

@@ -32,7 +32,7 @@ from ssmamba.io.runs import write_skipped
 from ssmamba.models import DEFAULT_MODEL, create_model, save_pretrained
 from ssmamba.train.checks import require_positive
 from ssmamba.train.engine import Precision, Trainer, load_tensors, save_tensors
-from ssmamba.train.optim import class_weights, param_groups, warmup_cosine
+from ssmamba.train.optim import adamw, class_weights, param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves
 from ssmamba.train.sampling import make_loader
 from ssmamba.train.setup import start_run, training_run
@@ -272,7 +272,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool, devi
                       "class_names": classes, "crop_size": cfg.crop_size, "finetuned_from": cfg.init,
                       "native_side": view.native_side, "eval_zoom": view.eval_zoom}
     layer_decay = cfg.layer_decay if cfg.init else 1.0  # LLRD only makes sense for a pretrained encoder
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, layer_decay), lr=cfg.lr)
+    optimizer = adamw(param_groups(model, cfg.lr, cfg.weight_decay, layer_decay), cfg.lr, device)
     steps_per_epoch = -(-len(loader) // cfg.accum_steps)
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     trainer = FinetuneTrainer(model, cfg, classes, val_loader,

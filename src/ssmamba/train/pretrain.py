@@ -24,7 +24,7 @@ from ssmamba.models import DEFAULT_MODEL, create_model, save_pretrained
 from ssmamba.ssl import MAMIM
 from ssmamba.train.checks import require_fraction, require_positive
 from ssmamba.train.engine import Precision, Trainer
-from ssmamba.train.optim import param_groups, warmup_cosine
+from ssmamba.train.optim import adamw, param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves, save_reconstruction_grid
 from ssmamba.train.sampling import make_loader
 from ssmamba.train.setup import start_run, training_run
@@ -156,9 +156,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool, devi
                          drop_last=len(dataset) > cfg.batch_size)
     if len(loader) == 0:
         raise ValueError(f"{cfg.data}: no images to pretrain on")
-    optimizer = torch.optim.AdamW(
-        param_groups(mamim, cfg.lr, cfg.weight_decay),
-        lr=cfg.lr, betas=(0.9, 0.95))
+    optimizer = adamw(param_groups(mamim, cfg.lr, cfg.weight_decay), cfg.lr, device, betas=(0.9, 0.95))
     steps_per_epoch = -(-len(loader) // cfg.accum_steps)
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     with torch.random.fork_rng(devices=[]):
