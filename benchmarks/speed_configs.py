@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--section", metavar="TITLE", help="add this run to the results file as its own section "
+                        "(replaced if it exists) instead of rewriting the file")
     args = parser.parse_args()
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
@@ -93,20 +95,24 @@ def main() -> None:
 
 def write(args, configs: dict, cases: list[dict], load_before, load_after) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from common import environment_lines, markdown_table, write_markdown_and_json
+    from common import environment_lines, markdown_table, replace_section, write_markdown_and_json
 
     columns = [f"{c['size']} px {c['precision']}" for c in cases]
     rows = [(name, json.dumps(configs[name]) if configs[name] else "(as shipped)",
              *(f"{c['img_per_cpu_s'][name] / c['img_per_cpu_s']['resnet18']:.2f}x" for c in cases))
             for name in configs]
     rows.append(("ResNet-18, img per CPU-s", "", *(f"{c['img_per_cpu_s']['resnet18']:.1f}" for c in cases)))
+    command = " ".join(["python benchmarks/speed_configs.py", *sys.argv[1:]])
     lines = ["# Training speed of DMS configurations (ssmamba_tiny) vs ResNet-18", "",
-             f"Command: `python benchmarks/speed_configs.py`; {args.threads} OpenMP thread(s), OMP_WAIT_POLICY=PASSIVE, "
+             f"Command: `{command}`; {args.threads} OpenMP thread(s), OMP_WAIT_POLICY=PASSIVE, "
              f"median of {args.repeats} alternating steps per model after one warm-up; batch 64 at 64 px, 16 at "
              "224 px. Load average (1 min) " f"{load_before[0]:.1f} before, {load_after[0]:.1f} after.", "",
              *environment_lines(), "",
              "Training images per CPU-second as a fraction of ResNet-18's in the same process (>= 1.0x: faster).", "",
              markdown_table(["configuration", "architecture arguments", *columns], rows), ""]
+    if args.section:  # the body of this run under its own heading; the file's earlier runs stay
+        replace_section(RESULTS / "speed_configs.md", args.section, "\n".join(lines[2:]))
+        return
     write_markdown_and_json(RESULTS, "speed_configs", lines, {"configs": configs, "cases": cases})
 
 
