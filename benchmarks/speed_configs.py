@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -102,7 +103,7 @@ def write(args, configs: dict, cases: list[dict], load_before, load_after) -> No
              *(f"{c['img_per_cpu_s'][name] / c['img_per_cpu_s']['resnet18']:.2f}x" for c in cases))
             for name in configs]
     rows.append(("ResNet-18, img per CPU-s", "", *(f"{c['img_per_cpu_s']['resnet18']:.1f}" for c in cases)))
-    command = " ".join(["python benchmarks/speed_configs.py", *sys.argv[1:]])
+    command = shlex.join(["python", "benchmarks/speed_configs.py", *sys.argv[1:]])
     lines = ["# Training speed of DMS configurations (ssmamba_tiny) vs ResNet-18", "",
              f"Command: `{command}`; {args.threads} OpenMP thread(s), OMP_WAIT_POLICY=PASSIVE, "
              f"median of {args.repeats} alternating steps per model after one warm-up; batch 64 at 64 px, 16 at "
