@@ -68,8 +68,9 @@ def kernel_ab_case(size: int, batch: int, bf16: bool, repeats: int) -> dict:
 
     from speed import _alternate, training_step
 
-    from ssmamba.models import DEFAULT_MODEL, create_model
+    from ssmamba.models import create_model
     from ssmamba.ops import depthwise
+    from ssmamba.train.config import DEFAULT_MODEL
 
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)

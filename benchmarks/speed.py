@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MODELS = ["ssmamba_tiny_fast", "ssmamba_tiny"]  # the default model (ssmamba.models.DEFAULT_MODEL), the full DMS
+MODELS = ["ssmamba_tiny_fast", "ssmamba_tiny"]  # the default model (ssmamba.train.config.DEFAULT_MODEL), the full DMS
 SRC = Path(__file__).resolve().parents[1] / "src"
 DATA_MOVEMENT = ("aten::copy_", "aten::cat", "aten::flip")
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import timm
 
-from ssmamba.models import DEFAULT_MODEL, create_model
+from ssmamba.models import create_model
 from ssmamba.models.ssmamba import variant_configs
-from ssmamba.train.finetune import FinetuneConfig
-from ssmamba.train.pretrain import PretrainConfig
+from ssmamba.train.config import DEFAULT_MODEL, FinetuneConfig, PretrainConfig
 from ssmamba.workflows.benchmark.entries import parse_entry
 from ssmamba.workflows.benchmark.runner import BenchmarkConfig
 from ssmamba.workflows.demo import PipelineConfig

@@ -41,13 +41,16 @@ def test_the_command_list_matches_the_commands():
         assert " ".join(_COMMANDS[name][2].split()[:4]) in " ".join(invoke("--help").output.split())
 
 
-def test_help_imports_no_torch():
-    """`ssmamba --help` took 8 s when listing the commands imported them all (torch, timm, sklearn)."""
+@pytest.mark.parametrize("args", [["--help"], ["pretrain", "--help"], ["finetune", "--help"],
+                                  ["finetune", "--no-such-option"]])
+def test_help_and_usage_errors_import_no_torch(args):
+    """`ssmamba --help` took 8 s when listing the commands imported them all (torch, timm, sklearn), and `ssmamba
+    finetune --help` 6 s when its config lived with the training code."""
     code = ("import sys; from ssmamba.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'timm', 'sklearn', 'torchvision') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stderr
 
 
 def test_unknown_config_keys_are_rejected(tmp_path):

@@ -47,6 +47,8 @@ class _LazyGroup(click.Group):
 
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # --help, usage errors, Ctrl-C: click's own, and user_errors() would import torch to match them
         except user_errors() as error:
             if ctx.params.get("debug"):
                 raise

@@ -5,9 +5,14 @@ from __future__ import annotations
 import click
 
 from ssmamba.cli.options import ConfigCommand
-from ssmamba.io.distributed import launch_rank
-from ssmamba.train.finetune import FinetuneConfig
-from ssmamba.train.pretrain import PretrainConfig
+from ssmamba.train.config import FinetuneConfig, PretrainConfig  # no torch: `--help` stays fast
+
+
+def _rank0() -> bool:
+    """Whether this is the main process (rank 0 under torchrun); imports torch, so only once a command runs."""
+    from ssmamba.io.distributed import launch_rank
+
+    return launch_rank() == 0
 
 
 def _run(func, cfg, resume: bool, overwrite: bool, progress: bool, reshard: bool):
@@ -19,7 +24,7 @@ def _run(func, cfg, resume: bool, overwrite: bool, progress: bool, reshard: bool
         raise click.UsageError("--data is required: an image folder, CSV manifest or nucleus-points CSV")
     if reshard and not resume:
         raise click.UsageError("--reshard only applies to --resume")
-    main = launch_rank() == 0
+    main = _rank0()
     console_logging(progress or not main)
     return func(cfg, resume=resume, progress=progress and main, overwrite=overwrite, reshard=reshard)
 
@@ -43,7 +48,7 @@ def pretrain(cfg: PretrainConfig, resume: bool, reshard: bool, overwrite: bool, 
     from ssmamba.train.pretrain import pretrain as run
 
     checkpoint = _run(run, cfg, resume, overwrite, progress, reshard)
-    if launch_rank() == 0:
+    if _rank0():
         click.echo(f"encoder checkpoint: {checkpoint}")
 
 
@@ -58,5 +63,5 @@ def finetune(cfg: FinetuneConfig, resume: bool, reshard: bool, overwrite: bool, 
     from ssmamba.train.finetune import finetune as run
 
     best = _run(run, cfg, resume, overwrite, progress, reshard)
-    if launch_rank() == 0:
+    if _rank0():
         click.echo(f"best checkpoint: {best}")

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ssmamba.mil.training import MILTrainConfig
-from ssmamba.train.engine import Precision
-from ssmamba.train.finetune import Balancing
+from ssmamba.train.config import Balancing, Precision
 
 __all__ = ["BagsConfig", "MILTrainRunConfig", "MILEvaluateRunConfig"]
 

@@ -3,8 +3,7 @@
 ``load_encoder(spec)`` resolves an ssmamba or timm name or checkpoint folder to an :class:`Encoder` (the model
 with its normalisation, input size and weights hash), the one interface probing and feature extraction use.
 
-Importing this package registers the SSMamba variants with timm (``timm.create_model("ssmamba_tiny_fast")``);
-:data:`DEFAULT_MODEL` names the one every command builds unless told otherwise.
+Importing this package registers the SSMamba variants with timm (``timm.create_model("ssmamba_tiny_fast")``).
 """
 
 from ssmamba.models.encoders import Encoder, InputSizeSource, encoder_from_module, load_encoder
@@ -15,8 +14,7 @@ from ssmamba.models.factory import (
     load_config,
     save_pretrained,
 )
-from ssmamba.models.ssmamba import DEFAULT_MODEL, SSMamba, SSMambaConfig
+from ssmamba.models.ssmamba import SSMamba, SSMambaConfig
 
-__all__ = ["DEFAULT_MODEL", "SSMamba", "SSMambaConfig", "create_model", "list_models", "load_config",
-           "save_pretrained", "CheckpointMismatchError", "Encoder", "InputSizeSource", "encoder_from_module",
-           "load_encoder"]
+__all__ = ["SSMamba", "SSMambaConfig", "create_model", "list_models", "load_config", "save_pretrained",
+           "CheckpointMismatchError", "Encoder", "InputSizeSource", "encoder_from_module", "load_encoder"]

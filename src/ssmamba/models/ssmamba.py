@@ -38,7 +38,7 @@ from ssmamba.ops.depthwise import depthwise_conv2d
 
 __all__ = ["SSMamba", "SSMambaConfig", "LocalPerceptionResidual", "HybridBlock", "ConvBlock", "DenseConvBlock",
            "CONV_BLOCKS", "FIELDS_ADDED_LATER", "architecture", "build_ssmamba", "feature_extractor",
-           "variant_configs", "EVAL_PREPROCESSING", "DEFAULT_MODEL"]
+           "variant_configs", "EVAL_PREPROCESSING"]
 
 @dataclass
 class SSMambaConfig:
@@ -387,12 +387,6 @@ def architecture(variant: str, overrides: dict | None = None, written_before: se
     return dataclasses.replace(variant_configs()[variant], **{**legacy, **(overrides or {})}).to_dict()
 
 
-# The variant every command, config and benchmark preset builds unless told otherwise. ssmamba_tiny_fast, not
-# ssmamba_tiny: level with it on validation (two data sets) and on the test splits of all three leaderboards, at about
-# 30% less training CPU time and ResNet-18's fp32 training speed (docs/results.md, "Issue 16").
-DEFAULT_MODEL = "ssmamba_tiny_fast"
-
-
 def variant_configs() -> dict[str, SSMambaConfig]:
     """The registered variants. Params / GFLOPs at 224 px: see README (``benchmarks/model_stats.py``)."""
     return {
@@ -479,7 +473,7 @@ def ssmamba_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
 
 @register_model
 def ssmamba_tiny_fast(pretrained: bool = False, **kwargs) -> nn.Module:
-    """The default (:data:`DEFAULT_MODEL`): ssmamba_tiny with a cheaper DMS (bidirectional rows, one scale, scalar
+    """The default model (``ssmamba.train.config.DEFAULT_MODEL``): ssmamba_tiny with a cheaper DMS (bidirectional rows, one scale, scalar
     decay). Trains at ResNet-18's speed on CPU in fp32; level with ssmamba_tiny on validation and the leaderboards."""
     return build_ssmamba("ssmamba_tiny_fast", pretrained, **kwargs)
 

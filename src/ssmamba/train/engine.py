@@ -24,7 +24,6 @@ import pickle
 import time
 import warnings
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 from ssmamba.errors import CheckpointError
 from ssmamba.io.distributed import all_gather, mean_over_processes, processes
 from ssmamba.ops.hardware import cpu_has_native_bf16
+from ssmamba.train.config import Precision
 from ssmamba.train.sampling import set_epoch
 
 logger = logging.getLogger(__name__)
@@ -77,16 +77,6 @@ class LayoutChangedError(CheckpointError):
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the last good checkpoint."""
-
-
-class Precision(str, Enum):
-    """Arithmetic of the training forward pass. ``bf16`` runs it under bfloat16 autocast (convolutions and matrix
-    products in bfloat16; weights, optimiser state, the selective scan and the loss stay float32): about 1.25x more
-    images/s on a CPU with AVX512-BF16 (benchmarks/results/precision.md), more on GPUs; several times slower on a
-    CPU without bfloat16 hardware (AVX2 only), where the Trainer warns."""
-
-    FP32 = "fp32"
-    BF16 = "bf16"
 
 
 @dataclass

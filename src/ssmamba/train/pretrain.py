@@ -11,7 +11,7 @@ Outputs in ``out``::
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,10 +20,10 @@ import yaml
 from ssmamba.io.atomic import atomic_write_text
 from ssmamba.io.distributed import processes
 from ssmamba.io.runs import write_skipped
-from ssmamba.models import DEFAULT_MODEL, create_model, save_pretrained
+from ssmamba.models import create_model, save_pretrained
 from ssmamba.ssl import MAMIM
-from ssmamba.train.checks import require_fraction, require_positive
-from ssmamba.train.engine import Precision, Trainer
+from ssmamba.train.config import PretrainConfig
+from ssmamba.train.engine import Trainer
 from ssmamba.train.optim import adamw, param_groups, warmup_cosine
 from ssmamba.train.plots import plot_curves, save_reconstruction_grid
 from ssmamba.train.sampling import make_loader
@@ -32,53 +32,6 @@ from ssmamba.train.setup import start_run, training_run
 logger = logging.getLogger(__name__)
 
 __all__ = ["PretrainConfig", "PretrainTrainer", "pretrain"]
-
-
-@dataclass
-class PretrainConfig:
-    data: str = ""  # image folder, CSV manifest or nucleus-points CSV; labels are ignored
-    out: str = "runs/pretrain"  # run folder: checkpoint/, config.yaml, loss curves, log
-    model: str = DEFAULT_MODEL  # architecture: an ssmamba variant (ssmamba_tiny_fast, ssmamba_tiny, ...)
-    model_args: dict[str, object] = field(default_factory=dict)  # architecture overrides, e.g. lpr=false
-    split: str | None = None  # e.g. "train" to keep val/test images out of pretraining; None = every image
-    img_size: int = 64  # training view size (a multiple of 32)
-    crop_size: int = 64  # nucleus-points CSVs: side of the crop read around each point, before the view
-    mask_ratio: float = 0.6  # share of mask patches hidden from the encoder
-    mask_patch_size: int = 16  # side of a mask patch in pixels
-    decoder_levels: int = 2  # stage maps the pixel decoder reads, coarsest first (1 = the stride-32 map only)
-    zoom_min: float = 0.25  # views span this range of zoom relative to native resolution (magnification shift)
-    zoom_max: float = 1.0  # largest zoom of the views, relative to native resolution
-    hed: bool = True  # stain (HED) jitter
-    flips: bool = True  # random horizontal/vertical flips
-    rot90: bool = True  # random 90-degree rotations
-    epochs: int = 10  # passes over the data
-    batch_size: int = 32  # images per batch (per process under torchrun)
-    lr: float = 1e-3  # AdamW peak learning rate (warm-up, then cosine decay)
-    weight_decay: float = 0.05  # AdamW weight decay (not on norms, biases and SSM dynamics)
-    warmup_epochs: float = 1.0  # linear learning-rate warm-up, in epochs
-    grad_clip: float = 3.0  # clip the gradient norm to this (0 = no clipping)
-    checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
-    accum_steps: int = 1  # batches summed into each optimiser step (a step sees batch-size x this x processes)
-    sync_batch_norm: bool = False  # under torchrun on GPUs: BatchNorm statistics over every process's batch
-    max_images: int | None = None  # subsample the data set (seeded) for a quick run
-    precision: Precision = Precision.FP32  # bf16: bfloat16 autocast in the training forward pass
-    device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
-    threads: int | None = None  # CPU threads torch uses [default: torch's, i.e. OMP_NUM_THREADS or the cores]
-    num_workers: int = 0  # DataLoader worker processes
-    seed: int = 0  # seed of the data order, masks and initialisation
-    strict: bool = False  # fail on an unreadable file instead of skipping it
-    allow_leakage: bool = False  # accept the same image in more than one split (an error otherwise)
-
-    def __post_init__(self):
-        self.precision = Precision(self.precision)
-        require_positive(self, "img_size", "crop_size", "mask_patch_size", "decoder_levels", "zoom_min", "zoom_max",
-                         "epochs", "batch_size", "accum_steps", "max_images")
-        require_fraction(self, "mask_ratio")
-        if self.zoom_min > self.zoom_max:
-            raise ValueError(f"--zoom-min {self.zoom_min} is larger than --zoom-max {self.zoom_max}")
-        if self.img_size % 32 or self.img_size % self.mask_patch_size:
-            raise ValueError(f"img_size {self.img_size} must be a multiple of 32 and of mask_patch_size "
-                             f"{self.mask_patch_size}")
 
 
 class PretrainTrainer(Trainer):

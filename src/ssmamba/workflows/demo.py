@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ssmamba.models import DEFAULT_MODEL
-from ssmamba.train.finetune import FinetuneConfig, finetune
-from ssmamba.train.pretrain import PretrainConfig, pretrain
+from ssmamba.train.config import DEFAULT_MODEL, FinetuneConfig, PretrainConfig
+from ssmamba.train.finetune import finetune
+from ssmamba.train.pretrain import pretrain
 from ssmamba.workflows.evaluate import evaluate_checkpoint
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ssmamba.models.factory import is_ssmamba
-from ssmamba.models.ssmamba import DEFAULT_MODEL, FIELDS_ADDED_LATER, architecture
+from ssmamba.models.ssmamba import FIELDS_ADDED_LATER, architecture
+from ssmamba.train.config import DEFAULT_MODEL
 
 __all__ = ["Entry", "PRESETS", "parse_entry", "saved_entry", "SINGLE_DIRECTION_SCALE", "NO_LPR"]
 

@@ -18,9 +18,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ssmamba.models import DEFAULT_MODEL
-from ssmamba.train.engine import Precision
-from ssmamba.train.finetune import Balancing
+from ssmamba.train.config import DEFAULT_MODEL, Balancing, Precision
 from ssmamba.train.setup import file_log
 from ssmamba.workflows.benchmark.cells import Cell, CellBusy
 from ssmamba.workflows.benchmark.entries import Entry, parse_entry
