@@ -10,7 +10,7 @@ import shlex
 import click
 
 from ssmamba.cli.options import ConfigCommand, save_config
-from ssmamba.workflows.benchmark.runner import BenchmarkConfig
+from ssmamba.workflows.config import BenchmarkConfig  # no torch: `--help` stays fast
 
 
 @click.command(cls=ConfigCommand, config=BenchmarkConfig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ssmamba.cli.options import ConfigCommand, save_config
-from ssmamba.workflows.demo import PipelineConfig
+from ssmamba.workflows.config import PipelineConfig  # no torch: `--help` stays fast
 
 
 @click.command(cls=ConfigCommand, config=PipelineConfig)

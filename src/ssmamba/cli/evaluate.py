@@ -9,8 +9,7 @@ from pathlib import Path
 import click
 
 from ssmamba.cli.options import ConfigCommand, device, progress_option, save_config
-from ssmamba.workflows.evaluate import EvaluateConfig, PredictConfig
-from ssmamba.workflows.probe import ProbeConfig
+from ssmamba.workflows.config import EvaluateConfig, PredictConfig, ProbeConfig  # no torch: `--help` stays fast
 
 _OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace what --out already holds (refused otherwise).")
 

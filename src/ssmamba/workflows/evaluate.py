@@ -6,7 +6,7 @@ Used by ``ssmamba evaluate`` and by the demo pipeline; ``ssmamba predict`` share
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,43 +21,9 @@ from ssmamba.eval.metrics import compute_metrics
 from ssmamba.eval.report import write_report
 from ssmamba.io.runs import write_skipped
 from ssmamba.models import create_model
+from ssmamba.workflows.config import EvaluateConfig, PredictConfig
 
 __all__ = ["EvaluateConfig", "PredictConfig", "Classifier", "Evaluation", "load_classifier", "evaluate_checkpoint"]
-
-@dataclass
-class EvaluateConfig:
-    """``ssmamba evaluate``: ``checkpoint`` is the trained classifier under test (``finetune`` starts from
-    ``init``); field metadata ``exists`` marks inputs that must exist, ``argument`` a positional argument."""
-
-    checkpoint: str = field(metadata={"exists": "dir"})  # the classifier under test: a fine-tuned checkpoint folder (e.g. runs/finetune/best)
-    data: str = field(metadata={"exists": "any"})  # labelled image folder, CSV manifest or nucleus-points CSV
-    split: str = "test"  # which split to evaluate
-    out: str = "runs/evaluate"  # report folder: metrics.json, report.md/.html, figures, config.yaml
-    group_column: str | None = None  # CSV column that groups samples (patient, slide) when splits are made
-    ordinal: bool = False  # labels are ordered grades: also report quadratic-weighted kappa
-    bootstrap: int = 1000  # bootstrap resamples for 95% CIs (0 = none)
-    batch_size: int = 128  # images per inference batch
-    num_workers: int = 0  # DataLoader worker processes
-    seed: int = 0  # seed of the split (if made) and of the bootstrap
-    tta: bool = False  # average over the 8 rotations/flips of each image (8x slower inference)
-    device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
-    threads: int | None = None  # CPU threads torch uses [default: torch's, i.e. OMP_NUM_THREADS or the cores]
-    allow_leakage: bool = False  # accept the same image in more than one split (an error otherwise)
-
-
-@dataclass
-class PredictConfig:
-    """``ssmamba predict``: class probabilities of ``inputs`` from the classifier ``checkpoint``."""
-
-    checkpoint: str = field(metadata={"exists": "dir"})  # the classifier: a fine-tuned checkpoint folder
-    inputs: str = field(metadata={"exists": "any", "argument": True})  # a folder, a CSV or a single image
-    out: str = "predictions.csv"  # output CSV (unreadable inputs are listed in OUT.skipped.csv)
-    batch_size: int = 128  # images per inference batch
-    num_workers: int = 0  # DataLoader worker processes
-    tta: bool = False  # average over the 8 rotations/flips of each image (8x slower inference)
-    device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
-    threads: int | None = None  # CPU threads torch uses [default: torch's, i.e. OMP_NUM_THREADS or the cores]
-
 
 @dataclass
 class Classifier:

@@ -8,7 +8,6 @@ same code on the same splits. Used by ``ssmamba probe``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,29 +20,11 @@ from ssmamba.eval.probe import knn_probe, linear_probe
 from ssmamba.eval.report import write_report
 from ssmamba.io.runs import write_skipped
 from ssmamba.models.encoders import Encoder
+from ssmamba.workflows.config import ProbeConfig
 
 __all__ = ["HEADLINE_METRICS", "ProbeConfig", "probe_encoder"]
 
 HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "weighted_f1", "macro_f1")
-
-
-@dataclass
-class ProbeConfig:
-    """``ssmamba probe``: a feature extractor is ``encoder`` (+ ``weights`` for a named one), as in ``wsi extract``."""
-
-    encoder: str  # the encoder: an ssmamba name, ssmamba/timm checkpoint folder, or timm model name
-    data: str = field(metadata={"exists": "any"})  # labelled image folder, CSV manifest or nucleus-points CSV
-    weights: str | None = field(default=None, metadata={"exists": "any"})  # weights for a named encoder (ssmamba checkpoint folder or timm weights file)
-    img_size: int | None = None  # resize inputs to this side [default: the encoder's input size, else 224]
-    crop_size: int = 32  # nucleus-points CSVs: side of the crop read around each point
-    group_column: str | None = None  # CSV column that groups samples (patient, slide) when splits are made
-    k: int = 20  # neighbours for kNN
-    out: str = "runs/probe"  # report folder: probe.json, linear/ and knn/ reports, config.yaml
-    batch_size: int = 128  # images per embedding batch
-    seed: int = 0  # seed of the split (if made) and of the probes
-    device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...
-    threads: int | None = None  # CPU threads torch uses [default: torch's, i.e. OMP_NUM_THREADS or the cores]
-    allow_leakage: bool = False  # accept the same image in more than one split (an error otherwise)
 
 
 def probe_encoder(encoder: Encoder, data: str | Path, out: str | Path, *, img_size: int | None = None,
