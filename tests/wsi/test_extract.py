@@ -12,7 +12,8 @@ from ssmamba.io.features import FeatureKeyMismatch, load_features
 from ssmamba.models.encoders import load_encoder
 from ssmamba.wsi.pipeline import extract_from_patches, tile_slide
 from ssmamba.wsi.slide import open_slide
-from ssmamba.wsi.tiling import TileGrid, TilingConfig
+from ssmamba.wsi.config import TilingConfig
+from ssmamba.wsi.tiling import TileGrid
 
 
 @pytest.fixture

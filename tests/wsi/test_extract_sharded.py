@@ -10,7 +10,7 @@ from conftest import blob_image, write_pyramid
 
 from ssmamba.cli import main
 from ssmamba.wsi.pipeline import tile_slide
-from ssmamba.wsi.tiling import TilingConfig
+from ssmamba.wsi.config import TilingConfig
 
 # each process records the slides it wrote (or found done), with its rank
 _RECORD_WRITES = """

@@ -5,7 +5,8 @@ import pytest
 from matplotlib import colormaps
 from PIL import Image
 
-from ssmamba.wsi.heatmap import (ColourBar, ScoreScaling, add_colour_bar, first_principal_component,
+from ssmamba.wsi.config import ScoreScaling
+from ssmamba.wsi.heatmap import (ColourBar, add_colour_bar, first_principal_component,
                                  render_heatmap, scale_scores)
 
 

@@ -7,7 +7,8 @@ from PIL import Image
 
 from ssmamba.wsi.pipeline import tile_slide
 from ssmamba.wsi.slide import open_slide
-from ssmamba.wsi.tiling import TileGrid, TilingConfig, magnification_to_mpp, plan_tiles
+from ssmamba.wsi.config import TilingConfig, magnification_to_mpp
+from ssmamba.wsi.tiling import TileGrid, plan_tiles
 
 
 def test_magnification_alias():

@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssmamba.wsi.tissue import TissueMaskConfig, tissue_mask
+from ssmamba.wsi.config import TissueMaskConfig
+from ssmamba.wsi.tissue import tissue_mask
 
 
 def test_mask_finds_the_stained_region_on_glass(make_blob_image):

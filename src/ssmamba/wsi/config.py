@@ -1,4 +1,6 @@
-"""The settings of ``ssmamba wsi tile``, ``wsi extract`` and ``wsi heatmap``, one dataclass each.
+"""The settings of ``ssmamba wsi tile``, ``wsi extract`` and ``wsi heatmap``, one dataclass each, and the tiling,
+tissue-mask and heatmap settings they are made of. Plain dataclasses that import no torch, numpy or image library,
+so that each command's ``--help`` and a usage error cost a fraction of a second.
 
 A feature extractor is ``encoder`` plus, for a named one, ``weights`` (as in ``ssmamba probe``); a trained MIL
 head is ``heads`` (as in ``mil evaluate``); the side tiles are resized to for the model is ``img_size``.
@@ -7,13 +9,100 @@ Field metadata: ``argument`` marks a positional argument, ``exists`` an input pa
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
-from ssmamba.wsi.heatmap import ScoreScaling
-from ssmamba.wsi.tiling import TilingConfig, magnification_to_mpp
-from ssmamba.wsi.tissue import TissueMaskConfig
+__all__ = ["TileRunConfig", "ExtractRunConfig", "HeatmapRunConfig", "TilingConfig", "TissueMaskConfig",
+           "ScoreScaling", "magnification_to_mpp"]
 
-__all__ = ["TileRunConfig", "ExtractRunConfig", "HeatmapRunConfig"]
+# Magnification is a convenience alias: by convention a 20x objective scans at about 0.5 µm/px and 40x at 0.25.
+MICRONS_AT_1X = 10.0
+
+
+def magnification_to_mpp(magnification: float) -> float:
+    """µm/px that a nominal objective magnification stands for (20x -> 0.5, 40x -> 0.25)."""
+    if magnification <= 0:
+        raise ValueError(f"magnification must be positive, got {magnification}")
+    return MICRONS_AT_1X / magnification
+
+
+@dataclass(frozen=True)
+class TissueMaskConfig:
+    """Thresholds of :func:`tissue_mask` (saturation and value are in [0, 1]; sizes in thumbnail pixels).
+
+    Attributes:
+        saturation_threshold: fixed threshold; None means Otsu on this slide's saturation histogram.
+        min_saturation: lower bound on the threshold, so empty glass (all low saturation) yields no tissue.
+        max_value_dark: pixels darker than this value (HSV V) are ignored as pen marks or scanner black borders;
+            0 disables the rule.
+        blur_sigma: Gaussian smoothing of the saturation before thresholding, against JPEG speckle.
+        closing_radius: closes gaps between nearby tissue fragments.
+        min_object_area: connected tissue components smaller than this are dropped (dust, debris).
+        max_hole_area: holes smaller than this are filled (lumens, nuclei-free gaps inside tissue).
+    """
+
+    saturation_threshold: float | None = None
+    min_saturation: float = 0.05
+    max_value_dark: float = 0.1
+    blur_sigma: float = 1.0
+    closing_radius: int = 2
+    min_object_area: int = 64
+    max_hole_area: int = 256
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How to cut a slide into tiles.
+
+    Attributes:
+        patch_size: tile side in pixels at ``target_mpp``.
+        target_mpp: µm per pixel of the tiles.
+        stride: step between tiles in target pixels; None means ``patch_size`` (no overlap).
+        min_tissue_fraction: a tile is kept when at least this share of its area is tissue in the mask.
+        use_tissue_mask: False keeps every tile of the grid (plain crops, or images that are all tissue).
+        thumbnail_max_side: side of the thumbnail the mask is computed on (and drawn on).
+        tissue: thresholds of the tissue mask.
+    """
+
+    patch_size: int = 224
+    target_mpp: float = 0.5
+    stride: int | None = None
+    min_tissue_fraction: float = 0.25
+    use_tissue_mask: bool = True
+    thumbnail_max_side: int = 2048
+    tissue: TissueMaskConfig = field(default_factory=TissueMaskConfig)
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+        if self.target_mpp <= 0:
+            raise ValueError(f"target_mpp must be positive, got {self.target_mpp}")
+        if self.stride is not None and self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if not 0.0 <= self.min_tissue_fraction <= 1.0:
+            raise ValueError(f"min_tissue_fraction must be in [0, 1], got {self.min_tissue_fraction}")
+
+    @property
+    def folder_name(self) -> str:
+        """Folder tag shared by tiles and features, e.g. ``0.50mpp_224px``."""
+        return f"{self.target_mpp:.2f}mpp_{self.patch_size}px"
+
+
+class ScoreScaling(enum.Enum):
+    """How raw scores become colours.
+
+    PERCENTILE maps each score to its percentile among the slide's tiles (CLAM's default): attention logits are
+    heavy-tailed, and on a linear scale a handful of tiles would take all the colour. RAW is linear between the
+    slide's lowest and highest score, and its colour bar is in the score's own units. ``rank`` and ``minmax``
+    are the older names of the two.
+    """
+
+    PERCENTILE = "percentile"
+    RAW = "raw"
+
+    @classmethod
+    def _missing_(cls, value):
+        return {"rank": cls.PERCENTILE, "minmax": cls.RAW}.get(value)
 
 
 @dataclass

@@ -7,7 +7,6 @@ says what the colours mean.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,22 +19,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from scipy.stats import rankdata
 
-
-class ScoreScaling(enum.Enum):
-    """How raw scores become colours.
-
-    PERCENTILE maps each score to its percentile among the slide's tiles (CLAM's default): attention logits are
-    heavy-tailed, and on a linear scale a handful of tiles would take all the colour. RAW is linear between the
-    slide's lowest and highest score, and its colour bar is in the score's own units. ``rank`` and ``minmax``
-    are the older names of the two.
-    """
-
-    PERCENTILE = "percentile"
-    RAW = "raw"
-
-    @classmethod
-    def _missing_(cls, value):
-        return {"rank": cls.PERCENTILE, "minmax": cls.RAW}.get(value)
+from ssmamba.wsi.config import ScoreScaling
 
 
 def scale_scores(scores: np.ndarray, scaling: ScoreScaling = ScoreScaling.PERCENTILE) -> np.ndarray:

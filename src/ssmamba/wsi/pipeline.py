@@ -20,7 +20,8 @@ from ssmamba.io.features import FeatureKey, claim_folder, features_folder
 from ssmamba.models.encoders import Encoder
 from ssmamba.wsi.extract import ExtractionResult, extract_slide_features
 from ssmamba.wsi.slide import open_slide
-from ssmamba.wsi.tiling import TileGrid, TilingConfig, draw_tiles, plan_tiles
+from ssmamba.wsi.config import TilingConfig
+from ssmamba.wsi.tiling import TileGrid, draw_tiles, plan_tiles
 
 
 def patches_folder(out_dir: str | Path, config: TilingConfig) -> Path:

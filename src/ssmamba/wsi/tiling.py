@@ -10,64 +10,16 @@ unless the slide itself is coarser than the target.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ssmamba.wsi.config import MICRONS_AT_1X, TilingConfig
 from ssmamba.wsi.slide import Slide
-from ssmamba.wsi.tissue import TissueMaskConfig, tissue_mask
-
-# Magnification is a convenience alias: by convention a 20x objective scans at about 0.5 µm/px and 40x at 0.25.
-MICRONS_AT_1X = 10.0
-
-
-def magnification_to_mpp(magnification: float) -> float:
-    """µm/px that a nominal objective magnification stands for (20x -> 0.5, 40x -> 0.25)."""
-    if magnification <= 0:
-        raise ValueError(f"magnification must be positive, got {magnification}")
-    return MICRONS_AT_1X / magnification
-
-
-@dataclass(frozen=True)
-class TilingConfig:
-    """How to cut a slide into tiles.
-
-    Attributes:
-        patch_size: tile side in pixels at ``target_mpp``.
-        target_mpp: µm per pixel of the tiles.
-        stride: step between tiles in target pixels; None means ``patch_size`` (no overlap).
-        min_tissue_fraction: a tile is kept when at least this share of its area is tissue in the mask.
-        use_tissue_mask: False keeps every tile of the grid (plain crops, or images that are all tissue).
-        thumbnail_max_side: side of the thumbnail the mask is computed on (and drawn on).
-        tissue: thresholds of the tissue mask.
-    """
-
-    patch_size: int = 224
-    target_mpp: float = 0.5
-    stride: int | None = None
-    min_tissue_fraction: float = 0.25
-    use_tissue_mask: bool = True
-    thumbnail_max_side: int = 2048
-    tissue: TissueMaskConfig = field(default_factory=TissueMaskConfig)
-
-    def __post_init__(self) -> None:
-        if self.patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
-        if self.target_mpp <= 0:
-            raise ValueError(f"target_mpp must be positive, got {self.target_mpp}")
-        if self.stride is not None and self.stride < 1:
-            raise ValueError(f"stride must be >= 1, got {self.stride}")
-        if not 0.0 <= self.min_tissue_fraction <= 1.0:
-            raise ValueError(f"min_tissue_fraction must be in [0, 1], got {self.min_tissue_fraction}")
-
-    @property
-    def folder_name(self) -> str:
-        """Folder tag shared by tiles and features, e.g. ``0.50mpp_224px``."""
-        return f"{self.target_mpp:.2f}mpp_{self.patch_size}px"
-
+from ssmamba.wsi.tissue import tissue_mask
 
 @dataclass
 class TileGrid:

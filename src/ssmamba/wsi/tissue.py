@@ -7,37 +7,13 @@ adapts to staining strength; a floor stops it from splitting pure glass noise in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from PIL import Image
 from skimage.color import rgb2hsv
 from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import closing, disk, remove_small_holes, remove_small_objects
 
-
-@dataclass(frozen=True)
-class TissueMaskConfig:
-    """Thresholds of :func:`tissue_mask` (saturation and value are in [0, 1]; sizes in thumbnail pixels).
-
-    Attributes:
-        saturation_threshold: fixed threshold; None means Otsu on this slide's saturation histogram.
-        min_saturation: lower bound on the threshold, so empty glass (all low saturation) yields no tissue.
-        max_value_dark: pixels darker than this value (HSV V) are ignored as pen marks or scanner black borders;
-            0 disables the rule.
-        blur_sigma: Gaussian smoothing of the saturation before thresholding, against JPEG speckle.
-        closing_radius: closes gaps between nearby tissue fragments.
-        min_object_area: connected tissue components smaller than this are dropped (dust, debris).
-        max_hole_area: holes smaller than this are filled (lumens, nuclei-free gaps inside tissue).
-    """
-
-    saturation_threshold: float | None = None
-    min_saturation: float = 0.05
-    max_value_dark: float = 0.1
-    blur_sigma: float = 1.0
-    closing_radius: int = 2
-    min_object_area: int = 64
-    max_hole_area: int = 256
+from ssmamba.wsi.config import TissueMaskConfig
 
 
 def tissue_mask(thumbnail: Image.Image | np.ndarray, config: TissueMaskConfig = TissueMaskConfig()) -> np.ndarray:
