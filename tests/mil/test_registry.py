@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -48,3 +51,15 @@ def test_a_new_head_is_one_registered_class(tmp_path, monkeypatch):
     assert config["head"] == "mean_pool" and isinstance(loaded, MeanPool)
     bag = torch.randn(6, 4)
     torch.testing.assert_close(loaded(bag), head(bag))
+
+
+def test_the_builtin_heads_register_on_the_first_lookup_not_on_import():
+    """`import ssmamba.mil` imports no torch (so `mil --help` is instant); a registry lookup in a fresh process finds
+    every built-in head without the package having imported them."""
+    code = ("import sys; import ssmamba.mil, ssmamba.mil.config\n"
+            "assert 'torch' not in sys.modules, 'importing ssmamba.mil imported torch'\n"
+            "from ssmamba.mil.registry import create_mil_head, head_names\n"
+            "print(head_names(), type(create_mil_head('abmil', in_dim=8, num_classes=2)).__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['abmil',", "'mamba_mil',", "'transmil']", "ABMIL"]

@@ -10,10 +10,58 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ssmamba.mil.training import MILTrainConfig
 from ssmamba.train.config import Balancing, Precision
 
-__all__ = ["BagsConfig", "MILTrainRunConfig", "MILEvaluateRunConfig"]
+__all__ = ["MILTrainConfig", "BagsConfig", "MILTrainRunConfig", "MILEvaluateRunConfig"]
+
+
+@dataclass
+class MILTrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        epochs: passes over the training bags.
+        lr, weight_decay: AdamW settings; the learning rate follows a cosine decay to 0 after a 1-epoch warm-up.
+        max_instances: training bags larger than this are randomly subsampled at every step (None: never).
+        instance_dropout: share of a training bag's instances dropped at random at every step, an augmentation
+            that keeps sequence heads from memorising fixed tile neighbourhoods (may drop the one decisive tile
+            of a bag, so keep it low when a single tile decides).
+        balance_classes: weight the loss by inverse class frequency of the training bags.
+        standardise_features: standardise inputs with the mean/std of the training instances (stored in the head).
+        select_on_validation: with a validation set, keep the weights of the epoch with the lowest validation
+            loss (otherwise the last epoch's).
+        chunk_size: instances per chunk in streaming inference.
+        precision: ``bf16`` runs the training forward pass under bfloat16 autocast.
+        accum_steps: bags whose gradients are averaged into each optimiser step (under torchrun, per process: a
+            step then sees ``accum_steps x processes`` bags, as one process does with ``accum_steps x processes``).
+        seed: controls the bag order, subsampling and instance dropout (initialisation is the caller's).
+        device: torch device.
+        threads: torch CPU threads for training and scoring; None leaves torch's setting.
+    """
+
+    epochs: int = 40
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    max_instances: int | None = 8192
+    instance_dropout: float = 0.0
+    balance_classes: bool = True
+    standardise_features: bool = True
+    select_on_validation: bool = True
+    chunk_size: int = 4096
+    precision: Precision = Precision.FP32
+    accum_steps: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self):
+        self.precision = Precision(self.precision)
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.accum_steps < 1:
+            raise ValueError(f"--accum-steps must be >= 1, got {self.accum_steps}")
+        if not 0.0 <= self.instance_dropout < 1.0:
+            raise ValueError(f"instance dropout must be in [0, 1), got {self.instance_dropout}")
 
 
 @dataclass
@@ -59,10 +107,10 @@ class MILTrainRunConfig:
     threads: int | None = None  # CPU threads torch uses [default: torch's, i.e. OMP_NUM_THREADS or the cores]
 
     def __post_init__(self):
-        from ssmamba.mil.registry import MIL_HEADS
+        from ssmamba.mil.registry import head_names
 
-        if self.head not in MIL_HEADS:
-            raise ValueError(f"--head {self.head!r} is not a MIL head; choose one of {', '.join(sorted(MIL_HEADS))}")
+        if self.head not in head_names():
+            raise ValueError(f"--head {self.head!r} is not a MIL head; choose one of {', '.join(head_names())}")
         self.balance, self.precision = Balancing(self.balance), Precision(self.precision)
         if self.balance is Balancing.SAMPLER:
             raise ValueError("mil train --balance takes none or loss (a class-balanced sampler is not implemented "

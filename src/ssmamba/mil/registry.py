@@ -6,19 +6,35 @@ A new head is one module with one decorated class::
     class MyHead(MILHead):
         ...
 
-plus an import in ``ssmamba/mil/__init__.py``; ``mil train --head``, the saved-head format and the tests
-that run over every head pick it up from :data:`MIL_HEADS`.
+plus its module's name in ``BUILTIN_HEAD_MODULES``, imported on the first lookup (so that importing the package, or
+``mil --help``, imports no torch); ``mil train --head``, the saved-head format and the tests that run over every
+head pick it up from :data:`MIL_HEADS`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from ssmamba.mil.base import MILHead
 
-__all__ = ["MIL_HEADS", "register_mil_head", "mil_head_class", "create_mil_head"]
+__all__ = ["MIL_HEADS", "BUILTIN_HEAD_MODULES", "register_mil_head", "import_builtin_heads", "head_names",
+           "mil_head_class", "create_mil_head"]
 
 MIL_HEADS: dict[str, type[MILHead]] = {}
+BUILTIN_HEAD_MODULES = ("ssmamba.mil.abmil", "ssmamba.mil.transmil", "ssmamba.mil.mamba_mil")
+
+
+def import_builtin_heads() -> dict[str, type[MILHead]]:
+    """Import the built-in heads' modules (each registers its head; imported once) and return :data:`MIL_HEADS`."""
+    for module in BUILTIN_HEAD_MODULES:
+        importlib.import_module(module)
+    return MIL_HEADS
+
+
+def head_names() -> list[str]:
+    """The registered heads' names, the built-in ones included, sorted."""
+    return sorted(import_builtin_heads())
 
 
 def register_mil_head(name: str) -> Callable[[type[MILHead]], type[MILHead]]:
@@ -37,7 +53,7 @@ def register_mil_head(name: str) -> Callable[[type[MILHead]], type[MILHead]]:
 
 
 def mil_head_class(name: str) -> type[MILHead]:
-    if name not in MIL_HEADS:
+    if name not in import_builtin_heads():
         raise ValueError(f"unknown MIL head {name!r}; choose one of {', '.join(MIL_HEADS)}")
     return MIL_HEADS[name]
 

@@ -23,62 +23,15 @@ from torch.utils.data import Dataset
 from ssmamba.io.distributed import gather_list, shard
 from ssmamba.mil.bags import BagDataset
 from ssmamba.mil.base import MILHead, drop_instances, subsample_bag
+from ssmamba.mil.config import MILTrainConfig
 from ssmamba.mil.inference import predict, torch_threads
-from ssmamba.train.engine import Precision, Trainer
+from ssmamba.train.config import Precision
+from ssmamba.train.engine import Trainer
 from ssmamba.train.optim import adamw, class_weights, param_groups, warmup_cosine
 from ssmamba.train.sampling import make_loader
 
 __all__ = ["MILTrainConfig", "MILTrainer", "TrainingBags", "train_head", "feature_statistics", "head_optimizer",
            "train_config_dict"]
-
-
-@dataclass
-class MILTrainConfig:
-    """Optimisation settings.
-
-    Attributes:
-        epochs: passes over the training bags.
-        lr, weight_decay: AdamW settings; the learning rate follows a cosine decay to 0 after a 1-epoch warm-up.
-        max_instances: training bags larger than this are randomly subsampled at every step (None: never).
-        instance_dropout: share of a training bag's instances dropped at random at every step, an augmentation
-            that keeps sequence heads from memorising fixed tile neighbourhoods (may drop the one decisive tile
-            of a bag, so keep it low when a single tile decides).
-        balance_classes: weight the loss by inverse class frequency of the training bags.
-        standardise_features: standardise inputs with the mean/std of the training instances (stored in the head).
-        select_on_validation: with a validation set, keep the weights of the epoch with the lowest validation
-            loss (otherwise the last epoch's).
-        chunk_size: instances per chunk in streaming inference.
-        precision: ``bf16`` runs the training forward pass under bfloat16 autocast.
-        accum_steps: bags whose gradients are averaged into each optimiser step (under torchrun, per process: a
-            step then sees ``accum_steps x processes`` bags, as one process does with ``accum_steps x processes``).
-        seed: controls the bag order, subsampling and instance dropout (initialisation is the caller's).
-        device: torch device.
-        threads: torch CPU threads for training and scoring; None leaves torch's setting.
-    """
-
-    epochs: int = 40
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    max_instances: int | None = 8192
-    instance_dropout: float = 0.0
-    balance_classes: bool = True
-    standardise_features: bool = True
-    select_on_validation: bool = True
-    chunk_size: int = 4096
-    precision: Precision = Precision.FP32
-    accum_steps: int = 1
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None
-
-    def __post_init__(self):
-        self.precision = Precision(self.precision)
-        if self.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.accum_steps < 1:
-            raise ValueError(f"--accum-steps must be >= 1, got {self.accum_steps}")
-        if not 0.0 <= self.instance_dropout < 1.0:
-            raise ValueError(f"instance dropout must be in [0, 1), got {self.instance_dropout}")
 
 
 def train_config_dict(config: MILTrainConfig) -> dict:
