@@ -84,3 +84,10 @@ def stand_in_encoder():
 def make_blob_image():
     """The :func:`blob_image` factory, for tests that build their own images."""
     return blob_image
+
+
+@pytest.fixture
+def make_pyramid():
+    """The :func:`write_pyramid` writer, for tests that build their own slides (a fixture, not an import from
+    ``conftest``: with several conftest modules that name is whichever pytest imported first)."""
+    return write_pyramid

@@ -6,11 +6,10 @@ from __future__ import annotations
 import hashlib
 
 from click.testing import CliRunner
-from conftest import blob_image, write_pyramid
 
 from ssmamba.cli import main
-from ssmamba.wsi.pipeline import tile_slide
 from ssmamba.wsi.config import TilingConfig
+from ssmamba.wsi.pipeline import tile_slide
 
 # each process records the slides it wrote (or found done), with its rank
 _RECORD_WRITES = """
@@ -26,13 +25,14 @@ pipeline.extract_slide_features = extract_slide_features
 """
 
 
-def test_two_processes_write_each_slide_exactly_once_and_a_rerun_skips_them(tmp_path, torchrun):
+def test_two_processes_write_each_slide_exactly_once_and_a_rerun_skips_them(tmp_path, torchrun, make_blob_image,
+                                                                            make_pyramid):
     config = TilingConfig(patch_size=128, target_mpp=1.0, thumbnail_max_side=256)
     out = tmp_path / "out"
     names = [f"slide{i}" for i in range(5)]
     for i, name in enumerate(names):
         box = (64 * i, 128, 64 * i + 640, 640)
-        write_pyramid(tmp_path / f"{name}.tif", blob_image(1024, 768, box), mpp=0.5)
+        make_pyramid(tmp_path / f"{name}.tif", make_blob_image(1024, 768, box), mpp=0.5)
         tile_slide(tmp_path / f"{name}.tif", config, out)
     log = tmp_path / "writes.txt"
     args = ["wsi", "extract", out, "--encoder", "ssmamba_test", "--input-size", 32, "--batch-size", 16,
