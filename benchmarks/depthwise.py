@@ -157,6 +157,5 @@ def main() -> None:
     write_markdown_and_json(RESULTS, "depthwise", lines, {"convs": convs, "steps": steps, "kernel_ab": kernel_ab})
 
 
-
 if __name__ == "__main__":
     main()

@@ -221,4 +221,3 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, progress: bool, devi
             "processes": processes().world_size}, sort_keys=False))
     trainer.fit()
     return out / "best"
-

@@ -130,4 +130,3 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool, devi
     trainer.fit()
     logger.info("encoder saved to %s", out / "checkpoint")
     return out / "checkpoint"
-

@@ -148,4 +148,3 @@ def add_colour_bar(image: Image.Image, bar: ColourBar, width: int = 150) -> Imag
     combined.paste(image.convert("RGB"), (0, 0))
     combined.paste(strip, (image.width, 0))
     return combined
-
