@@ -58,7 +58,9 @@ def main() -> None:
         lines += [f"- `{stage}`: {text}" for text in logged]
     lines += ["", "## Test split (once), 95% bootstrap CIs", "",
               "| model | training CPU-min | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
-    rows = [("ssmamba_tiny, MAMIM 30 epochs + fine-tune", _cpu_min(run / "runs" / "pre") + _cpu_min(run / "runs" / "ft"),
+    model = next(line.split(":", 1)[1].strip() for line in (run / "runs" / "pre" / "config.yaml").read_text()
+                 .splitlines() if line.strip().startswith("model:"))  # the default model of the code that ran
+    rows = [(f"{model}, MAMIM 30 epochs + fine-tune", _cpu_min(run / "runs" / "pre") + _cpu_min(run / "runs" / "ft"),
              "eval"),
             ("convnext_atto, random init", _cpu_min(run / "runs" / "convnext"), "eval_convnext")]
     for name, cpu, folder in rows:
