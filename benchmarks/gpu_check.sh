@@ -23,7 +23,8 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 } 2>&1 | tee "$OUT/env.txt"
 timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_scan_cuda.py tests/train/test_finetune.py \
   2>&1 | tee "$OUT/gpu_tests.log"
-timeout 90 python3 benchmarks/gpu_train.py --repeats 5 --models resnet50 ssmamba_tiny --sizes 224 64 --out "$OUT" \
+timeout 120 python3 benchmarks/gpu_train.py --repeats 5 --models resnet50 ssmamba_tiny_fast ssmamba_tiny --sizes 224 64 \
+  --out "$OUT" \
   2>&1 | tee "$OUT/gpu_train.log"
 timeout 60 python3 benchmarks/wsi_extract.py --device cuda --tiles 128 --repeats 1 --out "$OUT" \
   2>&1 | tee "$OUT/wsi_extract.log"

@@ -22,7 +22,7 @@ import torch
 import ssmamba
 from ssmamba.ops import backend_report
 
-MODELS = ["resnet50", "vit_small_patch16_224", "convnext_tiny", "ssmamba_tiny", "ssmamba_small"]
+MODELS = ["resnet50", "vit_small_patch16_224", "convnext_tiny", "ssmamba_tiny_fast", "ssmamba_tiny", "ssmamba_small"]
 BASELINE = "resnet50"
 
 
