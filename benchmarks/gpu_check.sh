@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, as one prepared run from the repository root (under 5 minutes on one H200):
+# The checks that need a CUDA GPU, as one prepared run from the repository root (under 6 minutes on one H200):
 # environment, the gpu-marked tests, benchmarks/gpu_train.py, `wsi extract` tiles/s (benchmarks/wsi_extract.py:
 # 128 tiles, one round, so ssmamba_tiny's time includes Triton's first compile), then as much of the whole suite as
 # fits with a GPU visible (device "auto" then means CUDA; -v names each result as it comes, so a cut-off run still
