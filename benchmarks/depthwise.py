@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import case_in_child, environment_lines, markdown_table, write_markdown_and_json  # noqa: E402
+from common import (case_in_child, environment_lines, markdown_table, median_seconds,  # noqa: E402
+                    write_markdown_and_json)
 from speed import MODELS, SRC, _child  # noqa: E402
 
 from ssmamba.ops.depthwise import depthwise_conv2d  # noqa: E402
@@ -52,14 +52,7 @@ def conv_ms(batch: int, channels: int, side: int, kernel: int, bf16: bool, conv=
             out = conv(x, weight, bias)
         torch.autograd.grad(out.float(), (x, weight, bias), grad_out)
 
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        step()
-        times.append(time.process_time() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(step, repeats, warmup=2, clock=time.process_time)
 
 
 def kernel_ab_case(size: int, batch: int, bf16: bool, repeats: int) -> dict:

@@ -74,13 +74,12 @@ def inference_case(size: int, repeats: int, models: list[str]) -> dict:
 
 def training_step(model, x, y, bf16: bool):
     """One training step of ``model`` on ``(x, y)`` as a function: forward (under bf16 autocast if asked),
-    cross-entropy, backward, AdamW (fused, as ssmamba's trainers use it); the model channels-last in train mode."""
+    cross-entropy, backward, AdamW (fused, as ssmamba's trainers use it: ``train.optim.adamw``, spelled out so that an
+    older ``--baseline-src`` runs it too); the model channels-last in train mode."""
     import torch
 
-    from ssmamba.train.optim import adamw
-
     model = model.to(memory_format=torch.channels_last).train()
-    optimizer = adamw(model.parameters(), 1e-4, "cpu")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def run():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
