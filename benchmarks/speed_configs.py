@@ -39,6 +39,12 @@ CONFIGS: dict[str, dict] = {
     "2-directions+no-pooled-scan+scalar-decay+d_state-8": {"directions": ["row", "row_reverse"], "scales": [1],
                                                            "scalar_decay": True, "d_state": 8},
     "1-direction-1-scale": {"directions": ["row"], "scales": [1], "conv_kernels": [3]},
+    # cheaper networks around the default model (ssmamba_tiny_fast = 2-directions+no-pooled-scan+scalar-decay)
+    "fast+mlp-3": {"directions": ["row", "row_reverse"], "scales": [1], "scalar_decay": True, "mlp_ratio": 3.0},
+    "fast+d_state-8+mlp-3": {"directions": ["row", "row_reverse"], "scales": [1], "scalar_decay": True,
+                             "d_state": 8, "mlp_ratio": 3.0},
+    "fast+depths-2242": {"directions": ["row", "row_reverse"], "scales": [1], "scalar_decay": True,
+                         "depths": [2, 2, 4, 2]},
 }
 
 

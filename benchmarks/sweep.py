@@ -135,6 +135,17 @@ TRIALS: dict[str, tuple[list[str] | None, list[str]]] = {
     "lr-3e-3+dense+fastdms+N8": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args",
                                         "directions=[row,row_reverse]", "--model-args", "scales=[1]", "--model-args",
                                         "scalar_decay=true", "--model-args", "d_state=8"]),
+    # cheaper networks around the default model, priced by benchmarks/speed_configs.py (issue 16: its bf16 training
+    # step on one thread is 0.83-0.88x ResNet-18's): two state-space blocks fewer in stage 3 (6 -> 4), or N = 8 with
+    # an MLP ratio of 3
+    "lr-3e-3+dense+fastdms+depths-2242": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args",
+                                                 "directions=[row,row_reverse]", "--model-args", "scales=[1]",
+                                                 "--model-args", "scalar_decay=true", "--model-args",
+                                                 "depths=[2,2,4,2]"]),
+    "lr-3e-3+dense+fastdms+N8+mlp3": (None, ["--lr", "0.003", "--model-args", "conv_block=dense", "--model-args",
+                                             "directions=[row,row_reverse]", "--model-args", "scales=[1]",
+                                             "--model-args", "scalar_decay=true", "--model-args", "d_state=8",
+                                             "--model-args", "mlp_ratio=3.0"]),
 }
 # Every trial above ran ssmamba_tiny (the full DMS), the default model until 2026-12-07: a trial run since then
 # without --model runs the new default, ssmamba_tiny_fast.
