@@ -67,10 +67,11 @@ def test_every_direction_matches_ref(cpu_kernel, direction):
     assert_matches_ref(make_grid_problem(directions=(direction,), height=9, width=15))
 
 
-@pytest.mark.parametrize("height, width", [(16, 16), (17, 17), (23, 25)])
-def test_long_grids_recomputed_in_chunks_match_ref(cpu_kernel, height, width):
-    # the backward recomputes 256 steps at a time: one whole chunk, two (the last one partial), three
-    problem = make_grid_problem(batch=1, channels=3, directions=("column_reverse", "row"), state=3, height=height,
+@pytest.mark.parametrize("height, width, state", [(16, 16, 3), (17, 17, 3), (23, 25, 3), (23, 25, 16)])
+def test_long_grids_recomputed_in_chunks_match_ref(cpu_kernel, height, width, state):
+    # the backward recomputes 256 steps at a time: one whole chunk, two (the last one partial), three. At N = 16 the
+    # (G, L, N) per-lane packs of dB and dC outgrow their budget (kLaneSlabBytes) and lanes are summed every step
+    problem = make_grid_problem(batch=1, channels=3, directions=("column_reverse", "row"), state=state, height=height,
                                 width=width)  # fmt: skip
     assert_matches_ref(problem)
 
@@ -202,8 +203,17 @@ def test_bad_inputs_name_the_argument(change, message):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_scalar_decay_per_channel_matches_ref(cpu_kernel, dtype):
-    # A (K, E, 1): one exp(Δ a) per step shared by the channel's N states (Mamba-2's scalar A)
-    p = make_grid_problem(dtype=dtype, state=16, channels=12, height=7, width=5)
+@pytest.mark.parametrize(
+    "height, width, groups, delta_softplus",
+    # 289 steps: the backward's checkpoint pass, 2 chunks, and per-lane dB, dC past their budget (summed every step)
+    [(7, 5, 1, True), (7, 5, 3, False), (17, 17, 2, True)],
+)
+def test_scalar_decay_per_channel_matches_ref(cpu_kernel, dtype, height, width, groups, delta_softplus):
+    # A (K, E, 1): one exp(Δ a) per step shared by the channel's N states (Mamba-2's scalar A); the kernel has its
+    # own code for it (one decay per step, the N states' terms of dΔ and dA summed before the decay)
+    p = make_grid_problem(dtype=dtype, state=16, channels=12, groups=groups, height=height, width=width)
     p["A"] = p["A"][..., :1].detach().clone().requires_grad_()
-    assert_matches_ref(p)
+    if not delta_softplus:  # Δ used as is: keep it positive
+        with torch.no_grad():
+            p["delta"].abs_().mul_(0.1)
+    assert_matches_ref(p, delta_softplus=delta_softplus)

@@ -538,7 +538,9 @@ std::vector<at::Tensor> selective_scan_backward(
 // broadcast to the block. Storage may be float32, bfloat16 or float64; the state and every sum are float32
 // (float64 for float64 inputs). The backward recomputes the states chunk by chunk (up to kMaxChunk steps, held
 // in L2 with their decays) from checkpoints kept at chunk starts; a sequence of one chunk (L <= kMaxChunk, e.g.
-// every DMS grid of a 224 px image) needs no checkpoint pass, so its backward recomputes the forward once.
+// every DMS grid of a 224 px image) needs no checkpoint pass, so its backward recomputes the forward once. Both
+// passes take a chunk's element-wise inputs (softplus, and a scalar A's decay) in a pass of their own before its
+// recurrence, and the backward sums dB and dC over channel lanes once per work unit, not per step.
 
 template <typename S>
 struct ComputeOf { using type = float; };
@@ -590,12 +592,6 @@ inline Pack<T> delta_to_dt(const Pack<T>& raw, bool softplus, Pack<T>* slope) {
   return (raw > 0 ? raw : Pack<T>{}) + log1p_unit_pack(e);
 }
 
-// dst[n] += sum of the lanes of v[n], n < N
-template <typename T>
-inline void add_lane_sums(T* dst, const Pack<T>* v, int64_t N) {
-  for (int64_t n = 0; n < N; ++n) dst[n] += horizontal_sum(v[n]);
-}
-
 constexpr int64_t kMaxChunk = 256;
 
 // Raw pointers and strides of one call; optional ones are null.
@@ -636,16 +632,24 @@ std::vector<Segment> segments(int64_t channels, int64_t groups_per_direction) {
   return result;
 }
 
+// The backward's dB and dC are sums over a group's channels. Summing a step's terms over the channel lanes costs
+// more than the step's arithmetic, so a work unit adds them per lane into (G, L, N) packs (vertical adds) and sums
+// the lanes once at its end, instead of 2 N lane sums per step and segment, while those packs stay in L2 (this
+// budget per array, with the states beside them). Past it (long grids: 896 px), it sums lanes at every step.
+constexpr int64_t kLaneSlabBytes = 512 * 1024;
+
+// Per-thread scratch. x, dt, slope, decays: one chunk's element-wise inputs (decays (chunk, N), or (chunk,) with a
+// scalar A). dB_lanes, dC_lanes: the backward's (G, L, N) per-lane packs, when it uses them (`lane_slab_size`).
 template <typename T>
 struct GridScratch {
-  int64_t chunk;  // steps recomputed at a time by the backward
-  std::vector<Pack<T>> acc, A, h, dh, dA, dB, dC, checkpoints, states, decays, x, dt, slope;
-  GridScratch(int64_t L, int64_t N, bool backward) : chunk(std::min(L, kMaxChunk)), acc(L), A(N), h(N) {
+  int64_t chunk;  // steps whose inputs are prepared at a time (and that the backward recomputes at a time)
+  std::vector<Pack<T>> acc, A, h, dh, dA, dB_lanes, dC_lanes, checkpoints, states, decays, x, dt, slope;
+  GridScratch(int64_t L, int64_t N, int64_t lane_slab_size, bool backward)
+      : chunk(std::min(L, kMaxChunk)), acc(L), A(N), h(N), decays(chunk * N), x(chunk), dt(chunk) {
     if (!backward) return;
-    dh.resize(N), dA.resize(N), dB.resize(N), dC.resize(N);
+    dh.resize(N), dA.resize(N), dB_lanes.resize(lane_slab_size), dC_lanes.resize(lane_slab_size);
     checkpoints.resize(((L + chunk - 1) / chunk) * N);
-    states.resize((chunk + 1) * N), decays.resize(chunk * N);
-    x.resize(chunk), dt.resize(chunk), slope.resize(chunk);
+    states.resize((chunk + 1) * N), slope.resize(chunk);
   }
 };
 
@@ -662,22 +666,39 @@ void load_direction(const GridScan<S>& in, int64_t k, const Segment& seg, Pack<C
   bias = in.delta_bias ? load_lanes<T>(in.delta_bias + row, 1, seg.lanes) : Pack<T>{};
 }
 
-// One step of the recurrence for a channel block: h <- exp(dt A) h + dt x B_t; returns C_t . h per channel.
-template <typename S, bool kWithOutput>
+// x and dt of the `steps` tokens from step t0 of `order`, and with a scalar A each step's decay exp(dt A): a pass of
+// its own, because these steps do not depend on each other. Computed inside the recurrence, the softplus and exp
+// chains (~100 cycles of latency) sit on its critical path step after step (the forward took 1.3x as long, N = 16).
+template <typename S, bool kScalar>
+void prepare_steps(const GridScan<S>& in, const Segment& seg, const S* u, const S* delta, const int64_t* order,
+                   int64_t steps, const Pack<Compute<S>>& A0, const Pack<Compute<S>>& bias, GridScratch<Compute<S>>& s,
+                   Pack<Compute<S>>* slope) {
+  using T = Compute<S>;
+  for (int64_t i = 0; i < steps; ++i) {
+    const int64_t l = order[i];
+    s.x[i] = load_lanes(u + l * in.su[2], in.su[1], seg.lanes);
+    s.dt[i] = delta_to_dt<T>(load_lanes(delta + l * in.sdelta[3], in.sdelta[2], seg.lanes) + bias, in.delta_softplus,
+                             slope ? slope + i : nullptr);
+    if constexpr (kScalar) s.decays[i] = exp_pack(s.dt[i] * A0);
+  }
+}
+
+// One step of the recurrence for a channel block: h <- exp(dt A) h + dt x B_t (exp(dt A) = `decay` with a scalar
+// A); returns C_t . h per channel.
+template <typename S, bool kWithOutput, bool kScalar>
 inline Pack<Compute<S>> grid_step(const GridScan<S>& in, const Pack<Compute<S>>* A, const S* B_t, const S* C_t,
-                                  const Pack<Compute<S>>& dt, const Pack<Compute<S>>& dt_x, Pack<Compute<S>>* h) {
+                                  const Pack<Compute<S>>& dt, const Pack<Compute<S>>& dt_x,
+                                  const Pack<Compute<S>>& decay, Pack<Compute<S>>* h) {
   using T = Compute<S>;
   Pack<T> y = {};
-  const Pack<T> shared = in.scalar_decay ? exp_pack(dt * A[0]) : Pack<T>{};
   for (int64_t n = 0; n < in.state; ++n) {
-    const Pack<T> decay = in.scalar_decay ? shared : exp_pack(dt * A[n]);
-    h[n] = decay * h[n] + dt_x * static_cast<T>(B_t[n * in.sB[2]]);
+    h[n] = (kScalar ? decay : exp_pack(dt * A[n])) * h[n] + dt_x * static_cast<T>(B_t[n * in.sB[2]]);
     if constexpr (kWithOutput) y += static_cast<T>(C_t[n * in.sC[2]]) * h[n];
   }
   return y;
 }
 
-template <typename S>
+template <typename S, bool kScalar>
 void grid_forward_segment(const GridScan<S>& in, int64_t b, const Segment& seg, GridScratch<Compute<S>>& s, S* out,
                           const int64_t* so) {
   using T = Compute<S>;
@@ -695,13 +716,17 @@ void grid_forward_segment(const GridScan<S>& in, int64_t b, const Segment& seg, 
     const int64_t g = in.group(k, seg.first);
     const S* B = in.B_at(b, g);
     const S* C = in.C_at(b, g);
-    for (int64_t t = 0; t < L; ++t) {
-      const int64_t l = order[t];
-      const Pack<T> x = load_lanes(u + l * in.su[2], in.su[1], seg.lanes);
-      const Pack<T> dt = delta_to_dt<T>(load_lanes(delta + l * in.sdelta[3], in.sdelta[2], seg.lanes) + bias,
-                                        in.delta_softplus, nullptr);
-      const Pack<T> y = grid_step<S, true>(in, A, B + l * in.sB[3], C + l * in.sC[3], dt, dt * x, h) + D * x;
-      acc[l] = k == 0 ? y : acc[l] + y;
+    for (int64_t t0 = 0; t0 < L; t0 += s.chunk) {
+      const int64_t steps = std::min(s.chunk, L - t0);
+      prepare_steps<S, kScalar>(in, seg, u, delta, order + t0, steps, A[0], bias, s, nullptr);
+      for (int64_t i = 0; i < steps; ++i) {
+        const int64_t l = order[t0 + i];
+        const Pack<T> x = s.x[i], dt = s.dt[i];
+        const Pack<T> y =
+            grid_step<S, true, kScalar>(in, A, B + l * in.sB[3], C + l * in.sC[3], dt, dt * x, s.decays[i], h) +
+            D * x;
+        acc[l] = k == 0 ? y : acc[l] + y;
+      }
     }
   }
   S* o = out + b * so[0] + seg.first * so[1];
@@ -718,8 +743,9 @@ struct GridGrads {
   T *dA_rows, *dD_rows, *ddelta_bias_rows;  // (batch, K, E, N or 1), (batch, K, E), (batch, K, E)
 };
 
-// The backward of one segment, all directions. dB, dC: this unit's (G, L, N) slabs for batch element b.
-template <typename S>
+// The backward of one segment, all directions, with A per state or (kScalar) one per channel. dB, dC: this unit's
+// (G, L, N) slabs for batch element b; with kLaneSlab its terms go per lane into s.dB_lanes, s.dC_lanes instead.
+template <typename S, bool kScalar, bool kLaneSlab>
 void grid_backward_segment(const GridScan<S>& in, const GridGrads<S>& g, int64_t b, const Segment& seg,
                            GridScratch<Compute<S>>& s, Compute<S>* dB, Compute<S>* dC) {
   using T = Compute<S>;
@@ -731,7 +757,7 @@ void grid_backward_segment(const GridScan<S>& in, const GridGrads<S>& g, int64_t
   P* dh = s.dh.data();
   P* dA = s.dA.data();
   P* states = s.states.data();
-  P* decays = s.decays.data();
+  P* decays = s.decays.data();  // (chunk, N), or (chunk,) with kScalar
   for (int64_t k = 0; k < in.directions; ++k) {
     P D, bias;
     load_direction(in, k, seg, A, D, bias);
@@ -741,20 +767,16 @@ void grid_backward_segment(const GridScan<S>& in, const GridGrads<S>& g, int64_t
     const int64_t group = in.group(k, seg.first);
     const S* B = in.B_at(b, group);
     const S* C = in.C_at(b, group);
-    auto inputs_at = [&](int64_t l, P& x, P& dt, P* slope) {
-      x = load_lanes(u + l * in.su[2], in.su[1], seg.lanes);
-      dt = delta_to_dt<T>(load_lanes(delta + l * in.sdelta[3], in.sdelta[2], seg.lanes) + bias, in.delta_softplus,
-                          slope);
-    };
     // forward: the state at the start of every chunk (the first one is zero)
     std::fill(h, h + N, P{});
     std::copy(h, h + N, s.checkpoints.data());
-    for (int64_t t = 0; t < (chunks - 1) * chunk; ++t) {
-      const int64_t l = order[t];
-      P x, dt;
-      inputs_at(l, x, dt, nullptr);
-      grid_step<S, false>(in, A, B + l * in.sB[3], nullptr, dt, dt * x, h);
-      if ((t + 1) % chunk == 0) std::copy(h, h + N, s.checkpoints.data() + (t + 1) / chunk * N);
+    for (int64_t c = 0; c + 1 < chunks; ++c) {
+      prepare_steps<S, kScalar>(in, seg, u, delta, order + c * chunk, chunk, A[0], bias, s, nullptr);
+      for (int64_t i = 0; i < chunk; ++i) {
+        const int64_t l = order[c * chunk + i];
+        grid_step<S, false, kScalar>(in, A, B + l * in.sB[3], nullptr, s.dt[i], s.dt[i] * s.x[i], s.decays[i], h);
+      }
+      std::copy(h, h + N, s.checkpoints.data() + (c + 1) * N);
     }
     // reverse, chunk by chunk: recompute the chunk's states and decays, then walk it backwards
     std::fill(dh, dh + N, P{});
@@ -763,15 +785,14 @@ void grid_backward_segment(const GridScan<S>& in, const GridGrads<S>& g, int64_t
     for (int64_t c = chunks - 1; c >= 0; --c) {
       const int64_t t0 = c * chunk, steps = std::min(chunk, L - t0);
       std::copy(s.checkpoints.data() + c * N, s.checkpoints.data() + (c + 1) * N, states);
+      prepare_steps<S, kScalar>(in, seg, u, delta, order + t0, steps, A[0], bias, s, s.slope.data());
       for (int64_t i = 0; i < steps; ++i) {
         const int64_t l = order[t0 + i];
-        inputs_at(l, s.x[i], s.dt[i], &s.slope[i]);
         const P dt = s.dt[i], dt_x = dt * s.x[i];
         const S* B_t = B + l * in.sB[3];
-        const P shared = in.scalar_decay ? exp_pack(dt * A[0]) : P{};
         for (int64_t n = 0; n < N; ++n) {
-          const P decay = in.scalar_decay ? shared : exp_pack(dt * A[n]);
-          decays[i * N + n] = decay;
+          const P decay = kScalar ? decays[i] : exp_pack(dt * A[n]);
+          if constexpr (!kScalar) decays[i * N + n] = decay;
           states[(i + 1) * N + n] = decay * states[i * N + n] + dt_x * static_cast<T>(B_t[n * in.sB[2]]);
         }
       }
@@ -782,22 +803,36 @@ void grid_backward_segment(const GridScan<S>& in, const GridGrads<S>& g, int64_t
         const P x = s.x[i], dt = s.dt[i], dt_x = dt * x;
         const S* B_t = B + l * in.sB[3];
         const S* C_t = C + l * in.sC[3];
-        P ddt = {}, dx = {};
+        const int64_t at = (group * L + l) * N;
+        // d loss / d (dt A), summed over the states that share A (kScalar) or kept per state in dA
+        P through = {}, dx = {};
         for (int64_t n = 0; n < N; ++n) {
           const T B_n = static_cast<T>(B_t[n * in.sB[2]]), C_n = static_cast<T>(C_t[n * in.sC[2]]);
-          const P decay = decays[i * N + n];
-          const P dh_now = dh[n] + dy * C_n;                           // everything that reaches h_t
-          const P through_decay = dh_now * decay * states[i * N + n];  // d loss / d (dt A), per state
-          s.dC[n] = dy * states[(i + 1) * N + n];
-          s.dB[n] = dh_now * dt_x;
-          dA[n] += through_decay * dt;
-          ddt += through_decay * A[n] + dh_now * (x * B_n);
+          const P decay = kScalar ? decays[i] : decays[i * N + n];
+          const P dh_now = dh[n] + dy * C_n;  // everything that reaches h_t
+          if constexpr (kScalar) {
+            through += dh_now * states[i * N + n];  // times decay below, once
+          } else {
+            const P through_n = dh_now * decay * states[i * N + n];
+            dA[n] += through_n * dt;
+            through += through_n * A[n];
+          }
+          if constexpr (kLaneSlab) {
+            s.dC_lanes[at + n] += dy * states[(i + 1) * N + n];
+            s.dB_lanes[at + n] += dh_now * dt_x;
+          } else {
+            dC[at + n] += horizontal_sum(dy * states[(i + 1) * N + n]);
+            dB[at + n] += horizontal_sum(dh_now * dt_x);
+          }
           dx += dh_now * B_n;
           dh[n] = dh_now * decay;
         }
-        add_lane_sums(dB + (group * L + l) * N, s.dB.data(), N);
-        add_lane_sums(dC + (group * L + l) * N, s.dC.data(), N);
-        const P ddelta = ddt * s.slope[i];
+        if constexpr (kScalar) {
+          through *= decays[i];
+          dA[0] += through * dt;
+          through *= A[0];
+        }
+        const P ddelta = (through + x * dx) * s.slope[i];  // d dt: through the decay, and through dt x B
         store_lanes(g.ddelta + b * g.sddelta[0] + k * g.sddelta[1] + seg.first * g.sddelta[2] + l * g.sddelta[3],
                     g.sddelta[2], ddelta, seg.lanes);
         const P du = dy * D + dt * dx;
@@ -808,10 +843,8 @@ void grid_backward_segment(const GridScan<S>& in, const GridGrads<S>& g, int64_t
     }
     const int64_t row = (b * in.directions + k) * in.channels + seg.first;
     for (int64_t i = 0; i < seg.lanes; ++i) {
-      if (in.scalar_decay) {
-        T sum = 0;
-        for (int64_t n = 0; n < N; ++n) sum += dA[n][i];
-        g.dA_rows[row + i] = sum;
+      if constexpr (kScalar) {
+        g.dA_rows[row + i] = dA[0][i];
       } else {
         for (int64_t n = 0; n < N; ++n) g.dA_rows[(row + i) * N + n] = dA[n][i];
       }
@@ -903,9 +936,13 @@ at::Tensor directional_scan_forward(const at::Tensor& u, const at::Tensor& delta
     S* out_ptr = reinterpret_cast<S*>(out.data_ptr());
     const int64_t so[3] = {out.stride(0), out.stride(1), out.stride(2)};
     at::parallel_for(0, in.batch * count, 1, [&](int64_t begin, int64_t end) {
-      GridScratch<Compute<S>> scratch(in.length, in.state, false);
+      GridScratch<Compute<S>> scratch(in.length, in.state, 0, false);
       for (int64_t unit = begin; unit < end; ++unit) {
-        grid_forward_segment(in, unit / count, segs[unit % count], scratch, out_ptr, so);
+        if (in.scalar_decay) {
+          grid_forward_segment<S, true>(in, unit / count, segs[unit % count], scratch, out_ptr, so);
+        } else {
+          grid_forward_segment<S, false>(in, unit / count, segs[unit % count], scratch, out_ptr, so);
+        }
       }
     });
   });
@@ -929,8 +966,8 @@ std::vector<at::Tensor> directional_scan_backward(const at::Tensor& u, const at:
   at::Tensor dD_rows = at::empty({batch, K, E}, compute), ddelta_bias_rows = at::empty({batch, K, E}, compute);
   const std::vector<Segment> segs = segments(E, G / K);
   const int64_t count = static_cast<int64_t>(segs.size());
-  // Work unit = (batch element, block of segments). dB, dC sum over a group's channels: each block accumulates
-  // into its own (G, L, N) slab, summed at the end (one block per batch element when the batch is large enough).
+  // Work unit = (batch element, block of segments). dB, dC sum over a group's channels: each block fills its own
+  // (G, L, N) slab, summed at the end (one block per batch element when the batch is large enough).
   const int64_t wanted_units = 4 * static_cast<int64_t>(at::get_num_threads());
   const int64_t blocks = std::clamp<int64_t>((wanted_units + batch - 1) / batch, 1, count);
   const int64_t per_block = (count + blocks - 1) / blocks;
@@ -947,14 +984,26 @@ std::vector<at::Tensor> directional_scan_backward(const at::Tensor& u, const at:
     T* dB_base = dB_slabs.data_ptr<T>();
     T* dC_base = dC_slabs.data_ptr<T>();
     const int64_t slab = G * L * N;
+    const bool lane_slab = slab * static_cast<int64_t>(sizeof(Pack<T>)) <= kLaneSlabBytes;
+    auto segment = lane_slab ? (in.scalar_decay ? grid_backward_segment<S, true, true>
+                                                : grid_backward_segment<S, false, true>)
+                             : (in.scalar_decay ? grid_backward_segment<S, true, false>
+                                                : grid_backward_segment<S, false, false>);
     at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
-      GridScratch<T> scratch(L, N, true);
+      GridScratch<T> scratch(L, N, lane_slab ? slab : 0, true);
+      Pack<T>* dB_lanes = scratch.dB_lanes.data();
+      Pack<T>* dC_lanes = scratch.dC_lanes.data();
       for (int64_t unit = begin; unit < end; ++unit) {
         const int64_t b = unit / blocks, block = unit % blocks;
         T* dB = dB_base + (block * batch + b) * slab;
         T* dC = dC_base + (block * batch + b) * slab;
+        std::fill(dB_lanes, dB_lanes + scratch.dB_lanes.size(), Pack<T>{});
+        std::fill(dC_lanes, dC_lanes + scratch.dC_lanes.size(), Pack<T>{});
         for (int64_t i = block * per_block; i < std::min(count, (block + 1) * per_block); ++i) {
-          grid_backward_segment(in, g, b, segs[i], scratch, dB, dC);
+          segment(in, g, b, segs[i], scratch, dB, dC);
+        }
+        for (int64_t j = 0; j < static_cast<int64_t>(scratch.dB_lanes.size()); ++j) {
+          dB[j] = horizontal_sum(dB_lanes[j]), dC[j] = horizontal_sum(dC_lanes[j]);
         }
       }
     });
@@ -975,58 +1024,71 @@ std::vector<at::Tensor> directional_scan_backward(const at::Tensor& u, const at:
 // Roofline probe (benchmarks/scan_roofline.py): the directional kernel's float32 arithmetic for `units` channel
 // blocks of `length` steps, N states and K directions, with every load and store of tensor data removed (the
 // inputs are made up in registers, B_t and C_t are constants), on the same threads and with the same exp, softplus
-// and step code. With `backward`, one step is what the backward must do at least: recompute the state and its
-// decay, then the reverse step with the two lane sums for dB and dC. With
-// `scalar_decay`, one exp per step shared by the N states (A of shape (K, E, 1)). Returns seconds.
+// and step code, in the same order: each chunk's softplus (and, with `scalar_decay`, its one exp per step, A of shape
+// (K, E, 1)) in a pass of their own, then the recurrence. With `backward`, one step is what the backward must do at
+// least: recompute the state and its decay, then the reverse step, adding the dB and dC terms per lane.
+// arithmetic_probe returns seconds; probe_block, a value that depends on all of its work.
 template <bool kBackward>
 float probe_block(int64_t L, int64_t N, int64_t K, bool scalar_decay, float seed) {
   using P = f32_pack;
-  std::vector<P> A(N), h(N), dh(N), dA(N);
+  const int64_t chunk = std::min(L, kMaxChunk);
+  std::vector<P> A(N), h(N), dh(N), dA(N), dB(N), dC(N), dt(chunk), slope(chunk), decay(chunk);
   float sink = 0;
   P lanes;
   for (int64_t i = 0; i < kLanes; ++i) lanes[i] = seed + 0.01f * i;
   for (int64_t k = 0; k < K; ++k) {
-    for (int64_t n = 0; n < N; ++n) A[n] = lanes * -(1.0f + n), h[n] = P{}, dh[n] = P{}, dA[n] = P{};
-    P raw = lanes - 2.0f, dD = {}, ddelta_bias = {}, out = {};
-    for (int64_t t = 0; t < L; ++t) {
-      raw = raw * 0.9999f + 1e-4f;
-      P slope;
-      const P dt = delta_to_dt<float>(raw, true, kBackward ? &slope : nullptr);
-      const P x = raw * 0.5f, dt_x = dt * x;
-      if constexpr (!kBackward) {
-        P y = x * 0.5f;
-        const P shared = scalar_decay ? exp_pack(dt * A[0]) : P{};
-        for (int64_t n = 0; n < N; ++n) {
-          h[n] = (scalar_decay ? shared : exp_pack(dt * A[n])) * h[n] + dt_x * 0.25f;
-          y += 0.5f * h[n];
+    for (int64_t n = 0; n < N; ++n) A[n] = lanes * -(1.0f + n), h[n] = dh[n] = dA[n] = dB[n] = dC[n] = P{};
+    P dD = {}, ddelta_bias = {}, out = {};
+    for (int64_t t0 = 0; t0 < L; t0 += chunk) {
+      const int64_t steps = std::min(chunk, L - t0);
+      for (int64_t i = 0; i < steps; ++i) {
+        const P raw = lanes + (-2.0f + 1e-4f * static_cast<float>(t0 + i));
+        dt[i] = delta_to_dt<float>(raw, true, kBackward ? &slope[i] : nullptr);
+        if (scalar_decay) decay[i] = exp_pack(dt[i] * A[0]);
+      }
+      for (int64_t i = 0; i < steps; ++i) {
+        const P x = dt[i] * 0.5f, dt_x = dt[i] * x;
+        if constexpr (!kBackward) {
+          P y = x * 0.5f;
+          for (int64_t n = 0; n < N; ++n) {
+            h[n] = (scalar_decay ? decay[i] : exp_pack(dt[i] * A[n])) * h[n] + dt_x * 0.25f;
+            y += 0.5f * h[n];
+          }
+          out += y;
+        } else {
+          const P dy = x * 0.125f;
+          P through = {}, dx = {};
+          for (int64_t n = 0; n < N; ++n) {
+            const P decay_n = scalar_decay ? decay[i] : exp_pack(dt[i] * A[n]);
+            const P h_now = decay_n * h[n] + dt_x * 0.25f;
+            const P dh_now = dh[n] + dy * 0.5f;
+            if (scalar_decay) {
+              through += dh_now * h[n];
+            } else {
+              const P through_n = dh_now * decay_n * h[n];
+              dA[n] += through_n * dt[i];
+              through += through_n * A[n];
+            }
+            dC[n] += dy * h_now;
+            dB[n] += dh_now * dt_x;
+            dx += dh_now * 0.25f;
+            dh[n] = dh_now * decay_n;
+            h[n] = h_now;
+          }
+          if (scalar_decay) {
+            through *= decay[i];
+            dA[0] += through * dt[i];
+            through *= A[0];
+          }
+          const P ddelta = (through + x * dx) * slope[i];
+          out += dy * 0.5f + dt[i] * dx;
+          dD += dy * x;
+          ddelta_bias += ddelta;
         }
-        out += y;
-      } else {
-        const P dy = x * 0.125f;
-        P ddt = {}, dx = {};
-        float lane_sums = 0;
-        const P shared = scalar_decay ? exp_pack(dt * A[0]) : P{};
-        for (int64_t n = 0; n < N; ++n) {
-          const P decay = scalar_decay ? shared : exp_pack(dt * A[n]);
-          const P h_now = decay * h[n] + dt_x * 0.25f;
-          const P dh_now = dh[n] + dy * 0.5f;
-          const P through_decay = dh_now * decay * h[n];
-          lane_sums += horizontal_sum(dy * h_now) + horizontal_sum(dh_now * dt_x);
-          dA[n] += through_decay * dt;
-          ddt += through_decay * A[n] + dh_now * (x * 0.25f);
-          dx += dh_now * 0.25f;
-          dh[n] = dh_now * decay;
-          h[n] = h_now;
-        }
-        const P ddelta = ddt * slope;
-        out += dy * 0.5f + dt * dx;
-        dD += dy * x;
-        ddelta_bias += ddelta;
-        sink += lane_sums;
       }
     }
     sink += horizontal_sum(out + dD + ddelta_bias);
-    for (int64_t n = 0; n < N; ++n) sink += horizontal_sum(h[n] + dA[n]);
+    for (int64_t n = 0; n < N; ++n) sink += horizontal_sum(h[n] + dA[n] + dB[n] + dC[n]);
   }
   return sink;
 }
