@@ -26,6 +26,7 @@ import math
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -112,6 +113,12 @@ def measure(shape: dict, repeats: int, scalar_decay: bool, probes: bool = True) 
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def _commit(src: Path) -> str:
+    """' (commit abc1234)' when ``src`` is in a git checkout, else ''."""
+    done = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return f" (commit {done.stdout.strip()})" if done.returncode == 0 else ""
+
+
 def kernel_seconds(shape_label: str, repeats: int, scalar_decay: bool) -> dict:
     """Forward and backward seconds of the kernel of the ssmamba this process imports (a child's, for
     --baseline-src)."""
@@ -180,7 +187,8 @@ def main() -> None:
     ])  # fmt: skip
     if args.baseline_src:
         body += "\n".join([
-            "", "", f"Against the kernel of `{args.baseline_src}` (`--baseline-src`), each timed in fresh processes "
+            "", "", f"Against the kernel of `{args.baseline_src}`{_commit(args.baseline_src)} (`--baseline-src`), "
+            "each timed in fresh processes "
             f"alternating with this checkout's (3 rounds each, median of {args.repeats} inside a round):", "",
             against_baseline(args.baseline_src, args.repeats, args.threads),
         ])  # fmt: skip
