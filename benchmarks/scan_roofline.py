@@ -170,8 +170,9 @@ def main() -> None:
             print(rows[-1], flush=True)
     table = markdown_table(["shape", "A", "pass", "kernel ms", "arithmetic bound ms", "memory bound ms",
                             "kernel at % of bound"], rows)  # fmt: skip
+    command = shlex.join(["python", "benchmarks/scan_roofline.py", *sys.argv[1:]])
     body = "\n".join([
-        f"Command: `{shlex.join(['python', 'benchmarks/scan_roofline.py', *sys.argv[1:]])}`; the method is in that script's docstring: bound = max(the "
+        f"Command: `{command}`; the method is in that script's docstring: bound = max(the "
         "kernel's arithmetic with its loads removed, the least bytes it must move / measured copy bandwidth "
         f"{bandwidth / 1e9:.1f} GB/s). DMS layout (channels-last u, Δ and B, C as views), 4 directions, N = {STATE}, "
         f"float32, {args.threads} threads, kernel and probes interleaved, median of {args.repeats}.",
