@@ -43,7 +43,7 @@ from ssmamba.ops.scan_cpu import load_extension  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIRECTIONS = ("row", "row_reverse", "column", "column_reverse")
-STATE, LANES = 16, 8
+STATE = 16
 SHAPES = {  # DMS's stage-3 grid of ssmamba_tiny (E = 192)
     "training, 224 px (14 x 14 grid, batch 16)": dict(batch=16, channels=192, height=14, width=14),
     "inference, 896 px (56 x 56 grid, batch 1)": dict(batch=1, channels=192, height=56, width=56),
@@ -92,7 +92,8 @@ def measure(shape: dict, repeats: int, scalar_decay: bool, probes: bool = True) 
     x = dms_inputs(**shape, scalar_decay=scalar_decay)
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"], x["orders"], True)
     dout = torch.randn(shape["batch"], shape["height"] * shape["width"], shape["channels"]).transpose(1, 2)
-    work = (shape["batch"] * math.ceil(shape["channels"] / LANES), shape["height"] * shape["width"], STATE,
+    lanes = getattr(kernel, "lanes", 8)  # channels per SIMD pack (16 with AVX-512); kernels before it had 8
+    work = (shape["batch"] * math.ceil(shape["channels"] / lanes), shape["height"] * shape["width"], STATE,
             len(DIRECTIONS))  # fmt: skip
     steps = {
         "forward": lambda: kernel.directional_forward(*args),
