@@ -12,7 +12,6 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +87,8 @@ def _group_split(indices: np.ndarray, groups: np.ndarray, held_out_fraction: flo
     if n_groups < 2:
         raise ValueError(f"{source}: cannot split {n_groups} group(s) into train/val/test by group; "
                          "give a split column or more groups")
+    from sklearn.model_selection import GroupShuffleSplit  # here: importing ssmamba.data should not load sklearn
+
     splitter = GroupShuffleSplit(n_splits=1, test_size=held_out_fraction, random_state=seed)
     kept, held_out = next(splitter.split(indices, groups=groups))
     return indices[kept], indices[held_out]
@@ -98,6 +99,8 @@ def _row_split(indices: np.ndarray, labels: np.ndarray, held_out_fraction: float
     """(kept, held-out) sample indices, stratified by label when every class has at least two samples."""
     if held_out_fraction == 0:
         return indices, indices[:0]
+    from sklearn.model_selection import train_test_split  # here: importing ssmamba.data should not load sklearn
+
     _, counts = np.unique(labels, return_counts=True)
     stratify = labels if counts.min() >= 2 and len(counts) > 1 else None
     try:
