@@ -56,7 +56,7 @@ def predict(cfg: PredictConfig, progress: bool, overwrite: bool):
     from ssmamba.eval.inference import class_probabilities, predict_proba
     from ssmamba.io.atomic import atomic_write_text
     from ssmamba.io.runs import check_writable, write_skipped
-    from ssmamba.workflows.evaluate import load_classifier
+    from ssmamba.workflows.classifier import load_classifier
 
     out, inputs, batch_size, num_workers, tta = Path(cfg.out), Path(cfg.inputs), cfg.batch_size, cfg.num_workers, cfg.tta
     if out.exists() and not overwrite:

@@ -1,7 +1,9 @@
 """Evaluating a fine-tuned checkpoint on one split of a data set: predictions, metrics with bootstrap CIs, and the
 written report (``metrics.json``, ``report.md``, ``report.html``, confusion matrix, ROC).
 
-Used by ``ssmamba evaluate`` and by the demo pipeline; ``ssmamba predict`` shares :func:`load_classifier`.
+Used by ``ssmamba evaluate`` and by the demo pipeline. :func:`load_classifier` lives in
+:mod:`ssmamba.workflows.classifier` (re-exported here), which ``ssmamba predict`` imports without this module's
+metrics and report code.
 """
 
 from __future__ import annotations
@@ -11,50 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ssmamba.data import ImageDataset, load_dataset
-from ssmamba.data.transforms import eval_transform
 from ssmamba.errors import CheckpointError
 from ssmamba.eval.inference import predict_proba
 from ssmamba.eval.metrics import compute_metrics
 from ssmamba.eval.report import write_report
 from ssmamba.io.runs import write_skipped
-from ssmamba.models import create_model
+from ssmamba.workflows.classifier import Classifier, load_classifier
 from ssmamba.workflows.config import EvaluateConfig, PredictConfig
 
 __all__ = ["EvaluateConfig", "PredictConfig", "Classifier", "Evaluation", "load_classifier", "evaluate_checkpoint"]
-
-@dataclass
-class Classifier:
-    """A fine-tuned model in eval mode, the transform it was trained with, and its ``pretrained_cfg``."""
-
-    model: nn.Module
-    transform: object
-    cfg: dict
-
-    @property
-    def class_names(self) -> list[str] | None:
-        return self.cfg.get("class_names")
-
-    @property
-    def crop_size(self) -> int:
-        """Side of nucleus crops (points CSVs) the model was trained on (32 when its config does not say)."""
-        return self.cfg.get("crop_size") or 32
-
-
-def load_classifier(checkpoint: str | Path, device: str | torch.device = "cpu") -> Classifier:
-    """The model of ``checkpoint`` (on ``device``) with the eval transform (size, mean, std) of its config.json.
-
-    Raises:
-        CheckpointError: the checkpoint has no classification head (an encoder, e.g. from pretraining).
-    """
-    model = create_model(checkpoint=checkpoint).eval().to(device)
-    cfg = model.pretrained_cfg
-    if not model.num_classes:
-        raise CheckpointError(f"{checkpoint} has no classification head (an encoder, e.g. from pretrain): fine-tune "
-                              "it first and pass the fine-tuned checkpoint (e.g. runs/finetune/best)")
-    return Classifier(model, eval_transform(cfg["input_size"][-1], cfg["mean"], cfg["std"]), cfg)
 
 
 @dataclass
