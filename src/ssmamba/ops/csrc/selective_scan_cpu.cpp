@@ -13,7 +13,7 @@
 // of 2 (L + 1) N values (in L2 for the usual L) and runs the reverse recurrence over it, so the forward saves
 // nothing but its inputs.
 //
-// Layout: B and C are copied once to (batch, G, L, Np), Np = N rounded up to kLanes, so that one time step's states
+// Layout: B and C are copied once to (batch, G, L, Np), Np = N rounded up to kRowLanes, so that one step's states
 // are adjacent and split into whole packs. Padded lanes have A = B = C = 0: their decay is 1, their state stays 0,
 // and they add nothing anywhere.
 #include <torch/extension.h>
