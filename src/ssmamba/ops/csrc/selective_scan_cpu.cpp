@@ -43,7 +43,7 @@ namespace {
 // auto-vectoriser accepts a loop. Two widths:
 // - kLanes, the directional kernel's (channels per pack): 16 floats = one AVX-512 register, else 8 = one AVX2
 //   register. AVX-512 packs pay even where they execute as two 256-bit halves (AMD Zen 4): the directional forward
-//   runs 1.5-1.7x as fast as with 8 lanes there, with half the instructions per step.
+//   runs 1.4-1.8x as fast as with 8 lanes there, with half the instructions per step.
 // - kRowLanes = 8, the row kernel's (states per pack, N padded to it): wider packs would pad small N further and
 //   leave one dependency chain per row at N = 16 (0.66x at N = 4, 0.9x at N = 16 with 16 lanes).
 // The compiler splits packs wider than the target's registers.
