@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, as one prepared run from the repository root (under 6 minutes on one H200):
 # environment, the gpu-marked tests, benchmarks/gpu_train.py, `wsi extract` tiles/s (benchmarks/wsi_extract.py:
-# 128 tiles, one round, so ssmamba_tiny's time includes Triton's first compile), then as much of the whole suite as
-# fits with a GPU visible (device "auto" then means CUDA; -v names each result as it comes, so a cut-off run still
-# says which tests failed). Logs and results go to $OUT (default runs/gpu_check).
+# 128 tiles, one round, the default model beside ResNet-50 and ViT-S/16, so its time includes Triton's first
+# compile), then as much of the whole suite as fits with a GPU visible (device "auto" then means CUDA; -v names each
+# result as it comes, so a cut-off run still says which tests failed). Logs and results go to $OUT (default
+# runs/gpu_check).
 #     bash benchmarks/gpu_check.sh
 # The same-budget leaderboards at full scale have their own prepared run: bash benchmarks/gpu_benchmark.sh (~10 min).
 # On the device tool's H200 image (torch, Triton, timm present; no openslide/tiffslide, no internet), first fetch the
@@ -27,6 +28,7 @@ timeout 120 python3 benchmarks/gpu_train.py --repeats 5 --models resnet50 ssmamb
   --out "$OUT" \
   2>&1 | tee "$OUT/gpu_train.log"
 timeout 60 python3 benchmarks/wsi_extract.py --device cuda --tiles 128 --repeats 1 --out "$OUT" \
+  --encoders ssmamba_tiny_fast resnet50 vit_small_patch16_224 \
   2>&1 | tee "$OUT/wsi_extract.log"
 timeout 40 python3 -m pytest -v -n 8 -m "not gpu" -p no:cacheprovider tests 2>&1 | grep -E "FAILED|ERROR|passed|failed" \
   | tee "$OUT/suite.log"
