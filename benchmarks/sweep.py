@@ -146,6 +146,9 @@ TRIALS: dict[str, tuple[list[str] | None, list[str]]] = {
                                              "directions=[row,row_reverse]", "--model-args", "scales=[1]",
                                              "--model-args", "scalar_decay=true", "--model-args", "d_state=8",
                                              "--model-args", "mlp_ratio=3.0"]),
+    # the default model trained under bf16 autocast (the rest of the sweep is fp32): how much bf16 training loses, and
+    # (run once on the code before and once after) whether the mixer's bf16 activations under autocast cost accuracy
+    "lr-3e-3+bf16": (None, ["--lr", "0.003", "--precision", "bf16"]),
 }
 # Every trial above ran ssmamba_tiny (the full DMS), the default model until 2026-12-07: a trial run since then
 # without --model runs the new default, ssmamba_tiny_fast.

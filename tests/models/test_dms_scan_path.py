@@ -93,6 +93,33 @@ def test_mixer_under_bfloat16_autocast_stays_close_to_float32():
     assert all(torch.isfinite(p.grad).all() for p in mixer.parameters() if p.grad is not None)
 
 
+def test_mixer_under_bfloat16_autocast_scans_in_bfloat16(monkeypatch):
+    """Under autocast the scan reads and writes bfloat16 (it computes in float32): no float32 copies of delta, B
+    and C in the forward, nor casts of their gradients back in the backward."""
+    import ssmamba.models.dms as dms
+
+    seen = []
+
+    def spy(u, delta, A, B, C, *args, **kwargs):
+        seen.append((u.dtype, delta.dtype, B.dtype, C.dtype))
+        out = directional_scan(u, delta, A, B, C, *args, **kwargs)
+        seen.append(out.dtype)
+        return out
+
+    directional_scan = dms.directional_scan
+    monkeypatch.setattr(dms, "directional_scan", spy)
+    mixer = DirectionalMultiScaleMixer(16, scales=(1, 2), d_state=8)
+    x = torch.randn(2, 6, 6, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mixer(x)
+    out.float().sum().backward()
+    bf16 = torch.bfloat16
+    assert seen == [(bf16,) * 4, bf16] * 2  # both scales
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    mixer(x)  # without autocast the mixer stays float32
+    assert seen[-2:] == [(torch.float32,) * 4, torch.float32]
+
+
 @pytest.mark.parametrize("size, out_size", [((4, 5), (7, 9)), ((28, 28), (56, 56)), ((3, 3), (5, 6)), ((1, 1), (3, 2))])
 def test_upsample_nearest_is_interpolate_nearest(size, out_size):
     x = torch.randn(2, 6, *size).contiguous(memory_format=torch.channels_last)

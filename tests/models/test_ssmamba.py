@@ -8,7 +8,14 @@ from timm.layers import Attention, DropPath
 
 from ssmamba import create_model
 from ssmamba.models.dms import DirectionalMultiScaleMixer, ScanDirection, scan_order
-from ssmamba.models.ssmamba import ConvBlock, DenseConvBlock, HybridBlock, LocalPerceptionResidual, SSMambaConfig
+from ssmamba.models.ssmamba import (
+    GELU,
+    ConvBlock,
+    DenseConvBlock,
+    HybridBlock,
+    LocalPerceptionResidual,
+    SSMambaConfig,
+)
 
 SIZES = [(32, 32), (50, 50), (64, 64), (96, 96), (224, 224), (333, 517)]
 
@@ -329,3 +336,32 @@ def test_conv_block_is_a_config_value_saved_with_the_checkpoint(tmp_path):
     assert loaded.cfg.conv_block == "dense" and torch.equal(loaded(x), model(x))
     with pytest.raises(ValueError, match="conv_block must be one of"):
         SSMambaConfig(conv_block="depthwise")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous", "tokens", "strided"])
+def test_gelu_is_torch_gelu_in_every_layout(layout, dtype):
+    """Our GELU runs a channels-last map as its (B, H, W, C) view: bit for bit what nn.GELU gives the same values
+    laid out contiguously (PyTorch's own channels-last kernel rounds differently, within 1e-6 in float32), with
+    the input's layout kept, and the same gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 5, 7, dtype=dtype) * 3
+    x = {"channels_last": x.contiguous(memory_format=torch.channels_last), "contiguous": x,
+         "tokens": x.flatten(2), "strided": x[:, :, ::2]}[layout].requires_grad_()
+    # other layouts pass through to nn.GELU as they are
+    dense = x.detach().contiguous().requires_grad_() if layout == "channels_last" else x
+    grad = torch.randn_like(x)
+    out, expected = GELU()(x), torch.nn.GELU()(dense)
+    assert torch.equal(out, expected) and out.stride() == torch.nn.GELU()(x).stride()
+    (g,) = torch.autograd.grad(out, x, grad)
+    (expected_g,) = torch.autograd.grad(expected, dense, grad.contiguous() if layout == "channels_last" else grad)
+    assert torch.equal(g, expected_g)
+    exact = 0.5 * x.double() * (1 + torch.erf(x.double() / 2**0.5))
+    assert (out.double() - exact).abs().max() < (1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def test_stem_and_conv_blocks_use_the_layout_aware_gelu():
+    for conv_block in ("dense", "inverted"):
+        model = create_model("ssmamba_test", conv_block=conv_block)
+        assert type(model.stem[2]) is GELU
+        assert all(type(block.act) is GELU for block in model.stages[0].blocks)

@@ -130,6 +130,12 @@ def from_sequence(t: torch.Tensor, direction: ScanDirection, height: int, width:
     return t
 
 
+def _in_autocast_dtype(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in autocast's dtype when autocast is on for its device; ``t`` itself otherwise."""
+    device = t.device.type
+    return t.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else t
+
+
 @index_cache
 def _nearest_tokens(height: int, width: int, out_height: int, out_width: int) -> torch.Tensor:
     def source(size: int, out_size: int) -> torch.Tensor:  # F.interpolate's "nearest": floor(i * in / out) in fp32
@@ -183,9 +189,14 @@ class DirectionalMultiScaleMixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[1:3]
+        # Under autocast the mixer's activations stay in its dtype from here to out_proj: x is cast once rather than
+        # by each of in_proj's matmuls, and the scan reads and writes bfloat16 (computing in float32) instead of
+        # having delta, B and C cast to the float32 of the depthwise conv's output and their gradients cast back.
+        x = _in_autocast_dtype(x)
         # in_proj's two halves as two matmuls: each (B, H, W, E) is dense, so x stays channels-last all the way
         x, z = (F.linear(x, weight) for weight in self.in_proj.weight.chunk(2, dim=0))
-        x = F.silu(self.local_conv(x.permute(0, 3, 1, 2)))  # (B, E, H, W), channels-last strides
+        # (B, E, H, W), channels-last strides; the depthwise conv computes in float32 under CPU autocast
+        x = F.silu(_in_autocast_dtype(self.local_conv(x.permute(0, 3, 1, 2))))
         weights = torch.softmax(self.scale_logits, 0) * len(self.scales)
         y = 0
         for weight, stride, scan in zip(weights, self.scales, self.scans):

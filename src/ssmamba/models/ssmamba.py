@@ -36,8 +36,8 @@ from torch import nn
 from ssmamba.models.dms import DirectionalMultiScaleMixer
 from ssmamba.ops.depthwise import depthwise_conv2d
 
-__all__ = ["SSMamba", "SSMambaConfig", "LocalPerceptionResidual", "HybridBlock", "ConvBlock", "DenseConvBlock",
-           "CONV_BLOCKS", "FIELDS_ADDED_LATER", "architecture", "build_ssmamba", "feature_extractor",
+__all__ = ["SSMamba", "SSMambaConfig", "GELU", "LocalPerceptionResidual", "HybridBlock", "ConvBlock",
+           "DenseConvBlock", "CONV_BLOCKS", "FIELDS_ADDED_LATER", "architecture", "build_ssmamba", "feature_extractor",
            "variant_configs", "EVAL_PREPROCESSING"]
 
 @dataclass
@@ -79,6 +79,20 @@ class SSMambaConfig:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+class GELU(nn.GELU):
+    """``nn.GELU`` that takes a channels-last ``(B, C, H, W)`` tensor as the dense ``(B, H, W, C)`` tensor it is.
+
+    PyTorch's CPU GELU hands only contiguous tensors to oneDNN and runs channels-last ones through its own kernel,
+    which is slower, most of all in bfloat16 (``benchmarks/step_measures.py``). The result is what ``nn.GELU`` gives
+    the same values laid out contiguously, returned in the input's layout.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return super().forward(x)
 
 
 class LocalPerceptionResidual(nn.Module):
@@ -133,7 +147,7 @@ class ConvBlock(nn.Module):
         hidden = int(dim * cfg.mlp_ratio)
         self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm = nn.BatchNorm2d(dim)
-        self.pw1, self.act, self.pw2 = nn.Conv2d(dim, hidden, 1), nn.GELU(), nn.Conv2d(hidden, dim, 1)
+        self.pw1, self.act, self.pw2 = nn.Conv2d(dim, hidden, 1), GELU(), nn.Conv2d(hidden, dim, 1)
         self.gamma = nn.Parameter(torch.full((dim, 1, 1), cfg.layer_scale_init))
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
@@ -153,7 +167,7 @@ class DenseConvBlock(nn.Module):
     def __init__(self, dim: int, cfg: SSMambaConfig, drop_path: float = 0.0):
         super().__init__()
         self.conv1 = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
-        self.norm1, self.act = nn.BatchNorm2d(dim), nn.GELU()
+        self.norm1, self.act = nn.BatchNorm2d(dim), GELU()
         self.conv2 = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
         self.norm2 = nn.BatchNorm2d(dim)
         nn.init.zeros_(self.norm2.weight)
@@ -221,7 +235,7 @@ class SSMamba(nn.Module):
         dims = cfg.dims
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, dims[0] // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(dims[0] // 2),
-            nn.GELU(),
+            GELU(),
             nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(dims[0]),
         )
         rates = torch.linspace(0, drop_path_rate, sum(cfg.depths)).tolist()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmamba.models.ssmamba import SSMamba
+from ssmamba.models.ssmamba import GELU, SSMamba
 
 __all__ = ["MaskGenerator", "PixelDecoder", "PyramidDecoder", "MAMIM"]
 
@@ -85,7 +85,7 @@ class PyramidDecoder(nn.Module):
         self.inputs = nn.ModuleList([nn.Identity() if len(in_dims) == 1 else nn.Conv2d(dim, width, 1)
                                      for dim in in_dims])
         self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width),
-                                                   nn.GELU(), nn.Conv2d(width, width, 1))
+                                                   GELU(), nn.Conv2d(width, width, 1))
                                      for _ in in_dims[1:]])
         self.pixels = PixelDecoder(width, fine_stride, out_chans)
 

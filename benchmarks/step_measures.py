@@ -1,0 +1,178 @@
+"""What each CPU measure in the default model's training step buys: the step with one measure undone, in one process.
+
+    python benchmarks/step_measures.py                     # 64 and 224 px, fp32 and bf16; about 8 minutes
+    python benchmarks/step_measures.py --sizes 64 --repeats 5
+
+Part 1: GELU forward + backward on the convolutional stages' channels-last maps at 224 px (batch 16), ``nn.GELU``
+against ssmamba's layout-aware ``GELU`` (one thread, CPU time, median of 15). Part 2: the training step
+(``speed.py``'s: forward, loss, backward, AdamW; channels-last) of the default model as it is, with each measure
+undone, with all of them undone, and ResNet-18's, all in one process on one thread: every round runs each variant
+once in a shuffled order, and each variant's time is its median over the rounds, so machine drift and the position
+in a round hit all alike. A measure is undone by patching it out for the duration of that variant's steps only.
+Writes ``benchmarks/results/step_measures.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment_lines, markdown_table, median_seconds, write_markdown_and_json  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GELU_SHAPES = [("stem", 24, 112), ("stage 1", 48, 56), ("stage 2", 96, 28)]  # (label, channels, side) at 224 px
+
+
+@contextlib.contextmanager
+def plain_gelu() -> Iterator[None]:
+    """ssmamba's GELU as plain ``nn.GELU`` (PyTorch's own channels-last kernel)."""
+    from ssmamba.models.ssmamba import GELU
+
+    with _patched(GELU, "forward", torch.nn.GELU.forward):
+        yield
+
+
+@contextlib.contextmanager
+def float32_mixer_activations() -> Iterator[None]:
+    """The DMS mixer without its autocast casts: the depthwise conv's float32 output feeds the scan, so delta, B and
+    C are cast to float32 for it and their gradients back, and each of in_proj's matmuls casts its input."""
+    from ssmamba.models import dms
+
+    with _patched(dms, "_in_autocast_dtype", lambda t: t):
+        yield
+
+
+MEASURES: dict[str, tuple[Callable[[], contextlib.AbstractContextManager], bool]] = {
+    # name -> (what undoes it, whether it acts under bf16 autocast only)
+    "layout-aware GELU": (plain_gelu, False),
+    "bf16 DMS activations under autocast": (float32_mixer_activations, True),
+}
+
+
+@contextlib.contextmanager
+def _patched(owner, name: str, value) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def gelu_ms(channels: int, side: int, dtype: torch.dtype, module: torch.nn.Module, repeats: int = 15) -> float:
+    x = torch.randn(16, channels, side, side, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    grad = torch.randn_like(x)
+    return 1e3 * median_seconds(lambda: torch.autograd.grad(module(x), x, grad), repeats, warmup=2,
+                                clock=time.process_time)  # fmt: skip
+
+
+def step_case(size: int, bf16: bool, repeats: int, seed: int = 0) -> dict[str, float]:
+    """Median seconds per training step of each variant, in shuffled rounds."""
+    import timm
+
+    from speed import training_step
+
+    from ssmamba.models import create_model
+    from ssmamba.train.config import DEFAULT_MODEL
+
+    batch = 64 if size <= 96 else 16
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 4, (batch,))
+    measures = {name: undo for name, (undo, bf16_only) in MEASURES.items() if bf16 or not bf16_only}
+
+    def variant(undone: list[str]) -> Callable[[], None]:
+        torch.manual_seed(0)
+        step = training_step(create_model(DEFAULT_MODEL, num_classes=4), x, y, bf16)
+
+        def run() -> None:
+            with contextlib.ExitStack() as stack:
+                for name in undone:
+                    stack.enter_context(measures[name]())
+                step()
+
+        return run
+
+    steps = {"as is": variant([])} | {f"without {name}": variant([name]) for name in measures}
+    if len(measures) > 1:
+        steps["without all"] = variant(list(measures))
+    steps["resnet18"] = training_step(timm.create_model("resnet18", num_classes=4), x, y, bf16)
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    order, rng = list(steps), random.Random(seed)
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for name in order:
+            start = time.process_time()
+            steps[name]()
+            times[name].append(time.process_time() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
+    parser.add_argument("--repeats", type=int, default=15, help="rounds of the training-step comparison")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    import timm  # noqa: F401  (torch and timm before ssmamba, as a user script imports them)
+
+    from ssmamba.models.ssmamba import GELU
+
+    load_before = os.getloadavg()
+    gelus = []
+    for label, channels, side in GELU_SHAPES:
+        for dtype in (torch.float32, torch.bfloat16):
+            plain, ours = (gelu_ms(channels, side, dtype, m) for m in (torch.nn.GELU(), GELU()))
+            gelus.append({"map": label, "channels": channels, "side": side, "dtype": str(dtype)[6:],
+                          "plain_ms": plain, "ssmamba_ms": ours})  # fmt: skip
+            print(f"GELU {label:8s} {str(dtype)[6:]:9s} nn.GELU {plain:6.2f} ms, ssmamba {ours:6.2f} ms", flush=True)
+    cases = []
+    for size in args.sizes:
+        for bf16 in (False, True):
+            seconds = step_case(size, bf16, args.repeats)
+            cases.append({"size": size, "bf16": bf16, "seconds": seconds})
+            print(f"step {size} px {'bf16' if bf16 else 'fp32'}: " + ", ".join(
+                f"{name} {seconds['resnet18'] / s:.3f}x" for name, s in seconds.items()) + " ResNet-18", flush=True)
+    variants = [name for name in cases[-1]["seconds"] if name != "resnet18"]
+    command = "python benchmarks/step_measures.py" + (f" --sizes {' '.join(map(str, args.sizes))}"
+                                                       if args.sizes != [64, 224] else "") + (
+        f" --repeats {args.repeats}" if args.repeats != 15 else "")
+    lines = ["# The training step's CPU measures, one at a time", "",
+             f"Command: `{command}`; one thread, CPU time, OMP_WAIT_POLICY=PASSIVE; load average (1 min) "
+             f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after.", "",
+             *environment_lines(), "",
+             "## GELU on channels-last maps, forward + backward (ms, median of 15)", "",
+             "The convolutional stages' activations at 224 px, batch 16. PyTorch's CPU GELU gives only contiguous "
+             "tensors to oneDNN; ssmamba's `GELU` runs a channels-last map as its dense (B, H, W, C) view.", "",
+             markdown_table(["map", "channels", "grid", "dtype", "nn.GELU ms", "ssmamba GELU ms", "speed-up"],
+                            [(g["map"], g["channels"], f"{g['side']}x{g['side']}", g["dtype"], f"{g['plain_ms']:.2f}",
+                              f"{g['ssmamba_ms']:.2f}", f"{g['plain_ms'] / g['ssmamba_ms']:.2f}x") for g in gelus]), "",
+             "## The default model's training step with each measure undone", "",
+             f"One process per row, {args.repeats} rounds, each running every variant once in a shuffled order; "
+             "images per CPU-second as a multiple of ResNet-18's in the same rounds (>= 1.0x is issue 16's goal). "
+             "A measure that acts under bf16 autocast only is not undone in float32 rows (-).", "",
+             markdown_table(["px", "precision", "ResNet-18 s/step", *variants],
+                            [(c["size"], "bf16 autocast" if c["bf16"] else "fp32", f"{c['seconds']['resnet18']:.3f}",
+                              *(f"{c['seconds']['resnet18'] / c['seconds'][v]:.3f}x" if v in c["seconds"] else "-"
+                                for v in variants)) for c in cases]), ""]  # fmt: skip
+    write_markdown_and_json(RESULTS, "step_measures", lines, {"gelu": gelus, "steps": cases})
+
+
+if __name__ == "__main__":
+    main()
