@@ -198,12 +198,12 @@ class DirectionalMultiScaleMixer(nn.Module):
         # (B, E, H, W), channels-last strides; the depthwise conv computes in float32 under CPU autocast
         x = F.silu(_in_autocast_dtype(self.local_conv(x.permute(0, 3, 1, 2))))
         weights = torch.softmax(self.scale_logits, 0) * len(self.scales)
-        y = 0
+        y = None
         for weight, stride, scan in zip(weights, self.scales, self.scans):
             if stride == 1:
                 out = scan(x).permute(0, 2, 3, 1)  # (B, H, W, E), dense: the scan keeps x's channels-last layout
             else:
                 out = upsample_nearest(scan(F.avg_pool2d(x, stride, ceil_mode=True)), h, w)
-            y = y + weight * out
+            y = weight * out if y is None else y + weight * out  # no 0 + ... pass over the first scale's output
         y = self.out_norm(y) * F.silu(z)
         return self.out_proj(y)
