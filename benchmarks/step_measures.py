@@ -2,14 +2,16 @@
 
     python benchmarks/step_measures.py                     # 64 and 224 px, fp32 and bf16; about 8 minutes
     python benchmarks/step_measures.py --sizes 64 --repeats 5
+    python benchmarks/step_measures.py --threads 2 --busy-core --results-name step_measures_2t   # speed.py's setting
 
 Part 1: GELU forward + backward on the convolutional stages' channels-last maps at 224 px (batch 16), ``nn.GELU``
-against ssmamba's layout-aware ``GELU`` (one thread, CPU time, median of 15). Part 2: the training step
+against ssmamba's layout-aware ``GELU`` (CPU time, median of 15). Part 2: the training step
 (``speed.py``'s: forward, loss, backward, AdamW; channels-last) of the default model as it is, with each measure
-undone, with all of them undone, and ResNet-18's, all in one process on one thread: every round runs each variant
+undone, with all of them undone, and ResNet-18's, all in one process (one thread unless ``--threads``; with
+``--busy-core`` a busy-loop process holds a core meanwhile, as in ``speed.py``): every round runs each variant
 once in a shuffled order, and each variant's time is its median over the rounds, so machine drift and the position
 in a round hit all alike. A measure is undone by patching it out for the duration of that variant's steps only.
-Writes ``benchmarks/results/step_measures.{md,json}``.
+Writes ``benchmarks/results/step_measures.{md,json}`` (or ``--results-name``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -128,33 +131,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
     parser.add_argument("--repeats", type=int, default=15, help="rounds of the training-step comparison")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--busy-core", action="store_true", help="a busy-loop process holds one core meanwhile")
+    parser.add_argument("--results-name", default="step_measures", help="stem of the results files")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     import timm  # noqa: F401  (torch and timm before ssmamba, as a user script imports them)
 
     from ssmamba.models.ssmamba import GELU
 
     load_before = os.getloadavg()
-    gelus = []
-    for label, channels, side in GELU_SHAPES:
-        for dtype in (torch.float32, torch.bfloat16):
-            plain, ours = (gelu_ms(channels, side, dtype, m) for m in (torch.nn.GELU(), GELU()))
-            gelus.append({"map": label, "channels": channels, "side": side, "dtype": str(dtype)[6:],
-                          "plain_ms": plain, "ssmamba_ms": ours})  # fmt: skip
-            print(f"GELU {label:8s} {str(dtype)[6:]:9s} nn.GELU {plain:6.2f} ms, ssmamba {ours:6.2f} ms", flush=True)
-    cases = []
-    for size in args.sizes:
-        for bf16 in (False, True):
-            seconds = step_case(size, bf16, args.repeats)
-            cases.append({"size": size, "bf16": bf16, "seconds": seconds})
-            print(f"step {size} px {'bf16' if bf16 else 'fp32'}: " + ", ".join(
-                f"{name} {seconds['resnet18'] / s:.3f}x" for name, s in seconds.items()) + " ResNet-18", flush=True)
+    gelus, cases = [], []
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy_core else None
+    try:
+        for label, channels, side in GELU_SHAPES:
+            for dtype in (torch.float32, torch.bfloat16):
+                plain, ours = (gelu_ms(channels, side, dtype, m) for m in (torch.nn.GELU(), GELU()))
+                gelus.append({"map": label, "channels": channels, "side": side, "dtype": str(dtype)[6:],
+                              "plain_ms": plain, "ssmamba_ms": ours})  # fmt: skip
+                print(f"GELU {label:8s} {str(dtype)[6:]:9s} nn.GELU {plain:6.2f} ms, ssmamba {ours:6.2f} ms",
+                      flush=True)
+        for size in args.sizes:
+            for bf16 in (False, True):
+                seconds = step_case(size, bf16, args.repeats)
+                cases.append({"size": size, "bf16": bf16, "seconds": seconds})
+                print(f"step {size} px {'bf16' if bf16 else 'fp32'}: " + ", ".join(
+                    f"{name} {seconds['resnet18'] / s:.3f}x" for name, s in seconds.items()) + " ResNet-18",
+                      flush=True)  # fmt: skip
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
     variants = [name for name in cases[-1]["seconds"] if name != "resnet18"]
-    command = "python benchmarks/step_measures.py" + (f" --sizes {' '.join(map(str, args.sizes))}"
-                                                       if args.sizes != [64, 224] else "") + (
-        f" --repeats {args.repeats}" if args.repeats != 15 else "")
+    defaults = {"sizes": [64, 224], "repeats": 15, "threads": 1, "busy_core": False, "results_name": "step_measures"}
+    command = "python benchmarks/step_measures.py" + "".join(
+        f" --{name.replace('_', '-')}" + ("" if value is True else f" {' '.join(map(str, value))}"
+                                          if isinstance(value, list) else f" {value}")
+        for name, value in vars(args).items() if value != defaults[name])
     lines = ["# The training step's CPU measures, one at a time", "",
-             f"Command: `{command}`; one thread, CPU time, OMP_WAIT_POLICY=PASSIVE; load average (1 min) "
+             f"Command: `{command}`; {args.threads} thread(s)"
+             f"{', a busy-loop process holding one core' if args.busy_core else ''}, CPU time, "
+             "OMP_WAIT_POLICY=PASSIVE; load average (1 min) "
              f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after.", "",
              *environment_lines(), "",
              "## GELU on channels-last maps, forward + backward (ms, median of 15)", "",
@@ -171,7 +188,8 @@ def main() -> None:
                             [(c["size"], "bf16 autocast" if c["bf16"] else "fp32", f"{c['seconds']['resnet18']:.3f}",
                               *(f"{c['seconds']['resnet18'] / c['seconds'][v]:.3f}x" if v in c["seconds"] else "-"
                                 for v in variants)) for c in cases]), ""]  # fmt: skip
-    write_markdown_and_json(RESULTS, "step_measures", lines, {"gelu": gelus, "steps": cases})
+    write_markdown_and_json(RESULTS, args.results_name, lines, {"gelu": gelus, "steps": cases,
+                                                                "threads": args.threads, "busy_core": args.busy_core})
 
 
 if __name__ == "__main__":
