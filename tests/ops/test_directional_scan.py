@@ -217,3 +217,26 @@ def test_scalar_decay_per_channel_matches_ref(cpu_kernel, dtype, height, width, 
         with torch.no_grad():
             p["delta"].abs_().mul_(0.1)
     assert_matches_ref(p, delta_softplus=delta_softplus)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("directions, groups, state, scalar", [
+    (FOUR, 1, 16, False), (("row", "row_reverse"), 1, 16, True), (("diagonal", "column"), 2, 5, False)])
+def test_cuda_in_place_triton_kernel_matches_ref(monkeypatch, dtype, directions, groups, state, scalar):
+    """The compiled Triton directional kernel (the cuda path without mamba_ssm) on a DMS-sized grid (14 x 14,
+    192 channels: several channel blocks, two checkpoint chunks), against the reference on CPU."""
+    pytest.importorskip("triton")
+    from ssmamba.ops import scan_cuda
+
+    monkeypatch.setattr(scan_cuda, "mamba_ssm_scan", lambda: (None, "disabled by the test"))
+    problem = make_grid_problem(batch=2, channels=192, directions=directions, groups=groups, state=state, height=14,
+                                width=14, dtype=dtype)  # fmt: skip
+    if scalar:
+        problem["A"] = problem["A"][..., :1].detach().requires_grad_()
+    on_gpu = {name: value.detach().cuda().requires_grad_() if isinstance(value, torch.Tensor) else value
+              for name, value in problem.items()}  # fmt: skip
+    expected = run_with_grads(problem, "ref")
+    actual = run_with_grads(on_gpu, "cuda")
+    errors = {name: relative_error(actual[name].cpu(), expected[name]) for name in expected}
+    assert max(errors.values()) <= TOLERANCE[dtype], errors

@@ -14,10 +14,10 @@ import torch
 
 from ssmamba.ops import scan_cpu, scan_cuda
 from ssmamba.ops.contract import check_scan_inputs
-from ssmamba.ops.directional import check_directional_inputs, directional_scan_ref, directional_scan_reordered
+from ssmamba.ops.directional import check_directional_inputs, directional_scan_ref
 from ssmamba.ops.fallback import warn_once
 from ssmamba.ops.scan_cpu import ExtensionBuildError, directional_scan_cpu, selective_scan_cpu
-from ssmamba.ops.scan_cuda import selective_scan_cuda
+from ssmamba.ops.scan_cuda import directional_scan_cuda, selective_scan_cuda
 from ssmamba.ops.scan_ref import selective_scan_ref
 
 BACKEND_ENV = "SSMAMBA_SCAN_BACKEND"
@@ -40,13 +40,9 @@ class Backend(enum.Enum):
             raise ValueError(f"selective_scan: unknown {source} {value!r}; choose one of {names}") from None
 
 
-def _directional_scan_cuda(*args, **kwargs) -> torch.Tensor:
-    return directional_scan_reordered(selective_scan_cuda, *args, **kwargs)
-
-
 _IMPLEMENTATIONS = {Backend.REF: selective_scan_ref, Backend.CPU: selective_scan_cpu, Backend.CUDA: selective_scan_cuda}
 _DIRECTIONAL = {
-    Backend.REF: directional_scan_ref, Backend.CPU: directional_scan_cpu, Backend.CUDA: _directional_scan_cuda
+    Backend.REF: directional_scan_ref, Backend.CPU: directional_scan_cpu, Backend.CUDA: directional_scan_cuda
 }
 
 

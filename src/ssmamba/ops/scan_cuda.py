@@ -3,8 +3,9 @@
 The Triton path (``scan_triton``) keeps the state in registers and needs no build step, so a user without mamba_ssm
 (which compiles against one exact torch and CUDA) still trains at full sequence length. Without Triton (and for
 float64, which the kernels do not compute in) the reference recurrence runs as is: slow, but a sequential form, so
-no log-space cumulative sums that overflow for large Δ. Importing this module touches neither CUDA, Triton nor
-mamba_ssm.
+no log-space cumulative sums that overflow for large Δ. The directional scan (DMS) without mamba_ssm runs our
+in-place Triton kernels (``directional_triton``), which read the token grid in each direction's order with no
+reordered copies. Importing this module touches neither CUDA, Triton nor mamba_ssm.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Callable
 import torch
 
 from ssmamba.ops.contract import check_scan_inputs
+from ssmamba.ops.directional import check_directional_inputs, directional_scan_reordered
 from ssmamba.ops.scan_ref import StepsFn, run_scan, scan_steps
 
 
@@ -47,6 +49,18 @@ def fallback_recurrence() -> tuple[StepsFn, str]:
     return scan_steps, f"PyTorch reference loop ({why}; slow)"
 
 
+@functools.lru_cache(maxsize=1)
+def directional_kernel() -> tuple[Callable | None, str]:
+    """(our in-place Triton directional scan or None, why): the directional path without mamba_ssm."""
+    if importlib.util.find_spec("triton") is None:
+        return None, "Triton not installed"
+    try:
+        from ssmamba.ops.directional_triton import directional_scan_triton
+    except (ImportError, RuntimeError) as error:  # a Triton too old for the kernels' language features
+        return None, f"Triton directional kernels unavailable ({type(error).__name__}: {error})"
+    return directional_scan_triton, "Triton directional-scan kernels (in place)"
+
+
 def status() -> tuple[bool, str]:
     """(available, why) of the cuda backend; imports mamba_ssm and Triton but launches nothing."""
     if not torch.cuda.is_available():
@@ -54,7 +68,7 @@ def status() -> tuple[bool, str]:
     fused, why = mamba_ssm_scan()
     if fused is not None:
         return True, why
-    return True, f"{fallback_recurrence()[1]}; {why}"
+    return True, f"{fallback_recurrence()[1]}, {directional_kernel()[1]}; {why}"
 
 
 def _call_mamba_ssm(fused: Callable, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
@@ -87,3 +101,21 @@ def selective_scan_cuda(
         return _call_mamba_ssm(fused, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     steps = fallback_recurrence()[0] if u.dtype != torch.float64 else scan_steps  # the kernels compute in float32
     return run_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, steps=steps)
+
+
+def directional_scan_cuda(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus: bool = False, *,
+                          directions, height: int, width: int) -> torch.Tensor:  # fmt: skip
+    """Directional scan on CUDA tensors; same contract as `directional_scan_ref`.
+
+    With mamba_ssm, its fused kernel runs over reordered copies of the sequences; without it, our Triton kernels
+    read the grid in place (``directional_triton``); float64, or no Triton, takes the reordered reference loop.
+    """
+    check_directional_inputs(u, delta, A, B, C, D, delta_bias, directions, height, width)
+    if u.device.type != "cuda":
+        raise ValueError(f"directional_scan: the 'cuda' backend needs CUDA tensors, but `u` is on {u.device}")
+    in_place = directional_kernel()[0]
+    if mamba_ssm_scan()[0] is None and in_place is not None and u.dtype != torch.float64:
+        return in_place(u, delta, A, B, C, D, delta_bias, delta_softplus, directions=directions, height=height,
+                        width=width)  # fmt: skip
+    return directional_scan_reordered(selective_scan_cuda, u, delta, A, B, C, D, delta_bias, delta_softplus,
+                                      directions=directions, height=height, width=width)  # fmt: skip
