@@ -1,6 +1,6 @@
 """What each CPU measure in the default model's training step buys: the step with one measure undone, in one process.
 
-    python benchmarks/step_measures.py                     # 64 and 224 px, fp32 and bf16; about 8 minutes
+    python benchmarks/step_measures.py                     # 64 and 224 px, fp32 and bf16; about 5 minutes
     python benchmarks/step_measures.py --sizes 64 --repeats 5
     python benchmarks/step_measures.py --threads 2 --busy-core --results-name step_measures_2t   # speed.py's setting
 
@@ -30,7 +30,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment_lines, markdown_table, median_seconds, write_markdown_and_json  # noqa: E402
