@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,7 +49,8 @@ def timed(step, repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, size: int, batch: int, repeats: int) -> dict:
+def steps(name: str, size: int, batch: int) -> tuple[torch.nn.Module, Callable[[], None], Callable[[], None]]:
+    """(model, one training step, one inference forward) on a random batch, as described above."""
     torch.manual_seed(0)
     model = build(name).cuda().to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -66,6 +68,11 @@ def measure(name: str, size: int, batch: int, repeats: int) -> dict:
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
             model(x)
 
+    return model, train_step, infer_step
+
+
+def measure(name: str, size: int, batch: int, repeats: int) -> dict:
+    model, train_step, infer_step = steps(name, size, batch)
     model.train()
     torch.cuda.reset_peak_memory_stats()
     train_s = timed(train_step, repeats, warmup=3)
@@ -75,10 +82,28 @@ def measure(name: str, size: int, batch: int, repeats: int) -> dict:
     infer_s = timed(infer_step, repeats, warmup=2)
     infer_peak = torch.cuda.max_memory_allocated()
     params = sum(p.numel() for p in model.parameters())
-    del model, optimizer
+    del model, train_step, infer_step
     torch.cuda.empty_cache()
     return dict(model=name, size=size, batch=batch, params_m=params / 1e6, train_img_s=batch / train_s,
                 infer_img_s=batch / infer_s, train_peak_gib=train_peak / 2**30, infer_peak_gib=infer_peak / 2**30)
+
+
+def profile_table(name: str, size: int, batch: int, rows: int = 25) -> str:
+    """torch.profiler's table of three training steps of `name` after warm-up: the ops by their own GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, train_step, _ = steps(name, size, batch)
+    model.train()
+    for _ in range(3):
+        train_step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            train_step()
+        torch.cuda.synchronize()
+    del model, train_step
+    torch.cuda.empty_cache()
+    return prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows)
 
 
 def main() -> None:
@@ -88,6 +113,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--profile", metavar="MODEL", help="also write gpu_train_profile.md: where three training "
+                        "steps of MODEL (the first size) spend their GPU time")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_train.py needs a CUDA device")
@@ -119,6 +146,13 @@ def main() -> None:
     (args.out / "gpu_train.md").write_text("\n".join(lines) + "\n")
     (args.out / "gpu_train.json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
+    if args.profile:
+        table = profile_table(args.profile, args.sizes[0], args.batch)
+        (args.out / "gpu_train_profile.md").write_text(
+            f"# Where a training step's GPU time goes: {args.profile}, {args.sizes[0]} px, batch {args.batch}\n\n"
+            f"`python benchmarks/gpu_train.py --profile {args.profile}` on {torch.cuda.get_device_name()}; three "
+            f"steps, bf16 autocast. Scan: {scan}.\n\n```\n{table}\n```\n")
+        print(table)
 
 
 if __name__ == "__main__":
