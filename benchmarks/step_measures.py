@@ -57,10 +57,29 @@ def float32_mixer_activations() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def layer_scales_on_outputs() -> Iterator[None]:
+    """HybridBlock's layer scales multiplying the (B, H, W, C) outputs of the mixer and the MLP, as before they were
+    folded into out_proj's and fc2's weights."""
+    from ssmamba.models.ssmamba import HybridBlock
+
+    def forward(block, x):
+        if block.lpr is not None:
+            x = x + block.lpr(x)
+        y = block.norm1(x)
+        y = block.mixer(y.flatten(1, 2)).view_as(y) if block.use_attention else block.mixer(y)
+        x = x + block.drop_path(block.gamma1 * y)
+        return x + block.drop_path(block.gamma2 * block.mlp(block.norm2(x)))
+
+    with _patched(HybridBlock, "forward", forward):
+        yield
+
+
 MEASURES: dict[str, tuple[Callable[[], contextlib.AbstractContextManager], bool]] = {
     # name -> (what undoes it, whether it acts under bf16 autocast only)
     "layout-aware GELU": (plain_gelu, False),
     "bf16 DMS activations under autocast": (float32_mixer_activations, True),
+    "layer scales folded into weights": (layer_scales_on_outputs, False),
 }
 
 

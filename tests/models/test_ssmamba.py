@@ -365,3 +365,35 @@ def test_stem_and_conv_blocks_use_the_layout_aware_gelu():
         model = create_model("ssmamba_test", conv_block=conv_block)
         assert type(model.stem[2]) is GELU
         assert all(type(block.act) is GELU for block in model.stages[0].blocks)
+
+
+@pytest.mark.parametrize("use_attention", [False, True])
+def test_hybrid_block_folds_layer_scales_into_projections_exactly(use_attention):
+    """The layer scales gamma1, gamma2 multiply out_proj's and fc2's weights instead of the block's outputs: the
+    block's values and every gradient are those of x + DropPath(gamma1 * mixer) + DropPath(gamma2 * mlp)."""
+    torch.manual_seed(0)
+    cfg = SSMambaConfig(dims=(8, 16, 32, 64), d_state=4, mlp_ratio=2.0, layer_scale_init=0.3, attn_head_dim=8)
+    block = HybridBlock(32, cfg, use_attention=use_attention, drop_path=0.3).train()
+    with torch.no_grad():
+        block.gamma1.uniform_(-1, 1)
+        block.gamma2.uniform_(-1, 1)
+
+    def unfolded(x):
+        x = x + block.lpr(x)
+        y = block.norm1(x)
+        y = block.mixer(y.flatten(1, 2)).view_as(y) if use_attention else block.mixer(y)
+        x = x + block.drop_path(block.gamma1 * y)
+        return x + block.drop_path(block.gamma2 * block.mlp(block.norm2(x)))
+
+    x = torch.randn(4, 5, 6, 32, requires_grad=True)
+    results = []
+    for forward in (block, unfolded):
+        torch.manual_seed(1)  # the same drop-path draws
+        out = forward(x)
+        results.append((out, torch.autograd.grad(out.square().sum(), [x, *block.parameters()])))
+    (out, grads), (expected, expected_grads) = results
+    assert (out - expected).abs().max() < 1e-5
+    block.drop_path.eval()  # without drop path some samples come out otherwise: the seed did drop branches
+    assert (block(x) - out).flatten(1).abs().amax(1).gt(1e-3).any()
+    for g, e in zip(grads, expected_grads):
+        assert (g - e).abs().max() <= 1e-5 * (1 + e.abs().max()), (g - e).abs().max()

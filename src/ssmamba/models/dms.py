@@ -187,7 +187,9 @@ class DirectionalMultiScaleMixer(nn.Module):
         self.out_norm = nn.LayerNorm(inner)
         self.out_proj = nn.Linear(inner, dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``out_scale`` (C,): a per-channel scale of the output (a block's layer scale), folded into out_proj's
+        weight rather than applied to the (B, H, W, C) output."""
         h, w = x.shape[1:3]
         # Under autocast the mixer's activations stay in its dtype from here to out_proj: x is cast once rather than
         # by each of in_proj's matmuls, and the scan reads and writes bfloat16 (computing in float32) instead of
@@ -206,4 +208,5 @@ class DirectionalMultiScaleMixer(nn.Module):
                 out = upsample_nearest(scan(F.avg_pool2d(x, stride, ceil_mode=True)), h, w)
             y = weight * out if y is None else y + weight * out  # no 0 + ... pass over the first scale's output
         y = self.out_norm(y) * F.silu(z)
-        return self.out_proj(y)
+        weight = self.out_proj.weight
+        return F.linear(y, weight if out_scale is None else out_scale[:, None] * weight)

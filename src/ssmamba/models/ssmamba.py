@@ -27,6 +27,7 @@ import dataclasses
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Attention, DropPath, Mlp, create_classifier, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
@@ -133,9 +134,19 @@ class HybridBlock(nn.Module):
         if self.lpr is not None:
             x = x + self.lpr(x)
         y = self.norm1(x)
-        y = self.mixer(y.flatten(1, 2)).view_as(y) if self.use_attention else self.mixer(y)
-        x = x + self.drop_path(self.gamma1 * y)
-        return x + self.drop_path(self.gamma2 * self.mlp(self.norm2(x)))
+        if self.use_attention:
+            y = self.gamma1 * self.mixer(y.flatten(1, 2)).view_as(y)
+        else:  # the layer scales go into the output projections' weights: no pass over (B, H, W, C) for them
+            y = self.mixer(y, out_scale=self.gamma1)
+        x = x + self.drop_path(y)
+        return x + self.drop_path(self._scaled_mlp(self.norm2(x)))
+
+    def _scaled_mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """``gamma2 * mlp(x)`` (timm's Mlp: fc1, act, drop1, norm, fc2, drop2), gamma2 folded into fc2."""
+        mlp, gamma = self.mlp, self.gamma2
+        x = mlp.norm(mlp.drop1(mlp.act(mlp.fc1(x))))
+        bias = None if mlp.fc2.bias is None else gamma * mlp.fc2.bias
+        return mlp.drop2(F.linear(x, gamma[:, None] * mlp.fc2.weight, bias))
 
 
 class ConvBlock(nn.Module):
