@@ -85,11 +85,20 @@ def _direction_orders_cpu(directions: tuple[ScanDirection, ...], height: int, wi
     return torch.stack([_scan_order_cpu(d, height, width) for d in directions]).contiguous()
 
 
+@index_cache
+def _direction_orders_on(directions: tuple[ScanDirection, ...], height: int, width: int,
+                         device: torch.device) -> torch.Tensor:  # fmt: skip
+    return _direction_orders_cpu(directions, height, width).to(device)
+
+
 def direction_orders(directions: Sequence[ScanDirection | str], height: int, width: int,
-                     device: torch.device | None = None) -> torch.Tensor:
-    """``(K, height * width)`` LongTensor: row ``k`` is :func:`scan_order` of ``directions[k]`` (cached)."""
-    orders = _direction_orders_cpu(tuple(ScanDirection(d) for d in directions), height, width)
-    return orders if device is None else orders.to(device)
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """``(K, height * width)`` LongTensor: row ``k`` is :func:`scan_order` of ``directions[k]``. Cached per device,
+    so a GPU scan does not copy its index table from the host at every call."""
+    key = tuple(ScanDirection(d) for d in directions)
+    if device is None:
+        return _direction_orders_cpu(key, height, width)
+    return _direction_orders_on(key, height, width, torch.device(device))
 
 
 def _fmt(shape) -> str:

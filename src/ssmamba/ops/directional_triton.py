@@ -246,5 +246,5 @@ def directional_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_so
     delta, B, C (any strides; channels at stride 1 is the fast layout), computed in float32; the output has u's
     dtype, with channels at stride 1."""
     check_directional_inputs(u, delta, A, B, C, D, delta_bias, directions, height, width)
-    orders = direction_orders(tuple(directions), height, width, u.device).contiguous()
+    orders = direction_orders(directions, height, width, u.device)  # (K, L), contiguous
     return _DirectionalScanTriton.apply(u, delta, A, B, C, D, delta_bias, orders, bool(delta_softplus))
