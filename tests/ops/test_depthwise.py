@@ -1,4 +1,5 @@
-"""``depthwise_conv2d``: F.conv2d(groups=C), with our CPU kernel's weight gradient, and in float32 under CPU autocast.
+"""``depthwise_conv2d``: F.conv2d(groups=C); on CPU with a gradient wanted, our kernels (forward, input and weight
+gradients) in float32, bfloat16 or float64 storage, skipping the taps beyond each channel's radius.
 
 The reference is ``F.conv2d`` and its autograd (oneDNN): outputs and all three gradients, per dtype tolerances."""
 
@@ -82,24 +83,66 @@ def test_without_bias_or_input_gradient():
     torch.testing.assert_close(grad_weight, expected, **TOLERANCES[torch.float32])
 
 
-def test_the_kernel_is_used_only_where_a_weight_gradient_is_wanted(monkeypatch):
+def test_the_kernel_is_used_only_where_a_gradient_is_wanted(monkeypatch):
     calls = []
-    monkeypatch.setattr(depthwise, "depthwise_conv2d_cpu", lambda *args: calls.append(1) or _reference(*args))
+    monkeypatch.setattr(depthwise, "depthwise_conv2d_cpu",
+                        lambda x, w, b, radii=None: calls.append(1) or _reference(x, w, b))
     x, weight, bias = _problem((4, 4), 3)
     with torch.no_grad():
         depthwise_conv2d(x, weight, bias)
-    depthwise_conv2d(x, weight.detach(), bias)
+    depthwise_conv2d(x.detach(), weight.detach(), bias.detach())
     assert calls == []
-    depthwise_conv2d(x, weight, bias)
-    assert calls == [1]
+    depthwise_conv2d(x, weight.detach(), bias)
+    depthwise_conv2d(x.detach(), weight, bias)
+    assert calls == [1, 1]
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_a_low_precision_model_without_autocast_trains_with_onednn(dtype):
-    x, weight, bias = (t.detach().to(dtype).requires_grad_() for t in _problem((4, 4), 7))
+def test_a_bfloat16_model_without_autocast_trains_with_the_kernel():
+    """bfloat16 storage computed in float32: the float32 conv of the same values, rounded once; the weight and bias
+    gradients come back in the parameters' bfloat16."""
+    x, weight, bias = (t.detach().bfloat16().requires_grad_() for t in _problem((5, 4), 7))
+    out = depthwise_conv2d(x, weight, bias)
+    grad_out = torch.randn(out.shape).bfloat16()
+    got = (out, *torch.autograd.grad(out, (x, weight, bias), grad_out))
+    wide = [t.detach().float().requires_grad_() for t in (x, weight, bias)]
+    reference = _reference(*wide)
+    expected = (reference, *torch.autograd.grad(reference, wide, grad_out.float()))
+    for g, e in zip(got, expected):  # one rounding of the float32 sums: within half a bfloat16 step (2^-8 relative)
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g, e.bfloat16(), rtol=2**-8, atol=1e-6)
+
+
+def test_a_float16_model_trains_with_onednn():
+    x, weight, bias = (t.detach().half().requires_grad_() for t in _problem((4, 4), 7))
     got = _outputs_and_grads(depthwise_conv2d, x, weight, bias)
     for g, e in zip(got, _outputs_and_grads(_reference, x, weight, bias)):
-        assert g.dtype == dtype and torch.equal(g, e)
+        assert g.dtype == torch.float16 and torch.equal(g, e)
+
+
+@pytest.mark.parametrize("grid", [*GRIDS, (7, 7), (1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_radii_skip_only_taps_that_are_zero(grid, dtype):
+    """Channels whose kernels are zero beyond their radius (a 3x3, a 5x5 and a 7x7 group padded to 7x7, across SIMD
+    packs: 20 channels each): the same output and input gradient as the full conv, and a weight gradient equal to
+    the full one inside each radius and zero outside it."""
+    channels = 60
+    x, weight, bias = _problem(grid, 7, channels=channels, dtype=dtype)
+    radii = torch.tensor([1] * 20 + [2] * 20 + [3] * 20)
+    taps = torch.arange(7) - 3
+    inside = (taps.abs()[None, :, None] <= radii[:, None, None]) & (taps.abs()[None, None, :] <= radii[:, None, None])
+    weight = (weight.detach() * inside[:, None]).requires_grad_()
+    got = _outputs_and_grads(lambda x, w, b: depthwise_conv2d(x, w, b, radii), x, weight, bias)
+    expected = _outputs_and_grads(_reference, x, weight, bias)
+    for g, e in zip(got[:2] + got[3:], expected[:2] + expected[3:]):
+        torch.testing.assert_close(g, e, **TOLERANCES[dtype])
+    torch.testing.assert_close(got[2], expected[2] * inside[:, None], **TOLERANCES[dtype])
+    assert torch.all(got[2][~inside[:, None].expand_as(got[2])] == 0)
+
+
+def test_multi_kernel_conv_passes_its_radii():
+    conv = MultiKernelDepthwiseConv(12, (3, 5, 7))
+    assert conv.radii.tolist() == [1] * 4 + [2] * 4 + [3] * 4
+    assert "radii" not in conv.state_dict()  # derived from the architecture, not saved
 
 
 def test_without_the_compiled_kernel_it_is_the_grouped_conv(monkeypatch):
@@ -129,22 +172,13 @@ def test_under_cpu_autocast_it_computes_in_float32(grid, kernel):
 
 
 def test_bfloat16_inputs_under_autocast_are_computed_in_float32():
-    """The DMS conv's input comes out of a linear layer in bfloat16: the result is the float32 conv of those values."""
+    """The DMS conv's input comes out of a linear layer in bfloat16: the result is the float32 conv of those values,
+    rounded once to bfloat16 (the dtype the mixer goes on in), and the input's gradient is bfloat16."""
     x, weight, bias = _problem((4, 4), 7)
     x16 = x.detach().bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = depthwise_conv2d(x16, weight, bias)
-    torch.testing.assert_close(out, _reference(x16.detach().float(), weight, bias), rtol=1e-5, atol=1e-5)
-    out.sum().backward()
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, _reference(x16.detach().float(), weight, bias).bfloat16(), rtol=0, atol=0)
+    out.float().sum().backward()
     assert x16.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32
-
-
-def test_the_model_layers_use_it_and_train_under_autocast():
-    lpr, conv = LocalPerceptionResidual(8, 3), MultiKernelDepthwiseConv(9, (3, 5, 7))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert lpr(torch.randn(2, 4, 4, 8)).dtype == torch.float32
-        assert conv(torch.randn(2, 9, 4, 4)).dtype == torch.float32
-        model = create_model("ssmamba_test", num_classes=3)
-        loss = F.cross_entropy(model(torch.randn(2, 3, 64, 64)), torch.tensor([0, 2]))
-    loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -45,6 +45,9 @@ class MultiKernelDepthwiseConv(nn.Module):
         self.convs = nn.ModuleList(
             nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.splits, kernel_sizes) if c > 0
         )
+        # each channel's kernel radius inside the largest kernel: the CPU kernels skip the zero-padded taps
+        radii = [torch.full((conv.in_channels,), conv.kernel_size[0] // 2, dtype=torch.long) for conv in self.convs]
+        self.register_buffer("radii", torch.cat(radii), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.convs) == 1:
@@ -53,7 +56,7 @@ class MultiKernelDepthwiseConv(nn.Module):
         # group, without splitting x into copies and concatenating the results (3.5x faster on CPU at 56 x 56 x 192).
         size = max(conv.kernel_size[0] for conv in self.convs)
         weight = torch.cat([F.pad(conv.weight, [(size - conv.kernel_size[0]) // 2] * 4) for conv in self.convs])
-        return depthwise_conv2d(x, weight, torch.cat([conv.bias for conv in self.convs]))
+        return depthwise_conv2d(x, weight, torch.cat([conv.bias for conv in self.convs]), self.radii)
 
 
 class _DirectionalScan(nn.Module):

@@ -1,18 +1,20 @@
 """Depthwise 2D convolution (stride 1, 'same' padding, odd square kernel) as SSMamba's LPR and DMS use it.
 
-Two CPU measures (``python benchmarks/depthwise.py``, ``benchmarks/results/depthwise.md``):
+On CPU, when a gradient is wanted, the forward, the input gradient (the forward with the kernel flipped) and the
+weight gradient are our kernels (``csrc/depthwise_cpu.cpp``; ``python benchmarks/depthwise.py``,
+``benchmarks/results/depthwise.md``):
 
-* **float32 under CPU autocast.** oneDNN's bfloat16 depthwise convolution is slower than its float32 one on CPU,
-  and its backward much slower on the small token grids of the state-space stages (fwd+bwd of a 7x7 conv over a 2x2
-  grid of 384 channels, batch 64: 8.8 ms in bfloat16, 3.4 ms in float32). These convolutions are a small share of
-  the model's arithmetic, so float32 costs nothing in speed and gains precision; a float32 result also saves the
-  cast back where it feeds the float32 residual stream (LPR).
-* **The weight gradient from our kernel.** oneDNN's depthwise weight gradient is 5-70x slower than its forward for
-  7x7 kernels on those grids; ``csrc/depthwise_cpu.cpp`` computes it channels-last in a few times less. The forward
-  and the input gradient (a convolution with the flipped kernel) stay oneDNN's. Where the compiled kernel is
-  unavailable (``SSMAMBA_NO_BUILD=1``, no compiler), the plain convolution's autograd runs instead: the same values.
+* **Each tensor in its own dtype.** float32, bfloat16 or float64 storage, read channels-last and computed in
+  float32 (float64), the result in the input's dtype. oneDNN's bfloat16 depthwise convolution is slower than its
+  float32 one, most of all its backward on small token grids, so under autocast the oneDNN path needed casts to
+  float32 and back; here a bfloat16 map under autocast stays bfloat16 and the float32 residual stream (LPR) float32.
+* **Only the taps that can be non-zero.** ``radii`` (one per channel) says how far from the centre each channel's
+  kernel reaches (``MultiKernelDepthwiseConv`` pads its 3x3 and 5x5 kernels to 7x7); the taps beyond are zero and
+  skipped, their weight gradient zero, as are taps that would read the padding.
+* **The weight gradient.** oneDNN's is 5-70x slower than its forward for 7x7 kernels on those grids.
 
-Elsewhere (CUDA, or no gradient wanted) this is ``F.conv2d(..., groups=channels)``.
+Without a gradient, on other devices, or where the kernel is unavailable (``SSMAMBA_NO_BUILD=1``, no compiler) this
+is ``F.conv2d(..., groups=channels)`` (float32 under CPU autocast): the same values.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ssmamba.ops.scan_cpu import ExtensionBuildError, load_extension
 
 __all__ = ["depthwise_conv2d", "depthwise_conv2d_cpu"]
 
-_KERNEL_DTYPES = (torch.float32, torch.float64)  # the compiled weight gradient's; others (a bfloat16 model) use oneDNN
+_STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -32,50 +34,53 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> t
 
 
 class _DepthwiseConv2dCpu(torch.autograd.Function):
-    """oneDNN forward and input gradient, our kernel's weight gradient; one floating dtype throughout."""
+    """Our kernels; x in its storage dtype, weight and bias in x's compute dtype (float32, float64 for float64)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, radii):
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _conv(x, weight, bias)
+        ctx.has_bias, ctx.radii = bias is not None, radii
+        return load_extension().depthwise_forward(x, weight, bias, radii)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        if not (grad_out.is_contiguous() or grad_out.is_contiguous(memory_format=torch.channels_last)):
-            # e.g. the expanded gradient of a sum: oneDNN takes a slow path for it (20 ms instead of 1)
-            grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        grad_out = grad_out.to(x.dtype)
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:  # stride 1, same padding: the transposed conv is the conv with the kernel flipped
-            with torch.autocast("cpu", enabled=False):  # a backward run under autocast stays in the forward's dtype
-                grad_x = _conv(grad_out, weight.flip(-1, -2), None)
+            grad_x = load_extension().depthwise_forward(grad_out, weight.flip(-1, -2), None, ctx.radii)
         if ctx.needs_input_grad[1]:
-            grad_weight = load_extension().depthwise_weight_grad(x, grad_out, weight.shape[-1])
+            grad_weight = load_extension().depthwise_weight_grad(x, grad_out, weight.shape[-1], ctx.radii)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_out.sum((0, 2, 3))
-        return grad_x, grad_weight, grad_bias
+            grad_bias = grad_out.sum((0, 2, 3), dtype=weight.dtype)
+        return grad_x, grad_weight, grad_bias, None
 
 
-def depthwise_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The convolution with our CPU kernel's weight gradient; raises :class:`ExtensionBuildError` if it cannot be
-    built. CPU tensors of one floating dtype."""
+def depthwise_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         radii: torch.Tensor | None = None) -> torch.Tensor:
+    """The convolution by our CPU kernels; raises :class:`ExtensionBuildError` if they cannot be built. x: float32,
+    bfloat16 or float64 (the result's dtype); weight and bias are cast to x's compute dtype (differentiably)."""
     load_extension()  # fail here, before autograd sees anything
-    return _DepthwiseConv2dCpu.apply(x, weight, bias)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    with torch.autocast("cpu", enabled=False):
+        return _DepthwiseConv2dCpu.apply(x, weight.to(dtype), None if bias is None else bias.to(dtype), radii)
 
 
-def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``(B, C, H, W)`` conv with ``weight (C, 1, k, k)`` (odd k), ``groups=C`` and 'same' padding; float32 under CPU
-    autocast, otherwise in the dtype autocast or the inputs give (see the module docstring)."""
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     radii: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, C, H, W)`` conv with ``weight (C, 1, k, k)`` (odd k), ``groups=C`` and 'same' padding. ``radii``
+    (C,) int64, optional: channel c's weights are zero beyond ``radii[c]`` taps from the centre (a promise that
+    lets the CPU kernels skip them). See the module docstring for where it runs and in which dtype."""
     if x.device.type != "cpu":
         return _conv(x, weight, bias)
+    wants_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if wants_grad and x.dtype in _STORAGE_DTYPES:
+        try:
+            return depthwise_conv2d_cpu(x, weight, bias, radii)
+        except ExtensionBuildError:  # the scan reports the build failure (ssmamba info, its one-time warning)
+            pass
     if torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
-            return depthwise_conv2d(x.float(), weight.float(), None if bias is None else bias.float())
-    wants_weight_grad = torch.is_grad_enabled() and weight.requires_grad
-    if not wants_weight_grad or x.dtype != weight.dtype or x.dtype not in _KERNEL_DTYPES:
-        return _conv(x, weight, bias)
-    try:
-        return depthwise_conv2d_cpu(x, weight, bias)
-    except ExtensionBuildError:  # the scan reports the build failure (ssmamba info, its one-time warning)
-        return _conv(x, weight, bias)
+            return _conv(x.float(), weight.float(), None if bias is None else bias.float())
+    return _conv(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))

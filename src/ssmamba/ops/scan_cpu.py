@@ -1,7 +1,8 @@
 """Fused C++ selective scan for CPU tensors, with its own backward.
 
 The kernel (``csrc/selective_scan_cpu.cpp``; built into one extension with ``csrc/depthwise_cpu.cpp``, the depthwise
-convolution's weight gradient of :mod:`ssmamba.ops.depthwise`) is compiled with ``torch.utils.cpp_extension.load``
+convolution's weight gradient of :mod:`ssmamba.ops.depthwise`; ``csrc/simd.h`` is their shared SIMD code) is
+compiled with ``torch.utils.cpp_extension.load``
 the first time a scan runs, never at import, and cached in the torch extensions directory
 (``TORCH_EXTENSIONS_DIR``). It saves only its inputs for the backward and recomputes the states there, so memory
 stays O(inputs) instead of autograd's O(batch·dim·L·N). Environment: ``SSMAMBA_NO_BUILD=1`` never compiles (the
@@ -28,8 +29,11 @@ from ssmamba.ops.contract import as_grouped, check_scan_inputs, compute_dtype
 from ssmamba.ops.directional import check_directional_inputs, direction_orders
 
 NO_BUILD_ENV = "SSMAMBA_NO_BUILD"
-# the selective scan, and the depthwise convolution's weight gradient (ssmamba.ops.depthwise): one extension
-_SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("selective_scan_cpu.cpp", "depthwise_cpu.cpp"))
+# the selective scan and the depthwise convolution's kernels (ssmamba.ops.depthwise): one extension; the header is
+# theirs, copied and hashed with them
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCES = tuple(_CSRC / name for name in ("selective_scan_cpu.cpp", "depthwise_cpu.cpp"))
+_HEADERS = (_CSRC / "simd.h",)
 
 
 class ExtensionBuildError(RuntimeError):
@@ -129,7 +133,7 @@ class _KernelLoader:
         # One build per source *content*, compiled from a copy inside its own build folder: installs of the same
         # version in different places (checkouts, virtual environments) share it, and two different versions never
         # rebuild over each other (ninja rebuilds whenever the source path in its build file changes).
-        codes = {path.name: path.read_bytes() for path in _SOURCES}
+        codes = {path.name: path.read_bytes() for path in _SOURCES + _HEADERS}
         digest = hashlib.sha256(b"".join(name.encode() + code for name, code in codes.items())).hexdigest()[:12]
         name = f"ssmamba_selective_scan_cpu_{flavour}_{digest}"
         build_dir = _extensions_root() / name
@@ -141,7 +145,8 @@ class _KernelLoader:
                 tmp = source.with_name(f"{source.name}.{os.getpid()}.tmp")
                 tmp.write_bytes(code)
                 os.replace(tmp, source)  # atomic: a concurrent build never sees half a file
-            sources.append(str(source))
+            if file_name.endswith(".cpp"):
+                sources.append(str(source))
         try:
             return load(
                 name=name,

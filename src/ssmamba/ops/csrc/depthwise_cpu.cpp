@@ -1,69 +1,251 @@
-// Weight gradient of a depthwise 2D convolution on CPU (stride 1, 'same' padding, odd square kernel).
+// Depthwise 2D convolution on CPU (stride 1, 'same' padding, odd square kernel K), channels-last: forward and the
+// weight gradient; the input gradient is the forward with the kernel flipped.
 //
+//   out[b, c, y, x]        = bias[c] + sum_{i, j} weight[c, 0, i, j] * input[b, c, y + i - K/2, x + j - K/2]
 //   grad_weight[c, 0, i, j] = sum_{b, y, x} grad_out[b, c, y, x] * input[b, c, y + i - K/2, x + j - K/2]
 //
-// oneDNN computes this 5-70x slower than the convolution's own forward for 7x7 kernels on the small token grids of
-// SSMamba's state-space stages (benchmarks/results/depthwise.md): 11 ms for batch 16 x 192 channels x 14 x 14, where
-// this loop takes 2 ms. It reads both tensors channels-last, so the innermost loop runs over contiguous channels
-// (vectorised by the compiler), and each thread sums a share of the batch into its own buffer, added up at the end.
+// Why not oneDNN's (benchmarks/results/depthwise.md): its weight gradient is 5-70x slower than its forward for 7x7
+// kernels on the small token grids of SSMamba's state-space stages, and its bfloat16 kernels are slower than its
+// float32 ones, so under autocast the convolution needed casts both ways. Here every tensor is read channels-last
+// in its own storage type (float32, bfloat16 or float64) and computed in float32 (float64 for float64), one pack of
+// channels at a time, and only the taps that can be non-zero are visited: `radii` gives each channel's kernel
+// radius inside K (MultiKernelDepthwiseConv pads its 3x3 and 5x5 kernels to 7x7; for (3, 5, 7) that is 0.57x the
+// taps), and taps that would read padding are skipped at the borders.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "simd.h"
 
 namespace {
 
-template <typename T>
-void accumulate_taps(const T* __restrict input, const T* __restrict grad_out, T* __restrict grad_weight,
-                     int64_t batch_begin, int64_t batch_end, int64_t height, int64_t width, int64_t channels,
-                     int64_t kernel) {
-  const int64_t pad = kernel / 2;
-  for (int64_t b = batch_begin; b < batch_end; ++b) {
-    for (int64_t y = 0; y < height; ++y) {
-      for (int64_t x = 0; x < width; ++x) {
-        const T* g = grad_out + ((b * height + y) * width + x) * channels;
-        // the taps whose input pixel is inside the grid (the rest only ever meet padding zeros)
-        const int64_t i_begin = std::max<int64_t>(0, pad - y), i_end = std::min(kernel, height + pad - y);
-        const int64_t j_begin = std::max<int64_t>(0, pad - x), j_end = std::min(kernel, width + pad - x);
-        for (int64_t i = i_begin; i < i_end; ++i) {
-          for (int64_t j = j_begin; j < j_end; ++j) {
-            const T* in = input + ((b * height + y + i - pad) * width + x + j - pad) * channels;
-            T* out = grad_weight + (i * kernel + j) * channels;
-#pragma GCC ivdep
-            for (int64_t c = 0; c < channels; ++c) out[c] += g[c] * in[c];
-          }
+using namespace ssmamba_simd;
+
+// One call's geometry: a (batch, H, W, C) grid, channel packs of kLanes, and each pack's radius (its channels'
+// largest).
+struct Grid {
+  int64_t batch, height, width, channels, kernel;
+  std::vector<int64_t> pack_radius;
+  std::vector<int64_t> channel_radius;  // empty without radii: every channel reaches K / 2
+
+  int64_t packs() const { return static_cast<int64_t>(pack_radius.size()); }
+  int64_t at(int64_t b, int64_t y, int64_t x) const { return ((b * height + y) * width + x) * channels; }
+  int64_t tap(int64_t i, int64_t j) const { return (i + kernel / 2) * kernel + j + kernel / 2; }  // i, j from centre
+};
+
+Grid make_grid(const at::Tensor& input, int64_t kernel, const std::optional<at::Tensor>& radii) {
+  Grid g{input.size(0), input.size(2), input.size(3), input.size(1), kernel, {}};
+  const int64_t packs = (g.channels + kLanes - 1) / kLanes;
+  g.pack_radius.assign(packs, kernel / 2);
+  if (radii) {
+    TORCH_CHECK(radii->dim() == 1 && radii->size(0) == g.channels && radii->scalar_type() == at::kLong,
+                "depthwise: radii must be an int64 tensor of one radius per channel");
+    const at::Tensor r = radii->contiguous();
+    const int64_t* rp = r.const_data_ptr<int64_t>();
+    g.channel_radius.assign(rp, rp + g.channels);
+    for (int64_t p = 0; p < packs; ++p) {
+      const int64_t end = std::min(g.channels, (p + 1) * kLanes);
+      const int64_t largest = *std::max_element(rp + p * kLanes, rp + end);
+      TORCH_CHECK(largest >= 0 && largest <= kernel / 2, "depthwise: a radius is outside the kernel");
+      g.pack_radius[p] = largest;
+    }
+  }
+  return g;
+}
+
+// Copies the (H, W) plane of batch element b, channel pack p into `pad` in the compute type, with `border` zeros
+// on every side and `slack` more on the right; returns the row stride.
+template <typename S>
+int64_t pad_plane(const Grid& g, const S* in, int64_t b, int64_t p, int64_t border, int64_t slack,
+                  std::vector<Pack<Compute<S>>>& pad) {
+  const int64_t c0 = p * kLanes, lanes = std::min(kLanes, g.channels - c0);
+  const int64_t stride = g.width + 2 * border + slack;
+  pad.assign((g.height + 2 * border) * stride, Pack<Compute<S>>{});
+  for (int64_t y = 0; y < g.height; ++y) {
+    for (int64_t x = 0; x < g.width; ++x) {
+      pad[(y + border) * stride + x + border] = load_lanes(in + g.at(b, y, x) + c0, 1, lanes);
+    }
+  }
+  return stride;
+}
+
+// out for batch element b and channel pack p. The pack's (H, W) plane is first copied, in the compute type, into
+// `pad` with zeros around it (its radius on every side, and a block's width more on the right), so that the sums
+// need no border tests and each value is widened from bfloat16 once. Then kBlock neighbouring outputs of a row are
+// computed at once: kBlock independent sums in registers (one output at a time would be a chain of up to K * K
+// dependent FMAs) sharing each tap's weights. Rows of taps that lie wholly in the padding are skipped.
+template <int64_t kBlock, typename S>
+void forward_plane(const Grid& g, const S* in, const Compute<S>* w, const Compute<S>* bias, S* out, int64_t b,
+                   int64_t p, std::vector<Pack<Compute<S>>>& pad) {
+  using T = Compute<S>;
+  const int64_t c0 = p * kLanes, lanes = std::min(kLanes, g.channels - c0), r = g.pack_radius[p];
+  const int64_t stride = pad_plane(g, in, b, p, r, kBlock, pad);
+  const Pack<T> start = bias ? load_lanes(bias + c0, 1, lanes) : Pack<T>{};
+  for (int64_t y = 0; y < g.height; ++y) {
+    const int64_t i_begin = std::max(-r, -y), i_end = std::min(r, g.height - 1 - y);
+    for (int64_t x0 = 0; x0 < g.width; x0 += kBlock) {
+      Pack<T> acc[kBlock];
+#pragma GCC unroll 8
+      for (int64_t u = 0; u < kBlock; ++u) acc[u] = start;
+      for (int64_t i = i_begin; i <= i_end; ++i) {
+        const Pack<T>* src = pad.data() + (y + i + r) * stride + x0 + r;
+        const T* taps = w + g.tap(i, 0) * g.channels + c0;
+        for (int64_t j = -r; j <= r; ++j) {
+          const Pack<T> weight = load_lanes(taps + j * g.channels, 1, lanes);
+#pragma GCC unroll 8
+          for (int64_t u = 0; u < kBlock; ++u) acc[u] += weight * src[u + j];
         }
       }
+      const int64_t outputs = std::min(kBlock, g.width - x0);
+      for (int64_t u = 0; u < outputs; ++u) store_lanes(out + g.at(b, y, x0 + u) + c0, 1, acc[u], lanes);
     }
   }
 }
 
+template <typename S>
+void forward_units(const Grid& g, const S* in, const Compute<S>* w, const Compute<S>* bias, S* out, int64_t begin,
+                   int64_t end) {
+  std::vector<Pack<Compute<S>>> pad;
+  for (int64_t unit = begin; unit < end; ++unit) {  // unit = (b, p)
+    const int64_t b = unit / g.packs(), p = unit % g.packs();
+    if (g.width <= 2) {  // the block no wider than the row: no sums wasted on padding
+      forward_plane<2>(g, in, w, bias, out, b, p, pad);
+    } else if (g.width <= 4) {
+      forward_plane<4>(g, in, w, bias, out, b, p, pad);
+    } else {
+      forward_plane<8>(g, in, w, bias, out, b, p, pad);
+    }
+  }
+}
+
+// grad_weight's taps for channel pack p: sums over the batch of dy * the input shifted by each tap. For one row of
+// taps (fixed i) the 2R + 1 sums stay in registers along an image row (2R + 1 independent chains, each input value
+// read from the padded plane, widened once); rows of taps are skipped where they lie wholly in the padding.
+template <int64_t R, typename S>
+void weight_grad_pack(const Grid& g, const S* in, const S* grad_out, Compute<S>* sums, int64_t p,
+                      std::vector<Pack<Compute<S>>>& pad) {
+  using T = Compute<S>;
+  constexpr int64_t kTaps = 2 * R + 1;
+  const int64_t c0 = p * kLanes, lanes = std::min(kLanes, g.channels - c0);
+  std::vector<Pack<T>> total(kTaps * kTaps, Pack<T>{});
+  for (int64_t b = 0; b < g.batch; ++b) {
+    const int64_t stride = pad_plane(g, in, b, p, R, 0, pad);
+    for (int64_t y = 0; y < g.height; ++y) {
+      const S* dy_row = grad_out + g.at(b, y, 0) + c0;
+      for (int64_t i = std::max(-R, -y); i <= std::min(R, g.height - 1 - y); ++i) {
+        const Pack<T>* src = pad.data() + (y + i + R) * stride + R;
+        Pack<T> acc[kTaps] = {};
+        for (int64_t x = 0; x < g.width; ++x) {
+          const Pack<T> dy = load_lanes(dy_row + x * g.channels, 1, lanes);
+#pragma GCC unroll 7
+          for (int64_t j = 0; j < kTaps; ++j) acc[j] += dy * src[x + j - R];
+        }
+        for (int64_t j = 0; j < kTaps; ++j) total[(i + R) * kTaps + j] += acc[j];
+      }
+    }
+  }
+  // into the (K * K, C) sums at the centred taps of the K x K kernel; a channel's taps beyond its own radius (a
+  // pack's radius is its channels' largest) stay zero
+  for (int64_t i = -R; i <= R; ++i) {
+    for (int64_t j = -R; j <= R; ++j) {
+      Pack<T> sum = total[(i + R) * kTaps + j + R];
+      if (!g.channel_radius.empty()) {
+        for (int64_t l = 0; l < lanes; ++l) {
+          if (std::max(std::abs(i), std::abs(j)) > g.channel_radius[c0 + l]) sum[l] = 0;
+        }
+      }
+      store_lanes(sums + g.tap(i, j) * g.channels + c0, 1, sum, lanes);
+    }
+  }
+}
+
+template <typename S>
+void weight_grad_packs(const Grid& g, const S* in, const S* grad_out, Compute<S>* sums, int64_t pack_begin,
+                       int64_t pack_end) {
+  std::vector<Pack<Compute<S>>> pad;
+  for (int64_t p = pack_begin; p < pack_end; ++p) {
+    switch (g.pack_radius[p]) {
+      case 0: weight_grad_pack<0>(g, in, grad_out, sums, p, pad); break;
+      case 1: weight_grad_pack<1>(g, in, grad_out, sums, p, pad); break;
+      case 2: weight_grad_pack<2>(g, in, grad_out, sums, p, pad); break;
+      case 3: weight_grad_pack<3>(g, in, grad_out, sums, p, pad); break;
+      case 4: weight_grad_pack<4>(g, in, grad_out, sums, p, pad); break;
+      case 5: weight_grad_pack<5>(g, in, grad_out, sums, p, pad); break;
+      default: TORCH_CHECK(false, "depthwise_weight_grad: kernels up to 11 x 11 are supported");
+    }
+  }
+}
+
+// The storage types: float, bfloat16 (computed in float), double.
+template <typename F>
+void dispatch_storage(at::ScalarType type, F&& f) {
+  if (type == at::kFloat) {
+    f(float{});
+  } else if (type == at::kBFloat16) {
+    f(c10::BFloat16{});
+  } else {
+    TORCH_CHECK(type == at::kDouble, "depthwise: float32, bfloat16 or float64 input expected, got ", type);
+    f(double{});
+  }
+}
+
+at::ScalarType compute_type(at::ScalarType storage) { return storage == at::kDouble ? at::kDouble : at::kFloat; }
+
+// (batch, channels, height, width) in any memory format -> its (batch, height, width, channels) contiguous data.
+at::Tensor channels_last_data(const at::Tensor& t) { return t.permute({0, 2, 3, 1}).contiguous(); }
+
 }  // namespace
 
-// input, grad_out: (batch, channels, height, width) in any memory format; returns (channels, 1, kernel, kernel).
-at::Tensor depthwise_weight_grad(const at::Tensor& input, const at::Tensor& grad_out, int64_t kernel) {
+// input (batch, C, H, W), any memory format; weight (C, 1, K, K) and bias (C,) in input's compute type; radii (C,)
+// int64 or none. Returns (batch, C, H, W) channels-last in input's dtype.
+at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             const std::optional<at::Tensor>& radii) {
+  TORCH_CHECK(input.dim() == 4 && weight.dim() == 4 && weight.size(0) == input.size(1) && weight.size(1) == 1 &&
+                  weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1,
+              "depthwise_forward: input (batch, C, H, W) and weight (C, 1, K, K) with an odd K expected");
+  const auto compute = compute_type(input.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == compute && (!bias || (bias->scalar_type() == compute &&
+                                                            bias->numel() == input.size(1))),
+              "depthwise_forward: weight and bias must be (C,) tensors in the input's compute dtype");
+  const Grid g = make_grid(input, weight.size(2), radii);
+  const at::Tensor in = channels_last_data(input);
+  const at::Tensor w = weight.reshape({g.channels, g.kernel * g.kernel}).t().contiguous();  // (K * K, C)
+  const at::Tensor bias_data = bias ? bias->contiguous() : at::Tensor();
+  at::Tensor out = at::empty({g.batch, g.height, g.width, g.channels}, input.options());
+  dispatch_storage(input.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    using T = Compute<S>;
+    const T* bias_ptr = bias ? bias_data.const_data_ptr<T>() : nullptr;
+    at::parallel_for(0, g.batch * g.packs(), 1, [&](int64_t begin, int64_t end) {
+      forward_units(g, in.const_data_ptr<S>(), w.const_data_ptr<T>(), bias_ptr, out.data_ptr<S>(), begin, end);
+    });
+  });
+  return out.permute({0, 3, 1, 2});
+}
+
+// input, grad_out: (batch, C, H, W) in any memory format, one dtype; radii as for the forward. Returns
+// (C, 1, K, K) in the compute type, zero outside each channel's radius.
+at::Tensor depthwise_weight_grad(const at::Tensor& input, const at::Tensor& grad_out, int64_t kernel,
+                                 const std::optional<at::Tensor>& radii) {
   TORCH_CHECK(input.dim() == 4 && grad_out.sizes() == input.sizes(), "depthwise_weight_grad: input and grad_out "
               "must have the same (batch, channels, height, width) shape");
   TORCH_CHECK(kernel % 2 == 1 && kernel > 0, "depthwise_weight_grad: the kernel size must be odd");
   TORCH_CHECK(input.scalar_type() == grad_out.scalar_type(), "depthwise_weight_grad: one dtype for both tensors");
-  const int64_t batch = input.size(0), channels = input.size(1), height = input.size(2), width = input.size(3);
-  const at::Tensor in = input.permute({0, 2, 3, 1}).contiguous();  // no copy when already channels-last
-  const at::Tensor g = grad_out.permute({0, 2, 3, 1}).contiguous();
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), batch));
-  at::Tensor partial = at::zeros({threads, kernel * kernel, channels}, input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "depthwise_weight_grad", [&] {
-    const scalar_t* in_ptr = in.data_ptr<scalar_t>();
-    const scalar_t* g_ptr = g.data_ptr<scalar_t>();
-    scalar_t* partial_ptr = partial.data_ptr<scalar_t>();
-    const int64_t per_thread = (batch + threads - 1) / threads;
-    at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        accumulate_taps(in_ptr, g_ptr, partial_ptr + t * kernel * kernel * channels, t * per_thread,
-                        std::min(batch, (t + 1) * per_thread), height, width, channels, kernel);
-      }
+  const Grid g = make_grid(input, kernel, radii);
+  const at::Tensor in = channels_last_data(input);
+  const at::Tensor dy = channels_last_data(grad_out);
+  at::Tensor sums = at::zeros({kernel * kernel, g.channels}, input.options().dtype(compute_type(input.scalar_type())));
+  dispatch_storage(input.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    at::parallel_for(0, g.packs(), 1, [&](int64_t begin, int64_t end) {
+      weight_grad_packs(g, in.const_data_ptr<S>(), dy.const_data_ptr<S>(), sums.data_ptr<Compute<S>>(), begin, end);
     });
   });
-  return partial.sum(0).t().reshape({channels, 1, kernel, kernel});
+  return sums.t().reshape({g.channels, 1, kernel, kernel});
 }
