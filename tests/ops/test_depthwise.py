@@ -41,7 +41,7 @@ def _reference(x, weight, bias):
 
 
 @pytest.mark.parametrize("grid", [*GRIDS, (1, 1), (3, 9)])
-@pytest.mark.parametrize("kernel", [1, 3, 5, 7, 9])
+@pytest.mark.parametrize("kernel", [1, 3, 5, 7, 9, 11])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_kernel_path_matches_the_grouped_conv(grid, kernel, dtype):
     """Outputs and gradients of input, weight and bias; kernels larger than the grid included (9 on 2x2)."""
@@ -66,6 +66,15 @@ def test_the_kernel_path_in_any_layout_batch_and_thread_count(channels_last, bat
         torch.set_num_threads(before)
     for g, e in zip(got, _outputs_and_grads(_reference, x, weight, bias)):
         torch.testing.assert_close(g, e, **TOLERANCES[torch.float32])
+
+
+def test_kernels_larger_than_the_compiled_ones_use_onednn(monkeypatch):
+    """13 x 13 is beyond the kernels' 11 x 11: the grouped conv runs, with the same values and gradients."""
+    monkeypatch.setattr(depthwise, "depthwise_conv2d_cpu", lambda *args: pytest.fail("the kernels were called"))
+    x, weight, bias = _problem((6, 5), 13)
+    for g, e in zip(_outputs_and_grads(depthwise_conv2d, x, weight, bias),
+                    _outputs_and_grads(_reference, x, weight, bias)):
+        assert torch.equal(g, e)
 
 
 def test_the_kernel_path_passes_gradcheck():

@@ -27,6 +27,7 @@ from ssmamba.ops.scan_cpu import ExtensionBuildError, load_extension
 __all__ = ["depthwise_conv2d", "depthwise_conv2d_cpu"]
 
 _STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+_MAX_KERNEL = 11  # the kernels' largest (csrc/depthwise_cpu.cpp: kMaxRadius)
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -75,7 +76,7 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if x.device.type != "cpu":
         return _conv(x, weight, bias)
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if wants_grad and x.dtype in _STORAGE_DTYPES:
+    if wants_grad and x.dtype in _STORAGE_DTYPES and weight.shape[-1] <= _MAX_KERNEL:
         try:
             return depthwise_conv2d_cpu(x, weight, bias, radii)
         except ExtensionBuildError:  # the scan reports the build failure (ssmamba info, its one-time warning)

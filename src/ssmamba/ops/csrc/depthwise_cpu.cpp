@@ -27,6 +27,8 @@ namespace {
 
 using namespace ssmamba_simd;
 
+constexpr int64_t kMaxRadius = 5;  // kernels up to 11 x 11 (ssmamba.ops.depthwise sends larger ones to oneDNN)
+
 // One call's geometry: a (batch, H, W, C) grid, channel packs of kLanes, and each pack's radius (its channels'
 // largest).
 struct Grid {
@@ -40,7 +42,8 @@ struct Grid {
 };
 
 Grid make_grid(const at::Tensor& input, int64_t kernel, const std::optional<at::Tensor>& radii) {
-  Grid g{input.size(0), input.size(2), input.size(3), input.size(1), kernel, {}};
+  TORCH_CHECK(kernel % 2 == 1 && kernel / 2 <= kMaxRadius, "depthwise: odd kernels up to 11 x 11 are supported");
+  Grid g{input.size(0), input.size(2), input.size(3), input.size(1), kernel, {}, {}};
   const int64_t packs = (g.channels + kLanes - 1) / kLanes;
   g.pack_radius.assign(packs, kernel / 2);
   if (radii) {
@@ -59,34 +62,45 @@ Grid make_grid(const at::Tensor& input, int64_t kernel, const std::optional<at::
   return g;
 }
 
-// Copies the (H, W) plane of batch element b, channel pack p into `pad` in the compute type, with `border` zeros
-// on every side and `slack` more on the right; returns the row stride.
+// Copies the (H, W) plane of batch element b, channel pack p into `pad` in the compute type, each row with `border`
+// zeros on its left and `border + slack` on its right; returns the row stride. (No rows of zeros above and below:
+// the callers skip the rows of taps that fall outside the grid.)
 template <typename S>
 int64_t pad_plane(const Grid& g, const S* in, int64_t b, int64_t p, int64_t border, int64_t slack,
                   std::vector<Pack<Compute<S>>>& pad) {
   const int64_t c0 = p * kLanes, lanes = std::min(kLanes, g.channels - c0);
   const int64_t stride = g.width + 2 * border + slack;
-  pad.assign((g.height + 2 * border) * stride, Pack<Compute<S>>{});
+  pad.resize(g.height * stride);
   for (int64_t y = 0; y < g.height; ++y) {
-    for (int64_t x = 0; x < g.width; ++x) {
-      pad[(y + border) * stride + x + border] = load_lanes(in + g.at(b, y, x) + c0, 1, lanes);
-    }
+    Pack<Compute<S>>* row = pad.data() + y * stride;
+    std::fill(row, row + border, Pack<Compute<S>>{});
+    for (int64_t x = 0; x < g.width; ++x) row[border + x] = load_lanes(in + g.at(b, y, x) + c0, 1, lanes);
+    std::fill(row + border + g.width, row + stride, Pack<Compute<S>>{});
   }
   return stride;
 }
 
 // out for batch element b and channel pack p. The pack's (H, W) plane is first copied, in the compute type, into
-// `pad` with zeros around it (its radius on every side, and a block's width more on the right), so that the sums
+// `pad` with zeros left and right of each row (its radius, and a block's width more on the right), so that the sums
 // need no border tests and each value is widened from bfloat16 once. Then kBlock neighbouring outputs of a row are
 // computed at once: kBlock independent sums in registers (one output at a time would be a chain of up to K * K
-// dependent FMAs) sharing each tap's weights. Rows of taps that lie wholly in the padding are skipped.
-template <int64_t kBlock, typename S>
+// dependent FMAs) sharing each tap's weights; R, the pack's radius, is a compile-time constant so that the loop over
+// a row of taps unrolls and each loaded input serves every tap that reads it. Rows of taps that lie wholly outside
+// the grid are skipped.
+template <int64_t R, int64_t kBlock, typename S>
 void forward_plane(const Grid& g, const S* in, const Compute<S>* w, const Compute<S>* bias, S* out, int64_t b,
                    int64_t p, std::vector<Pack<Compute<S>>>& pad) {
   using T = Compute<S>;
-  const int64_t c0 = p * kLanes, lanes = std::min(kLanes, g.channels - c0), r = g.pack_radius[p];
+  constexpr int64_t r = R, side = 2 * R + 1;
+  const int64_t c0 = p * kLanes, lanes = std::min(kLanes, g.channels - c0);
   const int64_t stride = pad_plane(g, in, b, p, r, kBlock, pad);
   const Pack<T> start = bias ? load_lanes(bias + c0, 1, lanes) : Pack<T>{};
+  Pack<T> weights[side * side];  // the pack's taps, row by row
+  for (int64_t i = -r; i <= r; ++i) {
+    for (int64_t j = -r; j <= r; ++j) {
+      weights[(i + r) * side + j + r] = load_lanes(w + g.tap(i, j) * g.channels + c0, 1, lanes);
+    }
+  }
   for (int64_t y = 0; y < g.height; ++y) {
     const int64_t i_begin = std::max(-r, -y), i_end = std::min(r, g.height - 1 - y);
     for (int64_t x0 = 0; x0 < g.width; x0 += kBlock) {
@@ -94,10 +108,11 @@ void forward_plane(const Grid& g, const S* in, const Compute<S>* w, const Comput
 #pragma GCC unroll 8
       for (int64_t u = 0; u < kBlock; ++u) acc[u] = start;
       for (int64_t i = i_begin; i <= i_end; ++i) {
-        const Pack<T>* src = pad.data() + (y + i + r) * stride + x0 + r;
-        const T* taps = w + g.tap(i, 0) * g.channels + c0;
-        for (int64_t j = -r; j <= r; ++j) {
-          const Pack<T> weight = load_lanes(taps + j * g.channels, 1, lanes);
+        const Pack<T>* src = pad.data() + (y + i) * stride + x0;
+        const Pack<T>* taps = weights + (i + r) * side;
+#pragma GCC unroll 11
+        for (int64_t j = 0; j < side; ++j) {
+          const Pack<T> weight = taps[j];
 #pragma GCC unroll 8
           for (int64_t u = 0; u < kBlock; ++u) acc[u] += weight * src[u + j];
         }
@@ -108,18 +123,33 @@ void forward_plane(const Grid& g, const S* in, const Compute<S>* w, const Comput
   }
 }
 
+// The block no wider than the row (no sums wasted on padding) and the pack's radius, as compile-time constants.
+template <int64_t R, typename S>
+void forward_plane_of_width(const Grid& g, const S* in, const Compute<S>* w, const Compute<S>* bias, S* out,
+                            int64_t b, int64_t p, std::vector<Pack<Compute<S>>>& pad) {
+  if (g.width <= 2) {
+    forward_plane<R, 2>(g, in, w, bias, out, b, p, pad);
+  } else if (g.width <= 4) {
+    forward_plane<R, 4>(g, in, w, bias, out, b, p, pad);
+  } else {
+    forward_plane<R, 8>(g, in, w, bias, out, b, p, pad);
+  }
+}
+
 template <typename S>
 void forward_units(const Grid& g, const S* in, const Compute<S>* w, const Compute<S>* bias, S* out, int64_t begin,
                    int64_t end) {
   std::vector<Pack<Compute<S>>> pad;
   for (int64_t unit = begin; unit < end; ++unit) {  // unit = (b, p)
     const int64_t b = unit / g.packs(), p = unit % g.packs();
-    if (g.width <= 2) {  // the block no wider than the row: no sums wasted on padding
-      forward_plane<2>(g, in, w, bias, out, b, p, pad);
-    } else if (g.width <= 4) {
-      forward_plane<4>(g, in, w, bias, out, b, p, pad);
-    } else {
-      forward_plane<8>(g, in, w, bias, out, b, p, pad);
+    switch (g.pack_radius[p]) {
+      case 0: forward_plane_of_width<0>(g, in, w, bias, out, b, p, pad); break;
+      case 1: forward_plane_of_width<1>(g, in, w, bias, out, b, p, pad); break;
+      case 2: forward_plane_of_width<2>(g, in, w, bias, out, b, p, pad); break;
+      case 3: forward_plane_of_width<3>(g, in, w, bias, out, b, p, pad); break;
+      case 4: forward_plane_of_width<4>(g, in, w, bias, out, b, p, pad); break;
+      case 5: forward_plane_of_width<5>(g, in, w, bias, out, b, p, pad); break;
+      default: TORCH_CHECK(false, "depthwise_forward: a radius above kMaxRadius");
     }
   }
 }
@@ -139,7 +169,7 @@ void weight_grad_pack(const Grid& g, const S* in, const S* grad_out, Compute<S>*
     for (int64_t y = 0; y < g.height; ++y) {
       const S* dy_row = grad_out + g.at(b, y, 0) + c0;
       for (int64_t i = std::max(-R, -y); i <= std::min(R, g.height - 1 - y); ++i) {
-        const Pack<T>* src = pad.data() + (y + i + R) * stride + R;
+        const Pack<T>* src = pad.data() + (y + i) * stride + R;
         Pack<T> acc[kTaps] = {};
         for (int64_t x = 0; x < g.width; ++x) {
           const Pack<T> dy = load_lanes(dy_row + x * g.channels, 1, lanes);
@@ -177,7 +207,7 @@ void weight_grad_packs(const Grid& g, const S* in, const S* grad_out, Compute<S>
       case 3: weight_grad_pack<3>(g, in, grad_out, sums, p, pad); break;
       case 4: weight_grad_pack<4>(g, in, grad_out, sums, p, pad); break;
       case 5: weight_grad_pack<5>(g, in, grad_out, sums, p, pad); break;
-      default: TORCH_CHECK(false, "depthwise_weight_grad: kernels up to 11 x 11 are supported");
+      default: TORCH_CHECK(false, "depthwise_weight_grad: a radius above kMaxRadius");
     }
   }
 }
