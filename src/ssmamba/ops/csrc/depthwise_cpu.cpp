@@ -10,7 +10,8 @@
 // in its own storage type (float32, bfloat16 or float64) and computed in float32 (float64 for float64), one pack of
 // channels at a time, and only the taps that can be non-zero are visited: `radii` gives each channel's kernel
 // radius inside K (MultiKernelDepthwiseConv pads its 3x3 and 5x5 kernels to 7x7; for (3, 5, 7) that is 0.57x the
-// taps), and taps that would read padding are skipped at the borders.
+// taps), and rows of taps above or below the grid are skipped (along a row, a zero-padded copy of the input
+// spares the border tests).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -19,6 +20,7 @@
 #include <cstdlib>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "simd.h"
@@ -60,6 +62,21 @@ Grid make_grid(const at::Tensor& input, int64_t kernel, const std::optional<at::
     }
   }
   return g;
+}
+
+// f(std::integral_constant<int64_t, r>{}): the kernels take a pack's radius as a compile-time constant, so that a
+// row of taps unrolls.
+template <typename F>
+void with_radius(int64_t r, F&& f) {
+  switch (r) {
+    case 0: return f(std::integral_constant<int64_t, 0>{});
+    case 1: return f(std::integral_constant<int64_t, 1>{});
+    case 2: return f(std::integral_constant<int64_t, 2>{});
+    case 3: return f(std::integral_constant<int64_t, 3>{});
+    case 4: return f(std::integral_constant<int64_t, 4>{});
+    case 5: return f(std::integral_constant<int64_t, 5>{});
+    default: TORCH_CHECK(false, "depthwise: a radius above ", kMaxRadius);
+  }
 }
 
 // Copies the (H, W) plane of batch element b, channel pack p into `pad` in the compute type, each row with `border`
@@ -142,15 +159,9 @@ void forward_units(const Grid& g, const S* in, const Compute<S>* w, const Comput
   std::vector<Pack<Compute<S>>> pad;
   for (int64_t unit = begin; unit < end; ++unit) {  // unit = (b, p)
     const int64_t b = unit / g.packs(), p = unit % g.packs();
-    switch (g.pack_radius[p]) {
-      case 0: forward_plane_of_width<0>(g, in, w, bias, out, b, p, pad); break;
-      case 1: forward_plane_of_width<1>(g, in, w, bias, out, b, p, pad); break;
-      case 2: forward_plane_of_width<2>(g, in, w, bias, out, b, p, pad); break;
-      case 3: forward_plane_of_width<3>(g, in, w, bias, out, b, p, pad); break;
-      case 4: forward_plane_of_width<4>(g, in, w, bias, out, b, p, pad); break;
-      case 5: forward_plane_of_width<5>(g, in, w, bias, out, b, p, pad); break;
-      default: TORCH_CHECK(false, "depthwise_forward: a radius above kMaxRadius");
-    }
+    with_radius(g.pack_radius[p], [&](auto radius) {
+      forward_plane_of_width<decltype(radius)::value>(g, in, w, bias, out, b, p, pad);
+    });
   }
 }
 
@@ -173,7 +184,7 @@ void weight_grad_pack(const Grid& g, const S* in, const S* grad_out, Compute<S>*
         Pack<T> acc[kTaps] = {};
         for (int64_t x = 0; x < g.width; ++x) {
           const Pack<T> dy = load_lanes(dy_row + x * g.channels, 1, lanes);
-#pragma GCC unroll 7
+#pragma GCC unroll 11
           for (int64_t j = 0; j < kTaps; ++j) acc[j] += dy * src[x + j - R];
         }
         for (int64_t j = 0; j < kTaps; ++j) total[(i + R) * kTaps + j] += acc[j];
@@ -200,15 +211,9 @@ void weight_grad_packs(const Grid& g, const S* in, const S* grad_out, Compute<S>
                        int64_t pack_end) {
   std::vector<Pack<Compute<S>>> pad;
   for (int64_t p = pack_begin; p < pack_end; ++p) {
-    switch (g.pack_radius[p]) {
-      case 0: weight_grad_pack<0>(g, in, grad_out, sums, p, pad); break;
-      case 1: weight_grad_pack<1>(g, in, grad_out, sums, p, pad); break;
-      case 2: weight_grad_pack<2>(g, in, grad_out, sums, p, pad); break;
-      case 3: weight_grad_pack<3>(g, in, grad_out, sums, p, pad); break;
-      case 4: weight_grad_pack<4>(g, in, grad_out, sums, p, pad); break;
-      case 5: weight_grad_pack<5>(g, in, grad_out, sums, p, pad); break;
-      default: TORCH_CHECK(false, "depthwise_weight_grad: a radius above kMaxRadius");
-    }
+    with_radius(g.pack_radius[p], [&](auto radius) {
+      weight_grad_pack<decltype(radius)::value>(g, in, grad_out, sums, p, pad);
+    });
   }
 }
 
