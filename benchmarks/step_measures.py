@@ -75,11 +75,46 @@ def layer_scales_on_outputs() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def onednn_depthwise() -> Iterator[None]:
+    """The depthwise convolutions as before our forward kernel: oneDNN's forward and input gradient in float32 (under
+    autocast the input cast to float32, the output float32), over every tap of the padded 7x7; the weight gradient
+    still ours (it was before too), also over every tap."""
+    import torch.nn.functional as F
+
+    from ssmamba.ops import depthwise
+    from ssmamba.ops.scan_cpu import load_extension
+
+    def conv(x, weight, bias):
+        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+
+    class Previous(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias):
+            ctx.save_for_backward(x, weight)
+            return conv(x, weight, bias)
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            x, weight = ctx.saved_tensors
+            grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+            grad_weight = load_extension().depthwise_weight_grad(x, grad_out, weight.shape[-1], None)
+            return conv(grad_out, weight.flip(-1, -2), None), grad_weight, grad_out.sum((0, 2, 3))
+
+    def previous(x, weight, bias, radii=None):
+        with torch.autocast("cpu", enabled=False):
+            return Previous.apply(x.float(), weight.float(), bias.float())
+
+    with _patched(depthwise, "depthwise_conv2d_cpu", previous):
+        yield
+
+
 MEASURES: dict[str, tuple[Callable[[], contextlib.AbstractContextManager], bool]] = {
     # name -> (what undoes it, whether it acts under bf16 autocast only)
     "layout-aware GELU": (plain_gelu, False),
     "bf16 DMS activations under autocast": (float32_mixer_activations, True),
     "layer scales folded into weights": (layer_scales_on_outputs, False),
+    "depthwise forward kernels": (onednn_depthwise, False),
 }
 
 
