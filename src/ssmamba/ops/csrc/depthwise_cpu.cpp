@@ -79,141 +79,157 @@ void with_radius(int64_t r, F&& f) {
   }
 }
 
-// Copies the (H, W) plane of batch element b, channel pack p into `pad` in the compute type, each row with `border`
-// zeros on its left and `border + slack` on its right; returns the row stride. (No rows of zeros above and below:
-// the callers skip the rows of taps that fall outside the grid.)
+// Batch element b's image copied once, pixel by pixel (a pixel's channels are contiguous, so the reads stream), into
+// one plane per channel pack in the compute type: `pad`, (packs, H, stride), each row with `border` zeros on its left
+// and `border + slack` on its right. Returns the stride.
 template <typename S>
-int64_t pad_plane(const Grid& g, const S* in, int64_t b, int64_t p, int64_t border, int64_t slack,
+int64_t pad_image(const Grid& g, const S* in, int64_t b, int64_t border, int64_t slack,
                   std::vector<Pack<Compute<S>>>& pad) {
-  const int64_t c0 = p * kLanes, lanes = std::min(kLanes, g.channels - c0);
-  const int64_t stride = g.width + 2 * border + slack;
-  pad.resize(g.height * stride);
+  using P = Pack<Compute<S>>;
+  const int64_t stride = g.width + 2 * border + slack, plane = g.height * stride;
+  pad.resize(g.packs() * plane);
+  for (int64_t p = 0; p < g.packs(); ++p) {
+    for (int64_t y = 0; y < g.height; ++y) {
+      P* row = pad.data() + p * plane + y * stride;
+      std::fill(row, row + border, P{});
+      std::fill(row + border + g.width, row + stride, P{});
+    }
+  }
   for (int64_t y = 0; y < g.height; ++y) {
-    Pack<Compute<S>>* row = pad.data() + y * stride;
-    std::fill(row, row + border, Pack<Compute<S>>{});
-    for (int64_t x = 0; x < g.width; ++x) row[border + x] = load_lanes(in + g.at(b, y, x) + c0, 1, lanes);
-    std::fill(row + border + g.width, row + stride, Pack<Compute<S>>{});
+    for (int64_t x = 0; x < g.width; ++x) {
+      const S* pixel = in + g.at(b, y, x);
+      P* dst = pad.data() + y * stride + border + x;
+      for (int64_t p = 0; p < g.packs(); ++p) {
+        dst[p * plane] = load_lanes(pixel + p * kLanes, 1, std::min(kLanes, g.channels - p * kLanes));
+      }
+    }
   }
   return stride;
 }
 
-// out for batch element b and channel pack p. The pack's (H, W) plane is first copied, in the compute type, into
-// `pad` with zeros left and right of each row (its radius, and a block's width more on the right), so that the sums
-// need no border tests and each value is widened from bfloat16 once. Then kBlock neighbouring outputs of a row are
-// computed at once: kBlock independent sums in registers (one output at a time would be a chain of up to K * K
-// dependent FMAs) sharing each tap's weights; R, the pack's radius, is a compile-time constant so that the loop over
-// a row of taps unrolls and each loaded input serves every tap that reads it. Rows of taps that lie wholly outside
-// the grid are skipped.
+// kBlock neighbouring outputs of row y from x0, one channel pack of radius R: kBlock independent sums in registers
+// (one output at a time would be a chain of up to K * K dependent FMAs) sharing each tap's weights; R is a
+// compile-time constant, so a row of taps unrolls and each loaded input serves every tap that reads it. `src` is the
+// pack's padded plane at column x0 - R of row 0; `weights` its (2R + 1)^2 taps, row by row. Rows of taps outside the
+// grid are skipped.
 template <int64_t R, int64_t kBlock, typename S>
-void forward_plane(const Grid& g, const S* in, const Compute<S>* w, const Compute<S>* bias, S* out, int64_t b,
-                   int64_t p, std::vector<Pack<Compute<S>>>& pad) {
+inline void forward_block(const Grid& g, const Pack<Compute<S>>* src, int64_t stride,
+                          const Pack<Compute<S>>* weights, const Pack<Compute<S>>& start, S* out, int64_t y,
+                          int64_t outputs, int64_t lanes) {
   using T = Compute<S>;
-  constexpr int64_t r = R, side = 2 * R + 1;
-  const int64_t c0 = p * kLanes, lanes = std::min(kLanes, g.channels - c0);
-  const int64_t stride = pad_plane(g, in, b, p, r, kBlock, pad);
-  const Pack<T> start = bias ? load_lanes(bias + c0, 1, lanes) : Pack<T>{};
-  Pack<T> weights[side * side];  // the pack's taps, row by row
-  for (int64_t i = -r; i <= r; ++i) {
-    for (int64_t j = -r; j <= r; ++j) {
-      weights[(i + r) * side + j + r] = load_lanes(w + g.tap(i, j) * g.channels + c0, 1, lanes);
+  constexpr int64_t side = 2 * R + 1;
+  Pack<T> acc[kBlock];
+#pragma GCC unroll 8
+  for (int64_t u = 0; u < kBlock; ++u) acc[u] = start;
+  for (int64_t i = std::max(-R, -y); i <= std::min(R, g.height - 1 - y); ++i) {
+    const Pack<T>* row = src + (y + i) * stride;
+    const Pack<T>* taps = weights + (i + R) * side;
+#pragma GCC unroll 11
+    for (int64_t j = 0; j < side; ++j) {
+      const Pack<T> weight = taps[j];
+#pragma GCC unroll 8
+      for (int64_t u = 0; u < kBlock; ++u) acc[u] += weight * row[u + j];
     }
   }
+  for (int64_t u = 0; u < outputs; ++u) store_lanes(out + u * g.channels, 1, acc[u], lanes);
+}
+
+// out for batch element b: its image padded once (border K / 2, a block's width of slack), then, row by row and block
+// by block, every channel pack in turn, so that the outputs of a pixel are written one after another. `weights`:
+// each pack's taps at `offsets[p]`.
+template <int64_t kBlock, typename S>
+void forward_image(const Grid& g, const S* in, const std::vector<Pack<Compute<S>>>& weights,
+                   const std::vector<int64_t>& offsets, const Compute<S>* bias, S* out, int64_t b,
+                   std::vector<Pack<Compute<S>>>& pad) {
+  using T = Compute<S>;
+  const int64_t border = g.kernel / 2, stride = pad_image(g, in, b, border, kBlock, pad);
+  const int64_t plane = g.height * stride;
   for (int64_t y = 0; y < g.height; ++y) {
-    const int64_t i_begin = std::max(-r, -y), i_end = std::min(r, g.height - 1 - y);
     for (int64_t x0 = 0; x0 < g.width; x0 += kBlock) {
-      Pack<T> acc[kBlock];
-#pragma GCC unroll 8
-      for (int64_t u = 0; u < kBlock; ++u) acc[u] = start;
-      for (int64_t i = i_begin; i <= i_end; ++i) {
-        const Pack<T>* src = pad.data() + (y + i) * stride + x0;
-        const Pack<T>* taps = weights + (i + r) * side;
-#pragma GCC unroll 11
-        for (int64_t j = 0; j < side; ++j) {
-          const Pack<T> weight = taps[j];
-#pragma GCC unroll 8
-          for (int64_t u = 0; u < kBlock; ++u) acc[u] += weight * src[u + j];
-        }
-      }
       const int64_t outputs = std::min(kBlock, g.width - x0);
-      for (int64_t u = 0; u < outputs; ++u) store_lanes(out + g.at(b, y, x0 + u) + c0, 1, acc[u], lanes);
+      for (int64_t p = 0; p < g.packs(); ++p) {
+        const int64_t c0 = p * kLanes, lanes = std::min(kLanes, g.channels - c0), r = g.pack_radius[p];
+        const Pack<T> start = bias ? load_lanes(bias + c0, 1, lanes) : Pack<T>{};
+        const Pack<T>* src = pad.data() + p * plane + border - r + x0;
+        with_radius(r, [&](auto radius) {
+          forward_block<decltype(radius)::value, kBlock>(g, src, stride, weights.data() + offsets[p], start,
+                                                         out + g.at(b, y, x0) + c0, y, outputs, lanes);
+        });
+      }
     }
   }
 }
 
-// The block no wider than the row (no sums wasted on padding) and the pack's radius, as compile-time constants.
-template <int64_t R, typename S>
-void forward_plane_of_width(const Grid& g, const S* in, const Compute<S>* w, const Compute<S>* bias, S* out,
-                            int64_t b, int64_t p, std::vector<Pack<Compute<S>>>& pad) {
-  if (g.width <= 2) {
-    forward_plane<R, 2>(g, in, w, bias, out, b, p, pad);
-  } else if (g.width <= 4) {
-    forward_plane<R, 4>(g, in, w, bias, out, b, p, pad);
-  } else {
-    forward_plane<R, 8>(g, in, w, bias, out, b, p, pad);
-  }
-}
-
+// The batch elements [begin, end); the block no wider than a row (no sums wasted on padding).
 template <typename S>
-void forward_units(const Grid& g, const S* in, const Compute<S>* w, const Compute<S>* bias, S* out, int64_t begin,
-                   int64_t end) {
+void forward_images(const Grid& g, const S* in, const std::vector<Pack<Compute<S>>>& weights,
+                    const std::vector<int64_t>& offsets, const Compute<S>* bias, S* out, int64_t begin, int64_t end) {
   std::vector<Pack<Compute<S>>> pad;
-  for (int64_t unit = begin; unit < end; ++unit) {  // unit = (b, p)
-    const int64_t b = unit / g.packs(), p = unit % g.packs();
-    with_radius(g.pack_radius[p], [&](auto radius) {
-      forward_plane_of_width<decltype(radius)::value>(g, in, w, bias, out, b, p, pad);
-    });
+  for (int64_t b = begin; b < end; ++b) {
+    if (g.width <= 2) {
+      forward_image<2>(g, in, weights, offsets, bias, out, b, pad);
+    } else if (g.width <= 4) {
+      forward_image<4>(g, in, weights, offsets, bias, out, b, pad);
+    } else {
+      forward_image<8>(g, in, weights, offsets, bias, out, b, pad);
+    }
   }
 }
 
-// grad_weight's taps for channel pack p: sums over the batch of dy * the input shifted by each tap. For one row of
-// taps (fixed i) the 2R + 1 sums stay in registers along an image row (2R + 1 independent chains, each input value
-// read from the padded plane, widened once); rows of taps are skipped where they lie wholly in the padding.
-template <int64_t R, typename S>
-void weight_grad_pack(const Grid& g, const S* in, const S* grad_out, Compute<S>* sums, int64_t p,
-                      std::vector<Pack<Compute<S>>>& pad) {
-  using T = Compute<S>;
-  constexpr int64_t kTaps = 2 * R + 1;
-  const int64_t c0 = p * kLanes, lanes = std::min(kLanes, g.channels - c0);
-  std::vector<Pack<T>> total(kTaps * kTaps, Pack<T>{});
-  for (int64_t b = 0; b < g.batch; ++b) {
-    const int64_t stride = pad_plane(g, in, b, p, R, 0, pad);
-    for (int64_t y = 0; y < g.height; ++y) {
-      const S* dy_row = grad_out + g.at(b, y, 0) + c0;
-      for (int64_t i = std::max(-R, -y); i <= std::min(R, g.height - 1 - y); ++i) {
-        const Pack<T>* src = pad.data() + (y + i) * stride + R;
-        Pack<T> acc[kTaps] = {};
-        for (int64_t x = 0; x < g.width; ++x) {
-          const Pack<T> dy = load_lanes(dy_row + x * g.channels, 1, lanes);
+// Each pack's (2r + 1)^2 taps around the centre, row by row, at offsets[p] of one array of packs: the forward's
+// weights, and the weight gradient's sums.
+struct TapLayout {
+  std::vector<int64_t> offsets;
+  int64_t size = 0;
+
+  explicit TapLayout(const Grid& g) : offsets(g.packs()) {
+    for (int64_t p = 0; p < g.packs(); ++p) {
+      offsets[p] = size;
+      size += (2 * g.pack_radius[p] + 1) * (2 * g.pack_radius[p] + 1);
+    }
+  }
+};
+
+// The weight gradient's taps for one channel pack of radius R in one image: `x` is the pack's padded plane at column
+// -R of row 0, `dy` its dense (H, W) plane of output gradients; adds into `total`, its (2R + 1)^2 sums. For one row
+// of taps (fixed i) the 2R + 1 sums stay in registers along an image row (2R + 1 independent chains); rows of taps
+// outside the grid are skipped.
+template <int64_t R, typename T>
+void weight_grad_block(const Grid& g, const Pack<T>* x, int64_t stride, const Pack<T>* dy, Pack<T>* total) {
+  constexpr int64_t side = 2 * R + 1;
+  for (int64_t y = 0; y < g.height; ++y) {
+    const Pack<T>* dy_row = dy + y * g.width;
+    for (int64_t i = std::max(-R, -y); i <= std::min(R, g.height - 1 - y); ++i) {
+      const Pack<T>* row = x + (y + i) * stride;
+      Pack<T> acc[side] = {};
+      for (int64_t u = 0; u < g.width; ++u) {
+        const Pack<T> grad = dy_row[u];
 #pragma GCC unroll 11
-          for (int64_t j = 0; j < kTaps; ++j) acc[j] += dy * src[x + j - R];
-        }
-        for (int64_t j = 0; j < kTaps; ++j) total[(i + R) * kTaps + j] += acc[j];
+        for (int64_t j = 0; j < side; ++j) acc[j] += grad * row[u + j];
       }
-    }
-  }
-  // into the (K * K, C) sums at the centred taps of the K x K kernel; a channel's taps beyond its own radius (a
-  // pack's radius is its channels' largest) stay zero
-  for (int64_t i = -R; i <= R; ++i) {
-    for (int64_t j = -R; j <= R; ++j) {
-      Pack<T> sum = total[(i + R) * kTaps + j + R];
-      if (!g.channel_radius.empty()) {
-        for (int64_t l = 0; l < lanes; ++l) {
-          if (std::max(std::abs(i), std::abs(j)) > g.channel_radius[c0 + l]) sum[l] = 0;
-        }
-      }
-      store_lanes(sums + g.tap(i, j) * g.channels + c0, 1, sum, lanes);
+      for (int64_t j = 0; j < side; ++j) total[(i + R) * side + j] += acc[j];
     }
   }
 }
 
+// Adds the batch elements [begin, end) into `total` (TapLayout). Each image and its output gradient are copied once,
+// pixel by pixel (reads that stream), into planes per channel pack.
 template <typename S>
-void weight_grad_packs(const Grid& g, const S* in, const S* grad_out, Compute<S>* sums, int64_t pack_begin,
-                       int64_t pack_end) {
-  std::vector<Pack<Compute<S>>> pad;
-  for (int64_t p = pack_begin; p < pack_end; ++p) {
-    with_radius(g.pack_radius[p], [&](auto radius) {
-      weight_grad_pack<decltype(radius)::value>(g, in, grad_out, sums, p, pad);
-    });
+void weight_grad_images(const Grid& g, const S* in, const S* grad_out, const TapLayout& layout,
+                        Pack<Compute<S>>* total, int64_t begin, int64_t end) {
+  std::vector<Pack<Compute<S>>> x_pad, dy_planes;
+  const int64_t border = g.kernel / 2;
+  for (int64_t b = begin; b < end; ++b) {
+    const int64_t stride = pad_image(g, in, b, border, 0, x_pad);
+    pad_image(g, grad_out, b, 0, 0, dy_planes);
+    for (int64_t p = 0; p < g.packs(); ++p) {
+      const int64_t r = g.pack_radius[p];
+      const Pack<Compute<S>>* x = x_pad.data() + p * g.height * stride + border - r;
+      const Pack<Compute<S>>* dy = dy_planes.data() + p * g.height * g.width;
+      with_radius(r, [&](auto radius) {
+        weight_grad_block<decltype(radius)::value, Compute<S>>(g, x, stride, dy, total + layout.offsets[p]);
+      });
+    }
   }
 }
 
@@ -256,9 +272,20 @@ at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight, 
   dispatch_storage(input.scalar_type(), [&](auto tag) {
     using S = decltype(tag);
     using T = Compute<S>;
+    const TapLayout layout(g);
+    std::vector<Pack<T>> weights(layout.size);
+    for (int64_t p = 0; p < g.packs(); ++p) {
+      const int64_t c0 = p * kLanes, lanes = std::min(kLanes, g.channels - c0), r = g.pack_radius[p];
+      for (int64_t i = -r; i <= r; ++i) {
+        for (int64_t j = -r; j <= r; ++j) {
+          weights[layout.offsets[p] + (i + r) * (2 * r + 1) + j + r] =
+              load_lanes(w.const_data_ptr<T>() + g.tap(i, j) * g.channels + c0, 1, lanes);
+        }
+      }
+    }
     const T* bias_ptr = bias ? bias_data.const_data_ptr<T>() : nullptr;
-    at::parallel_for(0, g.batch * g.packs(), 1, [&](int64_t begin, int64_t end) {
-      forward_units(g, in.const_data_ptr<S>(), w.const_data_ptr<T>(), bias_ptr, out.data_ptr<S>(), begin, end);
+    at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      forward_images(g, in.const_data_ptr<S>(), weights, layout.offsets, bias_ptr, out.data_ptr<S>(), begin, end);
     });
   });
   return out.permute({0, 3, 1, 2});
@@ -276,11 +303,33 @@ at::Tensor depthwise_weight_grad(const at::Tensor& input, const at::Tensor& grad
   const at::Tensor in = channels_last_data(input);
   const at::Tensor dy = channels_last_data(grad_out);
   at::Tensor sums = at::zeros({kernel * kernel, g.channels}, input.options().dtype(compute_type(input.scalar_type())));
+  const TapLayout layout(g);
   dispatch_storage(input.scalar_type(), [&](auto tag) {
     using S = decltype(tag);
-    at::parallel_for(0, g.packs(), 1, [&](int64_t begin, int64_t end) {
-      weight_grad_packs(g, in.const_data_ptr<S>(), dy.const_data_ptr<S>(), sums.data_ptr<Compute<S>>(), begin, end);
+    using T = Compute<S>;
+    const int64_t threads = at::get_num_threads();
+    std::vector<Pack<T>> totals(threads * layout.size, Pack<T>{});  // per thread
+    at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      weight_grad_images(g, in.const_data_ptr<S>(), dy.const_data_ptr<S>(), layout,
+                         totals.data() + at::get_thread_num() * layout.size, begin, end);
     });
+    // into the (K * K, C) sums at the centred taps; a channel's taps beyond its own radius (a pack's radius is its
+    // channels' largest) stay zero
+    T* out = sums.data_ptr<T>();
+    for (int64_t p = 0; p < g.packs(); ++p) {
+      const int64_t c0 = p * kLanes, lanes = std::min(kLanes, g.channels - c0), r = g.pack_radius[p];
+      for (int64_t i = -r; i <= r; ++i) {
+        for (int64_t j = -r; j <= r; ++j) {
+          const int64_t at = layout.offsets[p] + (i + r) * (2 * r + 1) + j + r;
+          Pack<T> sum = {};
+          for (int64_t t = 0; t < threads; ++t) sum += totals[t * layout.size + at];
+          for (int64_t l = 0; l < lanes && !g.channel_radius.empty(); ++l) {
+            if (std::max(std::abs(i), std::abs(j)) > g.channel_radius[c0 + l]) sum[l] = 0;
+          }
+          store_lanes(out + g.tap(i, j) * g.channels + c0, 1, sum, lanes);
+        }
+      }
+    }
   });
   return sums.t().reshape({g.channels, 1, kernel, kernel});
 }
