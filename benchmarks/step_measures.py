@@ -76,6 +76,39 @@ def layer_scales_on_outputs() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def layer_scales_always_in_weights() -> Iterator[None]:
+    """The layer scales folded into out_proj's and fc2's weights even where the output is the smaller tensor (stage
+    4 at 64 px: a 384 x 1536 weight against 256 x 384 outputs), as before ``dms.scaled_linear`` chose."""
+    import torch.nn.functional as F
+
+    from ssmamba.models import dms
+    from ssmamba.models import ssmamba as network
+
+    def folded(x, weight, bias, scale):
+        if scale is None:
+            return F.linear(x, weight, bias)
+        return F.linear(x, scale[:, None] * weight, None if bias is None else scale * bias)
+
+    with _patched(dms, "scaled_linear", folded), _patched(network, "scaled_linear", folded):
+        yield
+
+
+@contextlib.contextmanager
+def scale_weight_on_output() -> Iterator[None]:
+    """The DMS scale weight multiplying each scale's (B, E, H, W) scan output, as before it went into C and D."""
+    from ssmamba.models.dms import _DirectionalScan
+
+    forward = _DirectionalScan.forward
+
+    def on_output(scan, x, scale=None):
+        out = forward(scan, x)
+        return out if scale is None else scale * out
+
+    with _patched(_DirectionalScan, "forward", on_output):
+        yield
+
+
+@contextlib.contextmanager
 def onednn_depthwise() -> Iterator[None]:
     """The depthwise convolutions as before our forward kernel: oneDNN's forward and input gradient in float32 (under
     autocast the input cast to float32, the output float32), over every tap of the padded 7x7; the weight gradient
@@ -114,6 +147,8 @@ MEASURES: dict[str, tuple[Callable[[], contextlib.AbstractContextManager], bool]
     "layout-aware GELU": (plain_gelu, False),
     "bf16 DMS activations under autocast": (float32_mixer_activations, True),
     "layer scales folded into weights": (layer_scales_on_outputs, False),
+    "layer scales on the smaller tensor": (layer_scales_always_in_weights, False),
+    "scale weight in C and D": (scale_weight_on_output, False),
     "depthwise forward kernels": (onednn_depthwise, False),
 }
 

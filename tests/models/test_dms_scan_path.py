@@ -17,8 +17,9 @@ from ssmamba.models.dms import (
 from ssmamba.ops import ScanDirection, selective_scan_ref
 
 
-def stacked_scan(scan: _DirectionalScan, x: torch.Tensor) -> torch.Tensor:
-    """The previous `_DirectionalScan.forward`, verbatim but with the reference scan: the oracle."""
+def stacked_scan(scan: _DirectionalScan, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The previous `_DirectionalScan.forward`, verbatim but with the reference scan and the scale weight on the
+    output, as the mixer applied it: the oracle."""
     b, e, h, w = x.shape
     k, n, r, length = len(scan.directions), scan.d_state, scan.dt_rank, h * w
     flat = x.flatten(2)
@@ -34,7 +35,8 @@ def stacked_scan(scan: _DirectionalScan, x: torch.Tensor) -> torch.Tensor:
     out = from_sequence(y[:, 0], scan.directions[0], h, w)
     for i in range(1, k):
         out = out + from_sequence(y[:, i], scan.directions[i], h, w)
-    return out.view(b, e, h, w)
+    out = out.view(b, e, h, w)
+    return out if scale is None else scale * out
 
 
 def grads_of(module: torch.nn.Module, x: torch.Tensor, forward) -> dict[str, torch.Tensor]:
@@ -70,6 +72,8 @@ def test_directional_scan_matches_the_stacked_path(channels_last, directions):
 def test_mixer_matches_the_stacked_path_with_unchanged_parameters(monkeypatch):
     torch.manual_seed(0)
     mixer = DirectionalMultiScaleMixer(16, scales=(1, 2), d_state=8)
+    with torch.no_grad():
+        mixer.scale_logits.copy_(torch.tensor([0.3, -0.4]))  # the scales' weights about 1.34 and 0.66, not 1 and 1
     keys = set(mixer.state_dict())
     assert {"scans.0.x_proj_weight", "scans.0.dt_proj_weight", "scans.0.dt_bias", "scans.0.A_log", "scans.0.D",
             "scans.1.A_log", "scale_logits", "in_proj.weight", "out_proj.weight"} <= keys  # fmt: skip

@@ -25,7 +25,7 @@ from ssmamba.ops import ScanDirection, directional_scan, scan_order
 from ssmamba.ops.depthwise import depthwise_conv2d
 from ssmamba.ops.directional import index_cache
 
-__all__ = ["ScanDirection", "scan_order", "to_sequence", "from_sequence", "upsample_nearest",
+__all__ = ["ScanDirection", "scan_order", "to_sequence", "from_sequence", "upsample_nearest", "scaled_linear",
            "DirectionalMultiScaleMixer", "MultiKernelDepthwiseConv"]
 
 
@@ -86,7 +86,10 @@ class _DirectionalScan(nn.Module):
             self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(k * e, 1))
         self.D = nn.Parameter(torch.ones(k * e))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``scale`` (a 0-d tensor): a weight of the whole output (the mixer's scale weight). It multiplies C and D,
+        which carry every term of y (y_t = C_t . h_t + D u_t): (B, K, N, L) and (K, E) values instead of the
+        (B, E, H, W) output."""
         b, e, h, w = x.shape
         k, n, r, length = len(self.directions), self.d_state, self.dt_rank, h * w
         # (B, L, E): a view when x is channels-last, as the mixer makes it. The projections act on each token alone,
@@ -96,12 +99,15 @@ class _DirectionalScan(nn.Module):
         # per direction Δ = dt_proj_k (low rank): one batched matmul over k, (K, B L, R) @ (K, R, E) -> (K, B L, E)
         dt = torch.bmm(x_dbl[..., :r].transpose(0, 1), self.dt_proj_weight.transpose(1, 2))
         B, C = (x_dbl[..., r + i * n:r + (i + 1) * n].view(b, length, k, n).permute(0, 2, 3, 1) for i in (0, 1))
+        D = self.D.float()
+        if scale is not None:
+            C, D = C * scale, D * scale
         y = directional_scan(
             tokens.transpose(1, 2),  # u (B, E, L)
             dt.view(k, b, length, e).permute(1, 0, 3, 2),  # delta (B, K, E, L)
             -torch.exp(self.A_log.float()).view(k, e, -1),  # (K, E, N), or (K, E, 1) with scalar_decay
             B, C,  # (B, K, N, L)
-            self.D.float().view(k, e), self.dt_bias.float().view(k, e), delta_softplus=True,
+            D.view(k, e), self.dt_bias.float().view(k, e), delta_softplus=True,
             directions=self.directions, height=h, width=w,
         )  # fmt: skip
         return y.view(b, e, h, w)  # u's layout: channels-last when x is
@@ -156,6 +162,21 @@ def upsample_nearest(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return tokens.index_select(1, _nearest_tokens(h, w, height, width).to(x.device)).view(b, height, width, e)
 
 
+def scaled_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  scale: torch.Tensor | None) -> torch.Tensor:
+    """``scale * F.linear(x, weight, bias)`` with ``scale`` (out,) a per-output-channel scale (a layer scale).
+
+    The scale multiplies whichever is smaller, the weight (folded in: no pass over the output) or the output (no
+    pass over the weight): on large maps the weight is smaller, on small ones (a 2 x 2 grid of 64-px crops, with a
+    384 x 1536 weight) the output. Either way the values are the same up to rounding, and so are the gradients.
+    """
+    if scale is None:
+        return F.linear(x, weight, bias)
+    if weight.numel() <= x.numel() // x.shape[-1] * weight.shape[0]:
+        return F.linear(x, scale[:, None] * weight, None if bias is None else scale * bias)
+    return scale * F.linear(x, weight, bias)
+
+
 class DirectionalMultiScaleMixer(nn.Module):
     """The DMS token mixer (Mamba-style gated block body).
 
@@ -191,8 +212,8 @@ class DirectionalMultiScaleMixer(nn.Module):
         self.out_proj = nn.Linear(inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """``out_scale`` (C,): a per-channel scale of the output (a block's layer scale), folded into out_proj's
-        weight rather than applied to the (B, H, W, C) output."""
+        """``out_scale`` (C,): a per-channel scale of the output (a block's layer scale), applied by
+        :func:`scaled_linear` (folded into out_proj's weight unless the output is the smaller tensor)."""
         h, w = x.shape[1:3]
         # Under autocast the mixer's activations stay in its dtype from here to out_proj: x is cast once rather than
         # by each of in_proj's matmuls, and the scan reads and writes bfloat16 (computing in float32) instead of
@@ -204,12 +225,11 @@ class DirectionalMultiScaleMixer(nn.Module):
         x = F.silu(_in_autocast_dtype(self.local_conv(x.permute(0, 3, 1, 2))))
         weights = torch.softmax(self.scale_logits, 0) * len(self.scales)
         y = None
-        for weight, stride, scan in zip(weights, self.scales, self.scans):
+        for weight, stride, scan in zip(weights, self.scales, self.scans):  # each scan applies its scale's weight
             if stride == 1:
-                out = scan(x).permute(0, 2, 3, 1)  # (B, H, W, E), dense: the scan keeps x's channels-last layout
+                out = scan(x, weight).permute(0, 2, 3, 1)  # (B, H, W, E), dense: the scan keeps x's channels-last layout
             else:
-                out = upsample_nearest(scan(F.avg_pool2d(x, stride, ceil_mode=True)), h, w)
-            y = weight * out if y is None else y + weight * out  # no 0 + ... pass over the first scale's output
+                out = upsample_nearest(scan(F.avg_pool2d(x, stride, ceil_mode=True), weight), h, w)
+            y = out if y is None else y + out  # no 0 + ... pass over the first scale's output
         y = self.out_norm(y) * F.silu(z)
-        weight = self.out_proj.weight
-        return F.linear(y, weight if out_scale is None else out_scale[:, None] * weight)
+        return scaled_linear(y, self.out_proj.weight, None, out_scale)

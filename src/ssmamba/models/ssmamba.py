@@ -34,7 +34,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices  # timm exports it from no public module
 from torch import nn
 
-from ssmamba.models.dms import DirectionalMultiScaleMixer
+from ssmamba.models.dms import DirectionalMultiScaleMixer, scaled_linear
 from ssmamba.ops.depthwise import depthwise_conv2d
 
 __all__ = ["SSMamba", "SSMambaConfig", "GELU", "LocalPerceptionResidual", "HybridBlock", "ConvBlock",
@@ -136,17 +136,17 @@ class HybridBlock(nn.Module):
         y = self.norm1(x)
         if self.use_attention:
             y = self.gamma1 * self.mixer(y.flatten(1, 2)).view_as(y)
-        else:  # the layer scales go into the output projections' weights: no pass over (B, H, W, C) for them
-            y = self.mixer(y, out_scale=self.gamma1)
+        else:  # the layer scales go into the output projections (dms.scaled_linear): no pass over (B, H, W, C)
+            y = self.mixer(y, out_scale=self.gamma1)  # for them unless the weight is the larger tensor
         x = x + self.drop_path(y)
         return x + self.drop_path(self._scaled_mlp(self.norm2(x)))
 
     def _scaled_mlp(self, x: torch.Tensor) -> torch.Tensor:
-        """``gamma2 * mlp(x)`` (timm's Mlp: fc1, act, drop1, norm, fc2, drop2), gamma2 folded into fc2."""
-        mlp, gamma = self.mlp, self.gamma2
+        """``gamma2 * mlp(x)`` (timm's Mlp: fc1, act, drop1, norm, fc2, drop2), gamma2 applied by fc2
+        (:func:`~ssmamba.models.dms.scaled_linear`)."""
+        mlp = self.mlp
         x = mlp.norm(mlp.drop1(mlp.act(mlp.fc1(x))))
-        bias = None if mlp.fc2.bias is None else gamma * mlp.fc2.bias
-        return mlp.drop2(F.linear(x, gamma[:, None] * mlp.fc2.weight, bias))
+        return mlp.drop2(scaled_linear(x, mlp.fc2.weight, mlp.fc2.bias, self.gamma2))
 
 
 class ConvBlock(nn.Module):
