@@ -5,12 +5,13 @@
     python benchmarks/step_measures.py --threads 2 --busy-core --results-name step_measures_2t   # speed.py's setting
 
 Part 1: GELU forward + backward on the convolutional stages' channels-last maps at 224 px (batch 16), ``nn.GELU``
-against ssmamba's layout-aware ``GELU`` (CPU time, median of 15). Part 2: the training step
-(``speed.py``'s: forward, loss, backward, AdamW; channels-last) of the default model as it is, with each measure
-undone, with all of them undone, and ResNet-18's, all in one process (one thread unless ``--threads``; with
-``--busy-core`` a busy-loop process holds a core meanwhile, as in ``speed.py``): every round runs each variant
-once in a shuffled order, and each variant's time is its median over the rounds, so machine drift and the position
-in a round hit all alike. A measure is undone by patching it out for the duration of that variant's steps only.
+against ssmamba's layout-aware ``GELU`` (CPU time, median of 15). Part 2: the training step (``speed.py``'s:
+forward, loss, backward, AdamW; channels-last) of the default model as it is, twice (two models built alike, a
+control: how far identical variants drift apart), with each measure undone, with all of them undone, and
+ResNet-18's, all in one process (one thread unless ``--threads``; with ``--busy-core`` a busy-loop process holds a
+core meanwhile, as in ``speed.py``): every round runs each variant once in a shuffled order, and each variant's
+time is its median over the rounds, so machine drift and the position in a round hit all alike. A measure is
+undone by patching it out for the duration of that variant's steps only.
 Writes ``benchmarks/results/step_measures.{md,json}`` (or ``--results-name``).
 """
 
@@ -198,7 +199,10 @@ def step_case(size: int, bf16: bool, repeats: int, seed: int = 0) -> dict[str, f
 
         return run
 
-    steps = {"as is": variant([])} | {f"without {name}": variant([name]) for name in measures}
+    # "as is, again": a second model built the same way, nothing undone: how far two identical variants drift
+    # apart in the same rounds (memory placement, the order inside a round), the scale against which to read a measure
+    steps = {"as is": variant([]), "as is, again": variant([])} | {
+        f"without {name}": variant([name]) for name in measures}
     if len(measures) > 1:
         steps["without all"] = variant(list(measures))
     steps["resnet18"] = training_step(timm.create_model("resnet18", num_classes=4), x, y, bf16)
