@@ -84,7 +84,20 @@ inline void store_first(Elem<V>* p, const V& v, int64_t n) {
   std::copy(lanes, lanes + n, p);
 }
 
-// The upper half of v's lanes added onto the lower half.
+// The upper half of v's lanes added onto the lower half. Lane shuffles where the compiler has them (clang, GCC 12+):
+// with copies through memory GCC spilled the register to the stack and reloaded its halves, a store-forwarding
+// stall in the scan backward's innermost loop.
+#if defined(__clang__) || __GNUC__ >= 12
+template <typename V, std::size_t... I>
+inline Half<V> fold_lanes(const V& v, std::index_sequence<I...>) {
+  return __builtin_shufflevector(v, v, I...) + __builtin_shufflevector(v, v, (I + sizeof...(I))...);
+}
+
+template <typename V>
+inline Half<V> fold(const V& v) {
+  return fold_lanes(v, std::make_index_sequence<static_cast<std::size_t>(kWidth<V> / 2)>{});
+}
+#else
 template <typename V>
 inline Half<V> fold(const V& v) {
   Half<V> low, high;
@@ -92,6 +105,7 @@ inline Half<V> fold(const V& v) {
   std::memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof low, sizeof high);
   return low + high;
 }
+#endif
 
 template <typename V>
 inline Elem<V> horizontal_sum(const V& v) {
