@@ -371,7 +371,8 @@ def test_stem_and_conv_blocks_use_the_layout_aware_gelu():
 @pytest.mark.parametrize("grid", [(5, 6), (1, 1)])  # out_proj's and fc2's weights smaller / larger than the outputs
 def test_hybrid_block_folds_layer_scales_into_projections_exactly(use_attention, grid):
     """The layer scales gamma1, gamma2 multiply out_proj's and fc2's weights, or their outputs where those are
-    smaller: the block's values and every gradient are those of x + DropPath(gamma1 * mixer) + DropPath(gamma2 * mlp)."""
+    smaller: the block's values and every gradient are those of
+    x + DropPath(gamma1 * mixer) + DropPath(gamma2 * mlp)."""
     torch.manual_seed(0)
     cfg = SSMambaConfig(dims=(8, 16, 32, 64), d_state=4, mlp_ratio=2.0, layer_scale_init=0.3, attn_head_dim=8)
     block = HybridBlock(32, cfg, use_attention=use_attention, drop_path=0.3).train()

@@ -227,7 +227,7 @@ class DirectionalMultiScaleMixer(nn.Module):
         y = None
         for weight, stride, scan in zip(weights, self.scales, self.scans):  # each scan applies its scale's weight
             if stride == 1:
-                out = scan(x, weight).permute(0, 2, 3, 1)  # (B, H, W, E), dense: the scan keeps x's channels-last layout
+                out = scan(x, weight).permute(0, 2, 3, 1)  # (B, H, W, E), dense: the scan keeps x's layout
             else:
                 out = upsample_nearest(scan(F.avg_pool2d(x, stride, ceil_mode=True), weight), h, w)
             y = out if y is None else y + out  # no 0 + ... pass over the first scale's output

@@ -498,8 +498,9 @@ def ssmamba_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
 
 @register_model
 def ssmamba_tiny_fast(pretrained: bool = False, **kwargs) -> nn.Module:
-    """The default model (``ssmamba.train.config.DEFAULT_MODEL``): ssmamba_tiny with a cheaper DMS (bidirectional rows, one scale, scalar
-    decay). Trains at ResNet-18's speed on CPU in fp32; level with ssmamba_tiny on validation and the leaderboards."""
+    """The default model (``ssmamba.train.config.DEFAULT_MODEL``): ssmamba_tiny with a cheaper DMS (bidirectional
+    rows, one scale, scalar decay). Trains at about ResNet-18's speed on CPU in fp32 (0.95-1.09x, README), below it in
+    bf16; level with ssmamba_tiny on validation and the leaderboards."""
     return build_ssmamba("ssmamba_tiny_fast", pretrained, **kwargs)
 
 
