@@ -499,8 +499,8 @@ def ssmamba_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
 @register_model
 def ssmamba_tiny_fast(pretrained: bool = False, **kwargs) -> nn.Module:
     """The default model (``ssmamba.train.config.DEFAULT_MODEL``): ssmamba_tiny with a cheaper DMS (bidirectional
-    rows, one scale, scalar decay). Trains at about ResNet-18's speed on CPU in fp32 (0.95-1.09x, README), below it in
-    bf16; level with ssmamba_tiny on validation and the leaderboards."""
+    rows, one scale, scalar decay). Trains at about ResNet-18's speed on CPU in fp32 (0.95-1.11x) and below it in bf16
+    (0.85-1.02x; README); level with ssmamba_tiny on validation and the leaderboards."""
     return build_ssmamba("ssmamba_tiny_fast", pretrained, **kwargs)
 
 
