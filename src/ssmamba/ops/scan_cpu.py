@@ -1,8 +1,8 @@
 """Fused C++ selective scan for CPU tensors, with its own backward.
 
 The kernel (``csrc/selective_scan_cpu.cpp``; built into one extension with ``csrc/depthwise_cpu.cpp``, the depthwise
-convolution's weight gradient of :mod:`ssmamba.ops.depthwise`; ``csrc/simd.h`` is their shared SIMD code) is
-compiled with ``torch.utils.cpp_extension.load``
+convolution's forward and gradients of :mod:`ssmamba.ops.depthwise`; ``csrc/simd.h`` is their shared SIMD code)
+is compiled with ``torch.utils.cpp_extension.load``
 the first time a scan runs, never at import, and cached in the torch extensions directory
 (``TORCH_EXTENSIONS_DIR``). It saves only its inputs for the backward and recomputes the states there, so memory
 stays O(inputs) instead of autograd's O(batch·dim·L·N). Environment: ``SSMAMBA_NO_BUILD=1`` never compiles (the
